@@ -1,0 +1,44 @@
+# Thin wrappers over the `pipeline` CLI. Every target installs what it needs first (make setup).
+#   make train FOLD=0 CONFIG=configs/leaves.yaml SET="train.epochs=5 image.size=160"
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/leaves.yaml
+FOLD ?= 0
+SET ?=
+SETS := $(foreach s,$(SET),--set $(s))
+
+.PHONY: setup test test-slow lint prepare train train-all clean-venv
+
+setup: $(VENV)/.installed
+
+# Re-installs only when pyproject.toml changes; torch/torchvision come first so pip takes the
+# release on local disk (PIP_FIND_LINKS) instead of resolving a multi-GB CUDA build from PyPI.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch>=2.3" "torchvision>=0.18"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check pipeline tests
+
+prepare: setup
+	$(BIN)/pipeline prepare --config $(CONFIG) $(SETS)
+
+train: prepare
+	$(BIN)/pipeline train --config $(CONFIG) --fold $(FOLD) $(SETS)
+
+train-all: prepare
+	$(BIN)/pipeline train --config $(CONFIG) --fold all $(SETS)
+
+clean-venv:
+	rm -rf $(VENV)

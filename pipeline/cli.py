@@ -1,0 +1,84 @@
+"""The `pipeline` command: a thin Typer shell over pipeline.stages.<stage>.run(cfg, ...).
+
+    pipeline prepare --config configs/leaves.yaml
+    pipeline train --config configs/leaves.yaml --fold 0 --set train.epochs=5
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Kaggle competition pipeline: prepare -> train -> predict -> ensemble -> submit.",
+)
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config, e.g. configs/leaves.yaml", exists=False)
+SetOpt = typer.Option(None, "--set", "-s", help="override a config key, repeatable: --set train.epochs=5")
+
+
+def user_errors(fn):
+    """User errors print one line on stderr and exit 2; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def prepare(
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="reassign folds even if folds.csv is up to date"),
+) -> None:
+    """Check the competition files and images, assign folds -> runs/<exp>/folds.csv.
+
+    Example: pipeline prepare --config configs/leaves.yaml --set cv.folds=10
+    """
+    from pipeline.stages import prepare as stage
+
+    stage.run(load_config(config, set_ or []), force=force)
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = ConfigOpt,
+    fold: str = typer.Option("all", "--fold", "-f", help="fold number, or 'all' for each fold in turn"),
+    set_: list[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="retrain finished folds from scratch"),
+) -> None:
+    """Train fold K (resuming from last.pt) and write its OOF predictions -> runs/<exp>/fold{K}/.
+
+    Example: pipeline train --config configs/leaves.yaml --fold 0 --set train.epochs=5
+    """
+    from pipeline.stages import train as stage
+
+    stage.run(load_config(config, set_ or []), fold=fold, force=force)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("timm", "wandb", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,243 @@
+"""Typed configuration: dataclass defaults, YAML deltas from configs/, and `--set a.b=value` overrides.
+
+    cfg = load_config("configs/leaves.yaml", ["train.epochs=3", "image.size=160"])
+
+A YAML file holds only what differs from the defaults below; `extends: other.yaml` starts from another file.
+Unknown keys and wrongly typed values are errors that name the key and suggest the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/classify-leaves"  # competition folder; relative paths below are inside it
+    train_csv: str = "train.csv"  # one row per training sample
+    test_csv: str = "test.csv"  # rows to predict
+    sample_submission: str = "sample_submission.csv"  # the format submit validates against
+    id_col: str = "image"  # image path relative to root (or to image_dir); also the submission id
+    target_col: str = "label"  # class label column of train.csv
+    group_col: str | None = None  # rows sharing a group stay in one fold (patient, plant, session ...)
+    image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path
+    image_ext: str = ""  # suffix appended to ids, e.g. ".jpg" when ids are bare names
+    check_images: bool = True  # prepare decodes every image once; turn off only for huge sets you trust
+
+
+@dataclass
+class CVConfig:
+    folds: int = 5  # K; 5 is the Kaggle default, 10 on small data where each OOF row matters
+    # auto: stratified_group with a group column, else stratified; kfold when the target is continuous
+    strategy: Literal["auto", "stratified", "group", "stratified_group", "kfold"] = "auto"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any timm model name (`timm.list_models()`)
+    pretrained: bool = False  # download ImageNet weights from the hub (needs internet; see weights_file)
+    weights_file: str | None = None  # local state_dict for the backbone; the head is re-initialised
+    drop_rate: float = 0.0  # dropout before the classifier; 0.1-0.3 for big heads on small data
+    drop_path_rate: float = 0.0  # stochastic depth; ~0.1 for convnext/vit fine-tuning
+
+
+@dataclass
+class ImageConfig:
+    size: int = 224  # train/valid side in pixels; pretrained CNNs like their native size
+    mean: list[float] | None = None  # normalisation; null = the model's pretrained config
+    std: list[float] | None = None  # as mean
+
+
+@dataclass
+class AugmentConfig:
+    scale_min: float = 0.35  # RandomResizedCrop's smallest area fraction; timm uses 0.08 on ImageNet
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip; 0.5 for top-down data (leaves, satellites, cells)
+    rotate90: float = 0.0  # probability of a random 90-degree turn
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 turns it off
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0.2-0.4 typical, 0 off
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 1.0 typical, 0 off
+    mix_prob: float = 1.0  # share of batches mixed when mixup/cutmix is on
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # full passes over the fold's training rows
+    batch_size: int = 32  # per device, per step
+    base_lr: float = 1e-3  # peak AdamW LR for base_batch samples per optimizer step
+    base_batch: int = 256  # the batch base_lr was tuned for; lr scales with effective/base_batch
+    lr_scale: Literal["linear", "sqrt", "none"] = "linear"  # sqrt is gentler for very large batches
+    accum_steps: int = 1  # gradient accumulation; effective batch = batch_size x accum_steps x world size
+    weight_decay: float = 0.05  # AdamW decoupled decay; never applied to norms and biases
+    backbone_lr_mult: float = 1.0  # backbone LR = mult x head LR; 0.1-0.3 protects pretrained features
+    warmup_epochs: float = 1.0  # linear warmup length, fractions allowed
+    min_lr_ratio: float = 0.01  # cosine floor as a fraction of the peak LR
+    clip_grad: float = 1.0  # max global grad norm; 0 turns clipping off
+    label_smoothing: float = 0.1  # cross-entropy smoothing; 0.1 is the usual default
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, bf16 (else fp16) on CUDA
+    channels_last: bool = True  # NHWC memory format; faster for CNNs on CPU (~15%) and tensor cores
+    ema: bool = True  # keep an exponential moving average of weights and evaluate it every epoch
+    ema_decay: float = 0.9998  # EMA decay ceiling; warmup makes it small for the first few hundred steps
+    patience: int = 5  # stop after this many epochs without a better valid score; 0 never stops
+    num_workers: int = -1  # data-loading processes; -1 = min(8, CPU count)
+    max_steps_per_epoch: int = 0  # cap optimizer steps per epoch for smoke runs; 0 = whole epoch
+    metric: Literal["accuracy", "logloss", "f1_macro"] = "accuracy"  # valid score, also the CV score
+
+
+@dataclass
+class PredictConfig:
+    tta: str = "none"  # test-time augmentation views (prediction stage)
+    batch_size: int = 64  # inference batch per device; ~2x the training batch fits
+
+
+@dataclass
+class TrackingConfig:
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online only with a key and a reachable server
+    project: str = "kaggle-pipeline"  # W&B project; the experiment name is the group
+    entity: str | None = None  # W&B team or user; null = the key's default
+    quiet: bool = False  # no progress bars, one line per epoch (CI logs)
+    log_every: int = 20  # optimizer steps between progress-bar refreshes (each one syncs the device)
+
+
+@dataclass
+class Config:
+    name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
+    task: Literal["classification"] = "classification"  # what is being learned
+    seed: int = 42  # folds, initialisation, shuffling
+    runs_dir: str = "runs"  # where experiments live
+    submissions_dir: str = "submissions"  # where submit writes CSVs and log.csv
+    data: DataConfig = field(default_factory=DataConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def data_path(self, name: str) -> Path:
+        """A data.* file as a path: absolute paths stay, relative ones are inside data.root."""
+        return Path(self.data.root) / getattr(self.data, name)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file (and the files it extends), then `key.path=value` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_yaml_tree(Path(path), seen=())
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set train.epochs=5")
+        _assign(tree, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
+    return _build(Config, tree, prefix="")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _read_yaml_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass --config configs/<name>.yaml")
+    if path.resolve() in seen:
+        raise UserError(f"config {path}: `extends` loops back to itself")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config {path}: expected a mapping of keys at the top level")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    base = _read_yaml_tree(path.parent / parent, seen + (path.resolve(),))
+    return _merge(base, tree)
+
+
+def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _assign(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            node = tree[key] = {}
+        tree = node
+    tree[keys[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise UserError(f"config key {prefix.rstrip('.') or '<top>'}: expected a section of keys, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in tree.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise UserError(f"unknown config key {prefix}{key}{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, kind, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check a YAML value against a field's type; ints are accepted where floats are expected."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"config key {key}={value!r}: choose one of {', '.join(map(str, args))}{hint}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key {key}={value!r}: expected a list, e.g. [0.5, 0.5, 0.5]")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads `2e-4` (no dot) as a string
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # YAML reads `name: 2024` as a number
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"config key {key}={value!r}: expected {kind.__name__}")
+    return value

@@ -1,0 +1,231 @@
+"""The training loop, written once for every task: fit() trains and checkpoints one fold, predict() infers.
+
+Per step: forward under autocast, scaled backward with accumulation, unscale, clip, optimizer step,
+EMA update, scheduler step. Per epoch: evaluate raw and EMA weights, log, checkpoint, early-stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import checkpoint
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.files import write_csv
+from pipeline.optim import build_optimizer, build_scheduler, scale_lr
+
+log = logging.getLogger(__name__)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
+    """auto: fp32 on CPU (bf16 autocast is ~15x slower on common CPUs), bf16 on CUDA, fp16 where bf16 is missing."""
+    if requested == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+class NoEMA:
+    """EMA switched off: same interface, nothing kept."""
+
+    module = None
+
+    def update(self, model: nn.Module, step: int) -> None:
+        pass
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Progress:
+    """Where a fold stands; saved in every checkpoint."""
+
+    epoch: int = -1  # last finished epoch
+    step: int = 0  # optimizer steps so far
+    best_score: float | None = None
+    best_epoch: int = -1
+    best_source: str = "model"  # which weights scored best: model | ema
+    done: bool = False
+
+
+def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, cfg: Config,
+        fold_dir: Path, tracker, resume: dict | None = None, world_size: int = 1) -> Progress:
+    """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in fold_dir."""
+    t = cfg.train
+    device = pick_device()
+    dtype = resolve_precision(t.precision, device)
+    model.to(device, memory_format=task.memory_format)
+    lr = scale_lr(t, world_size)
+    steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
+    if t.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+    optimizer = build_optimizer(model, t, lr.lr)
+    scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, round(t.warmup_epochs * steps_per_epoch), t.min_lr_ratio)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else NoEMA()
+    progress, rows = Progress(), []
+    if resume is not None:
+        progress, rows = _restore(resume, model, ema, optimizer, scheduler, scaler)
+        log.info("resuming after epoch %d (step %d) from %s", progress.epoch + 1, progress.step, fold_dir / "last.pt")
+    log.info("device %s, precision %s, %s, %d steps/epoch", device, str(dtype).removeprefix("torch."), lr, steps_per_epoch)
+    tracker.summary({"lr": lr.lr, "effective_batch": lr.effective_batch, "lr_rule": lr.rule})
+
+    for epoch in range(progress.epoch + 1, t.epochs):
+        train_loader.sampler.set_epoch(epoch)  # same order on a resumed epoch
+        started = time.perf_counter()
+        train_loss, samples = _train_epoch(task, model, train_loader, optimizer, scheduler, scaler, ema,
+                                           device, dtype, cfg, epoch, progress, steps_per_epoch)
+        seconds = time.perf_counter() - started
+        scores = {name: evaluate(task, m, valid_loader, device, dtype)
+                  for name, m in (("model", model), ("ema", ema.module)) if m is not None}
+        source = max(scores, key=lambda k: scores[k]["score"] * (1 if task.metric.greater_is_better else -1))
+        score = scores[source]["score"]
+        improved = task.metric.better(score, progress.best_score)
+        if improved:
+            progress.best_score, progress.best_epoch, progress.best_source = score, epoch, source
+        progress.epoch = epoch
+        patience_out = t.patience and epoch - progress.best_epoch >= t.patience
+        progress.done = epoch == t.epochs - 1 or bool(patience_out)
+        row = {"epoch": epoch, "step": progress.step, "train/loss": train_loss,
+               "valid/loss": scores["model"]["loss"], "valid/score": scores["model"]["score"],
+               **({"valid_ema/loss": scores["ema"]["loss"], "valid_ema/score": scores["ema"]["score"]} if "ema" in scores else {}),
+               "lr": optimizer.param_groups[0]["lr"], "samples/s": samples / seconds, "seconds": seconds}
+        rows.append(row)
+        state = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker)
+        checkpoint.save(fold_dir / "last.pt", state)
+        if improved:
+            checkpoint.copy(fold_dir / "last.pt", fold_dir / "best.pt")
+        write_csv(fold_dir / "metrics.csv", pd.DataFrame(rows))
+        tracker.log(row, step=progress.step)
+        log.info("epoch %d/%d  train %.4f  valid %.4f  %s %.4f%s  (%s)  %.0f samples/s  %.0fs%s",
+                 epoch + 1, t.epochs, train_loss, scores[source]["loss"], task.metric.name, score,
+                 " *" if improved else "", source, samples / seconds, seconds,
+                 "  early stop" if patience_out else "")
+        if patience_out:
+            break
+    return progress
+
+
+def _train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, dtype, cfg, epoch, progress, max_steps):
+    """One pass; returns (mean loss, samples seen). The loss is synced to the host only at log points."""
+    t = cfg.train
+    model.train()
+    total = torch.zeros((), device=device)
+    batches = samples = 0
+    started = time.perf_counter()
+    bar = tqdm(total=max_steps, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
+               disable=cfg.tracking.quiet or not sys.stderr.isatty())
+    optimizer.zero_grad(set_to_none=True)
+    steps = 0
+    for i, batch in enumerate(loader):
+        batch = task.to_device(batch, device)
+        with autocast(device, dtype):
+            loss = task.loss(model, batch)
+        scaler.scale(loss / t.accum_steps).backward()
+        total += loss.detach()
+        batches += 1
+        samples += len(batch[0])
+        if (i + 1) % t.accum_steps and i + 1 < len(loader):
+            continue
+        scaler.unscale_(optimizer)
+        if t.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        ema.update(model, step=progress.step)
+        scheduler.step()
+        steps += 1
+        bar.update()
+        if steps % cfg.tracking.log_every == 0 or steps == max_steps:
+            mean = (total / batches).item()
+            _check_finite(mean, epoch, progress.step)
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            sps=f"{samples / (time.perf_counter() - started):.0f}")
+        if steps == max_steps:
+            break
+    bar.close()
+    mean = (total / max(batches, 1)).item()
+    _check_finite(mean, epoch, progress.step)
+    return mean, samples
+
+
+def _check_finite(loss: float, epoch: int, step: int) -> None:
+    if not math.isfinite(loss):
+        raise Diverged(
+            f"training loss is {loss} at epoch {epoch + 1}, step {step}; lower train.base_lr, set "
+            "train.clip_grad, or use train.precision=fp32/bf16. The checkpoints on disk are from before it."
+        )
+
+
+@torch.inference_mode()
+def predict(task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype) -> np.ndarray:
+    """Outputs for every sample of the loader, in order, as float32 numpy."""
+    model.eval()
+    outputs = []
+    for batch in loader:
+        batch = task.to_device(batch, device)
+        with autocast(device, dtype):
+            outputs.append(task.predict(model, batch).float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def evaluate(task, model: nn.Module, loader: DataLoader, device, dtype) -> dict[str, float]:
+    outputs = predict(task, model, loader, device, dtype)
+    return task.evaluate(outputs, loader.dataset.labels)
+
+
+def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: list, tracker) -> dict:
+    return {
+        "model": model.state_dict(),
+        "ema": ema.module.state_dict() if ema.module is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "progress": vars(progress).copy(),
+        "metrics": rows,
+        "wandb_id": tracker.run_id,
+        "rng": checkpoint.rng_state(),
+    }
+
+
+def _restore(state: dict, model, ema, optimizer, scheduler, scaler) -> tuple[Progress, list]:
+    model.load_state_dict(state["model"])
+    if ema.module is not None and state["ema"] is not None:
+        ema.module.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    checkpoint.set_rng_state(state["rng"])
+    return Progress(**state["progress"]), list(state["metrics"])
+
+
+def best_weights(state: dict) -> dict:
+    """The state_dict that scored best in a checkpoint: the raw or the EMA weights."""
+    return state["ema"] if state["progress"]["best_source"] == "ema" else state["model"]

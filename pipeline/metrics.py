@@ -1,0 +1,36 @@
+"""Competition metrics on class probabilities, with the direction that counts as better."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], float]  # (int targets [N], probabilities [N, C]) -> score
+    greater_is_better: bool
+
+    def __call__(self, target: np.ndarray, probs: np.ndarray) -> float:
+        return float(self.fn(target, probs))
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is score a an improvement on b (None = nothing yet)?"""
+        return b is None or (a > b if self.greater_is_better else a < b)
+
+
+def logloss(target: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood, probabilities clipped like Kaggle's scorer (1e-15)."""
+    p = np.clip(probs[np.arange(len(target)), target], 1e-15, 1.0)
+    return float(-np.log(p).mean())
+
+
+METRICS = {
+    "accuracy": Metric("accuracy", lambda t, p: (p.argmax(1) == t).mean(), True),
+    "logloss": Metric("logloss", logloss, False),
+    "f1_macro": Metric("f1_macro", lambda t, p: f1_score(t, p.argmax(1), average="macro"), True),
+}

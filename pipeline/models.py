@@ -1,0 +1,73 @@
+"""Models from timm by name, with an optional local weights file for offline fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A timm classifier; `weights_file` fills the backbone and leaves the new head freshly initialised."""
+    if not timm.is_model(cfg.name):
+        close = timm.list_models(f"*{cfg.name.split('.')[0][:8]}*")[:5]
+        raise UserError(f"model.name={cfg.name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
+    kwargs = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    try:
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not cfg.weights_file, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not cfg.pretrained:
+            raise
+        raise UserError(
+            f"could not fetch pretrained weights for {cfg.name} ({type(e).__name__}); offline? "
+            "download them once and set model.weights_file=<path> with model.pretrained=false"
+        ) from None
+    if cfg.weights_file:
+        load_backbone(model, Path(cfg.weights_file))
+    return model
+
+
+def load_backbone(model: nn.Module, path: Path) -> None:
+    """Load every tensor whose name and shape match; only the classifier may be left out."""
+    if not path.is_file():
+        raise UserError(f"model.weights_file {path} not found")
+    try:
+        # weights_only: a pickled checkpoint can run code; a state_dict needs nothing else.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"model.weights_file {path} is not a loadable state_dict ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    head = _classifier_prefixes(model)
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
+    missing = [k for k in own if k not in usable and not k.startswith(head)]
+    if missing:
+        raise UserError(
+            f"model.weights_file {path} does not fit model {type(model).__name__}: {len(missing)} backbone tensors "
+            f"missing or mis-shaped (e.g. {', '.join(missing[:3])}); is model.name the architecture it was saved from?"
+        )
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d backbone tensors from %s; classifier re-initialised", len(usable), path)
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    names = names if isinstance(names, (list, tuple)) else [names]
+    return tuple(f"{n}." for n in names)
+
+
+def normalisation(model: nn.Module, mean, std) -> tuple[tuple, tuple]:
+    """Config mean/std when set, else what the model was pretrained with (0.5/0.5 for TF ports)."""
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    return tuple(mean or data_cfg["mean"]), tuple(std or data_cfg["std"])

@@ -1,0 +1,68 @@
+"""What produced a run: resolved config.yaml and meta.json (git sha, argv, package versions, device, seed)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Config, dump_yaml
+from pipeline.files import write_json, write_text
+
+PACKAGES = ("torch", "torchvision", "timm", "albumentations", "numpy", "pandas", "scikit-learn", "wandb", "pipeline")
+
+
+def write_run_header(cfg: Config, stage: str) -> None:
+    """Write runs/<exp>/config.yaml and meta.json before a stage does its work."""
+    run = cfg.run_dir
+    write_text(run / "config.yaml", dump_yaml(cfg))
+    write_json(run / "meta.json", collect_meta(cfg, stage))
+
+
+def collect_meta(cfg: Config, stage: str) -> dict:
+    return {
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv,
+        "git": git_state(),
+        "seed": cfg.seed,
+        "device": device_description(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in PACKAGES},
+    }
+
+
+def git_state() -> dict:
+    """The commit the code ran from, and whether the tree had uncommitted changes."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.TimeoutExpired):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha or None, "dirty": dirty if sha else None}
+
+
+def device_description() -> str:
+    if torch.cuda.is_available():
+        return f"cuda x{torch.cuda.device_count()}: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None

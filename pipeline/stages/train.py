@@ -1,0 +1,101 @@
+"""Stage 2: train one fold (or all), resuming from last.pt; write the fold's OOF predictions at the end.
+
+    pipeline train --config configs/leaves.yaml --fold 0
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+
+import numpy as np
+import torch
+
+from pipeline import checkpoint
+from pipeline.config import Config
+from pipeline.data import build_loader
+from pipeline.errors import UserError
+from pipeline.files import write_parquet
+from pipeline.folds import Folds, load_folds
+from pipeline.loop import best_weights, fit, pick_device, predict, resolve_precision
+from pipeline.provenance import write_run_header
+from pipeline.tasks import build_task
+from pipeline.tracking import NullTracker, build_tracker
+
+log = logging.getLogger(__name__)
+FOLD_FILES = ("last.pt", "best.pt", "metrics.csv", "oof.parquet")
+
+
+def parse_folds(fold: str | int, k: int) -> list[int]:
+    if str(fold) == "all":
+        return list(range(k))
+    try:
+        f = int(fold)
+    except ValueError:
+        raise UserError(f"--fold {fold!r}: expected a fold number 0..{k - 1} or 'all'") from None
+    if not 0 <= f < k:
+        raise UserError(f"--fold {f}: this experiment has folds 0..{k - 1} (cv.folds={k})")
+    return [f]
+
+
+def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
+    folds = load_folds(cfg)
+    which = parse_folds(fold, folds.table["fold"].nunique())
+    write_run_header(cfg, "train")
+    for k in which:
+        train_fold(cfg, folds, k, force)
+
+
+def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
+    """Train fold k unless it is finished; a half-trained fold continues from its last.pt."""
+    fold_dir = cfg.run_dir / f"fold{k}"
+    if force:
+        for name in FOLD_FILES:
+            (fold_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(fold_dir / "wandb", ignore_errors=True)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    state = checkpoint.load(fold_dir / "last.pt") if (fold_dir / "last.pt").is_file() else None
+    done = bool(state and state["progress"]["done"])
+    if done and (fold_dir / "oof.parquet").is_file():
+        p = state["progress"]
+        log.info("fold %d is finished (best %s %.4f at epoch %d); --force retrains it",
+                 k, cfg.train.metric, p["best_score"], p["best_epoch"] + 1)
+        return
+
+    seed_everything(cfg.seed + k)
+    task = build_task(cfg, folds.classes)
+    model = task.build_model()
+    train_rows, valid_rows = folds.split(k)
+    train_loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
+    valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
+    log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
+
+    tracker = NullTracker() if done else build_tracker(cfg, f"fold{k}", "train", state and state["wandb_id"])
+    try:
+        if not done:
+            fit(task, model, train_loader, valid_loader, cfg, fold_dir, tracker, resume=state)
+        score = write_oof(task, model, valid_rows, valid_loader, cfg, fold_dir)
+        tracker.summary({"oof/score": score})
+    finally:
+        tracker.finish()
+
+
+def write_oof(task, model, valid_rows, valid_loader, cfg: Config, fold_dir) -> float:
+    """fold{k}/oof.parquet from best.pt (raw or EMA weights, whichever validated better)."""
+    best = checkpoint.load(fold_dir / "best.pt")
+    model.load_state_dict(best_weights(best))
+    device = pick_device()
+    model.to(device, memory_format=task.memory_format)
+    outputs = predict(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))
+    write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, outputs))
+    score = task.evaluate(outputs, valid_loader.dataset.labels)["score"]
+    log.info("fold %d OOF %s %.4f (%s weights, epoch %d) -> %s", int(valid_rows["fold"].iloc[0]), cfg.train.metric,
+             score, best["progress"]["best_source"], best["progress"]["best_epoch"] + 1, fold_dir / "oof.parquet")
+    return score
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

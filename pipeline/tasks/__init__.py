@@ -1,0 +1,12 @@
+"""Tasks by name: what is learned (data, model, loss, outputs). The loop, folds and files are shared."""
+
+from pipeline.tasks.base import Task
+from pipeline.tasks.classification import ClassificationTask
+
+TASKS: dict[str, type] = {"classification": ClassificationTask}
+
+__all__ = ["TASKS", "Task", "build_task"]
+
+
+def build_task(cfg, classes: list) -> Task:
+    return TASKS[cfg.task](cfg, classes)

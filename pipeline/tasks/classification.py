@@ -1,0 +1,71 @@
+"""Image classification: a timm backbone, cross-entropy with label smoothing, optional mixup/cutmix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from pipeline.config import Config
+from pipeline.data import ImageDataset, image_paths
+from pipeline.errors import UserError
+from pipeline.metrics import METRICS, logloss
+from pipeline.models import build_model, normalisation
+from pipeline.transforms import build_transforms
+
+RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
+
+
+class ClassificationTask:
+    def __init__(self, cfg: Config, classes: list):
+        clash = RESERVED & {str(c) for c in classes}
+        if clash:
+            raise UserError(f"class label(s) {sorted(clash)} clash with prediction columns id/target/fold; rename them")
+        self.cfg, self.classes = cfg, classes
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.metric = METRICS[cfg.train.metric]
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        a = cfg.augment
+        mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
+        smoothing = cfg.train.label_smoothing
+        # Mixup makes soft targets (with the smoothing folded in), so the loss must take soft targets too.
+        self.mixup = Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob,
+                           label_smoothing=smoothing, num_classes=len(classes)) if mixing else None
+        self.criterion = SoftTargetCrossEntropy() if mixing else nn.CrossEntropyLoss(label_smoothing=smoothing)
+        self.mean, self.std = None, None
+
+    def build_model(self) -> nn.Module:
+        model = build_model(self.cfg.model, len(self.classes))
+        self.mean, self.std = normalisation(model, self.cfg.image.mean, self.cfg.image.std)
+        return model
+
+    def build_dataset(self, rows: pd.DataFrame, train: bool) -> ImageDataset:
+        if self.mean is None:
+            raise RuntimeError("build_model() sets the normalisation; call it before build_dataset()")
+        transform = build_transforms(self.cfg.image, self.cfg.augment, train, self.mean, self.std)
+        labels = rows["target"].map(self.index).to_numpy() if "target" in rows else None
+        return ImageDataset(image_paths(self.cfg, rows["id"]), labels, transform)
+
+    def to_device(self, batch, device: torch.device):
+        x, y = batch
+        return x.to(device, non_blocking=True, memory_format=self.memory_format), y.to(device, non_blocking=True)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None and model.training:
+            x, y = self.mixup(x, y)
+        return self.criterion(model(x), y)
+
+    def predict(self, model: nn.Module, batch) -> torch.Tensor:
+        return model(batch[0]).float().softmax(dim=1)
+
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}
+
+    def prediction_frame(self, rows: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
+        frame = pd.DataFrame(outputs.astype(np.float32), columns=[str(c) for c in self.classes])
+        keys = rows[[c for c in ("id", "target", "fold") if c in rows]].reset_index(drop=True)
+        return pd.concat([keys, frame], axis=1)

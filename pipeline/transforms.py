@@ -1,0 +1,25 @@
+"""Albumentations pipelines for training (random crops, flips, colour) and validation (resize only)."""
+
+from __future__ import annotations
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+from pipeline.config import AugmentConfig, ImageConfig
+
+
+def build_transforms(image: ImageConfig, aug: AugmentConfig, train: bool, mean, std) -> A.Compose:
+    """Train: RandomResizedCrop + flips + colour jitter; valid/test: resize to image.size. Both normalise."""
+    size = (image.size, image.size)
+    if not train:
+        return A.Compose([A.Resize(*size), A.Normalize(mean=mean, std=std), ToTensorV2()])
+    steps = [
+        A.RandomResizedCrop(size=size, scale=(aug.scale_min, 1.0)),
+        A.HorizontalFlip(p=aug.hflip),
+        A.VerticalFlip(p=aug.vflip),
+        A.RandomRotate90(p=aug.rotate90),
+    ]
+    if aug.color_jitter > 0:
+        s = aug.color_jitter
+        steps.append(A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=0.0, p=0.8))
+    return A.Compose([*steps, A.Normalize(mean=mean, std=std), ToTensorV2()])
