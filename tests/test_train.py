@@ -1,0 +1,93 @@
+"""Training through the stage functions on the digits competition: files, resume, no retraining."""
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import checkpoint, loop
+from pipeline.stages import prepare, train
+
+
+def fold_files(cfg, k=0):
+    return sorted(p.name for p in (cfg.run_dir / f"fold{k}").iterdir())
+
+
+def test_train_one_fold_writes_the_run_directory(competition, make_config):
+    _, cfg = make_config(competition)
+    prepare.run(cfg)
+    train.run(cfg, fold=0)
+    run = cfg.run_dir
+    assert {"config.yaml", "meta.json", "folds.csv", "folds.json", "fold0"} <= {p.name for p in run.iterdir()}
+    assert fold_files(cfg) == ["best.pt", "last.pt", "metrics.csv", "oof.parquet"]
+    metrics = pd.read_csv(run / "fold0/metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    assert {"train/loss", "valid/loss", "valid/score", "valid_ema/score", "lr", "samples/s", "seconds"} <= set(metrics.columns)
+    oof = pd.read_parquet(run / "fold0/oof.parquet")
+    folds = pd.read_csv(run / "folds.csv")
+    assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 0, "id"])
+    probs = oof[[f"digit_{d}" for d in range(10)]].to_numpy()
+    assert probs.shape[1] == 10 and probs.sum(axis=1) == pytest.approx(1.0, abs=1e-4)
+    state = checkpoint.load(run / "fold0/last.pt")
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "progress", "wandb_id", "rng"} <= set(state)
+    assert state["progress"]["done"] and state["progress"]["epoch"] == 1
+
+
+def test_interrupted_fold_resumes_from_last_and_finished_fold_is_not_retrained(competition, make_config, monkeypatch):
+    _, cfg = make_config(competition, train={"epochs": 3})
+    prepare.run(cfg)
+    real_epoch = loop._train_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[-3] == 1:  # epoch index: die at the start of the second epoch, as a kill would
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, fold=0)
+    first = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
+    assert list(first["epoch"]) == [0] and "oof.parquet" not in fold_files(cfg)
+    assert checkpoint.load(cfg.run_dir / "fold0/last.pt")["progress"]["epoch"] == 0
+
+    monkeypatch.setattr(loop, "_train_epoch", real_epoch)
+    started = []
+    monkeypatch.setattr(loop, "_train_epoch", lambda *a, **k: started.append(a[-3]) or real_epoch(*a, **k))
+    train.run(cfg, fold=0)
+    assert started == [1, 2]  # continued after epoch 0, did not start over
+    metrics = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1, 2]
+    assert metrics.iloc[0].equals(first.iloc[0])  # the first epoch's record survived the crash
+    assert "oof.parquet" in fold_files(cfg)
+
+    last = cfg.run_dir / "fold0/last.pt"
+    stamp = last.stat().st_mtime_ns
+    started.clear()
+    train.run(cfg, fold=0)
+    assert started == [] and last.stat().st_mtime_ns == stamp  # finished: nothing retrained or rewritten
+    train.run(cfg, fold=0, force=True)
+    assert started == [0, 1, 2]
+
+
+def test_best_checkpoint_tracks_the_best_epoch(competition, make_config):
+    _, cfg = make_config(competition, train={"epochs": 3, "ema": False})
+    prepare.run(cfg)
+    train.run(cfg, fold=1)
+    metrics = pd.read_csv(cfg.run_dir / "fold1/metrics.csv")
+    best = checkpoint.load(cfg.run_dir / "fold1/best.pt")["progress"]
+    assert best["best_epoch"] == int(metrics["valid/score"].idxmax())
+    assert best["best_score"] == pytest.approx(metrics["valid/score"].max())
+
+
+def test_accumulation_steps_the_optimizer_once_per_group(competition, make_config):
+    _, cfg = make_config(competition, train={"epochs": 1, "accum_steps": 2, "batch_size": 10})
+    prepare.run(cfg)
+    train.run(cfg, fold=0)
+    state = checkpoint.load(cfg.run_dir / "fold0/last.pt")
+    batches = 100 // 10  # 150 rows, 3 folds: 100 training rows
+    assert state["progress"]["step"] == batches // 2
+    assert state["scheduler"]["last_epoch"] == batches // 2
+
+
+def test_cpu_defaults_to_fp32():
+    assert loop.resolve_precision("auto", torch.device("cpu")) == torch.float32
+    assert loop.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
