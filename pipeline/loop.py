@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import checkpoint
-from pipeline.config import Config
+from pipeline.config import Config, to_dict
 from pipeline.errors import UserError
 from pipeline.files import write_csv
 from pipeline.optim import build_optimizer, build_scheduler, scale_lr
@@ -116,7 +116,7 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
                **({"valid_ema/loss": scores["ema"]["loss"], "valid_ema/score": scores["ema"]["score"]} if "ema" in scores else {}),
                "lr": optimizer.param_groups[0]["lr"], "samples/s": samples / seconds, "seconds": seconds}
         rows.append(row)
-        state = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker)
+        state = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker, cfg)
         checkpoint.save(fold_dir / "last.pt", state)
         if improved:
             checkpoint.copy(fold_dir / "last.pt", fold_dir / "best.pt")
@@ -201,7 +201,7 @@ def evaluate(task, model: nn.Module, loader: DataLoader, device, dtype) -> dict[
     return task.evaluate(outputs, loader.dataset.labels)
 
 
-def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: list, tracker) -> dict:
+def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: list, tracker, cfg: Config) -> dict:
     return {
         "model": model.state_dict(),
         "ema": ema.module.state_dict() if ema.module is not None else None,
@@ -212,6 +212,7 @@ def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: l
         "metrics": rows,
         "wandb_id": tracker.run_id,
         "rng": checkpoint.rng_state(),
+        "config": to_dict(cfg),
     }
 
 

@@ -56,8 +56,9 @@ def make_config(tmp_path):
     def make(root: Path, name: str = "exp", **sections):
         tree = {"name": name, "runs_dir": str(tmp_path / "runs"), "submissions_dir": str(tmp_path / "subs"),
                 "data": {"root": str(root)}}
-        for key, value in {**TINY, **sections}.items():
-            tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
+        for key in {*TINY, *sections}:
+            value = sections.get(key, {})
+            tree[key] = {**tree.get(key, {}), **TINY.get(key, {}), **value} if isinstance(value, dict) else value
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(tree))
         return path, load_config(path)

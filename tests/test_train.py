@@ -18,7 +18,8 @@ def test_train_one_fold_writes_the_run_directory(competition, make_config):
     train.run(cfg, fold=0)
     run = cfg.run_dir
     assert {"config.yaml", "meta.json", "folds.csv", "folds.json", "fold0"} <= {p.name for p in run.iterdir()}
-    assert fold_files(cfg) == ["best.pt", "last.pt", "metrics.csv", "oof.parquet"]
+    assert fold_files(cfg) == ["best.pt", "last.pt", "metrics.csv", "oof.parquet", "train.log"]
+    assert "fold 0 OOF accuracy" in (run / "fold0/train.log").read_text()
     metrics = pd.read_csv(run / "fold0/metrics.csv")
     assert list(metrics["epoch"]) == [0, 1]
     assert {"train/loss", "valid/loss", "valid/score", "valid_ema/score", "lr", "samples/s", "seconds"} <= set(metrics.columns)
@@ -91,3 +92,24 @@ def test_accumulation_steps_the_optimizer_once_per_group(competition, make_confi
 def test_cpu_defaults_to_fp32():
     assert loop.resolve_precision("auto", torch.device("cpu")) == torch.float32
     assert loop.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_mixup_cutmix_and_fp32_without_channels_last_train(competition, make_config):
+    _, cfg = make_config(competition, train={"epochs": 1, "channels_last": False},
+                         augment={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "vflip": 0.5, "rotate90": 0.5})
+    prepare.run(cfg)
+    train.run(cfg, fold=2)
+    assert pd.read_csv(cfg.run_dir / "fold2/metrics.csv")["train/loss"].notna().all()
+
+
+def test_resume_warns_when_the_config_changed(competition, make_config, monkeypatch, caplog):
+    _, cfg = make_config(competition, train={"epochs": 2})
+    prepare.run(cfg)
+    real_epoch = loop._train_epoch
+    monkeypatch.setattr(loop, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[-3] == 1 else real_epoch(*a, **k))
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, fold=0)
+    monkeypatch.setattr(loop, "_train_epoch", real_epoch)
+    cfg.train.base_lr = 1e-2
+    train.run(cfg, fold=0)
+    assert "resuming with train.base_lr=0.01 (was 0.004" in caplog.text

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline import checkpoint
-from pipeline.config import Config
+from pipeline.config import Config, to_dict
 from pipeline.data import build_loader
 from pipeline.errors import UserError
 from pipeline.files import write_parquet
@@ -24,7 +25,7 @@ from pipeline.tasks import build_task
 from pipeline.tracking import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
-FOLD_FILES = ("last.pt", "best.pt", "metrics.csv", "oof.parquet")
+FOLD_FILES = ("last.pt", "best.pt", "metrics.csv", "oof.parquet", "train.log")
 
 
 def parse_folds(fold: str | int, k: int) -> list[int]:
@@ -71,14 +72,17 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
 
+    if state is not None and not done:
+        warn_config_changes(state.get("config", {}), to_dict(cfg))
     tracker = NullTracker() if done else build_tracker(cfg, f"fold{k}", "train", state and state["wandb_id"])
-    try:
-        if not done:
-            fit(task, model, train_loader, valid_loader, cfg, fold_dir, tracker, resume=state)
-        score = write_oof(task, model, valid_rows, valid_loader, cfg, fold_dir)
-        tracker.summary({"oof/score": score})
-    finally:
-        tracker.finish()
+    with log_to_file(fold_dir / "train.log"):
+        try:
+            if not done:
+                fit(task, model, train_loader, valid_loader, cfg, fold_dir, tracker, resume=state)
+            score = write_oof(task, model, valid_rows, valid_loader, cfg, fold_dir)
+            tracker.summary({"oof/score": score})
+        finally:
+            tracker.finish()
 
 
 def write_oof(task, model, valid_rows, valid_loader, cfg: Config, fold_dir) -> float:
@@ -93,6 +97,33 @@ def write_oof(task, model, valid_rows, valid_loader, cfg: Config, fold_dir) -> f
     log.info("fold %d OOF %s %.4f (%s weights, epoch %d) -> %s", int(valid_rows["fold"].iloc[0]), cfg.train.metric,
              score, best["progress"]["best_source"], best["progress"]["best_epoch"] + 1, fold_dir / "oof.parquet")
     return score
+
+
+def warn_config_changes(before: dict, now: dict, prefix: str = "") -> None:
+    """A resumed fold keeps its optimizer and schedule; say which settings changed under it."""
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            warn_config_changes(a, b, f"{prefix}{key}.")
+        elif a != b and key not in ("quiet", "num_workers", "log_every"):
+            log.warning("resuming with %s%s=%r (was %r when this fold started)", prefix, key, b, a)
+
+
+@contextlib.contextmanager
+def log_to_file(path):
+    """Copy this fold's log lines into fold{k}/train.log while it runs."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("pipeline")
+    level = logger.level
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))  # the file gets INFO even when the console does not
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def seed_everything(seed: int) -> None:
