@@ -82,3 +82,56 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("timm", "wandb", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+@user_errors
+def predict(
+    config: Path = ConfigOpt,
+    fold: str = typer.Option("all", "--fold", "-f", help="fold number, or 'all' trained folds"),
+    tta: str = typer.Option(None, "--tta", help="none | hflip | vflip | flips | d4 | view list (default: predict.tta)"),
+    weights: str = typer.Option(None, "--weights", help="best | ema | avg (default: predict.weights)"),
+    set_: list[str] = SetOpt,
+) -> None:
+    """OOF + test predictions per fold with TTA; combined oof/test.parquet and scores.json (the CV).
+
+    Example: pipeline predict --config configs/leaves.yaml --tta d4 --weights avg
+    """
+    from pipeline.stages import predict as stage
+
+    stage.run(load_config(config, set_ or []), fold=fold, tta=tta, weights=weights)
+
+
+@app.command()
+@user_errors
+def ensemble(
+    experiments: list[str] = typer.Argument(..., help="experiment names under runs/ (or run directories)"),
+    method: str = typer.Option("weighted", "--method", "-m", help="mean | weighted | rank | geometric | stack"),
+    name: str = typer.Option(None, "--name", "-n", help="name of the ensemble's run directory"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+) -> None:
+    """Blend experiments' predictions; weights/meta-model fitted on OOF only -> runs/<name>/.
+
+    Example: pipeline ensemble leaves-effnet leaves-resnet --method weighted --name blend
+    """
+    from pipeline.stages import ensemble as stage
+
+    stage.run(experiments, method=method, name=name, runs_dir=runs_dir)
+
+
+@app.command()
+@user_errors
+def submit(
+    experiment: str = typer.Argument(..., help="experiment or ensemble name under runs/ (or its directory)"),
+    out: str = typer.Option(None, "--out", "-o", help="CSV path (default: submissions/<exp>.csv)"),
+    message: str = typer.Option("", "--message", "-m", help="note stored in submissions/log.csv"),
+    lb: float = typer.Option(None, "--lb", help="record the public LB score of this experiment's last submission"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+) -> None:
+    """Write the submission CSV, validated against sample_submission.csv; log it in submissions/log.csv.
+
+    Example: pipeline submit blend --message "effnet+resnet, d4 TTA"   then   pipeline submit blend --lb 0.961
+    """
+    from pipeline.stages import submit as stage
+
+    stage.run(experiment, out=out, message=message, lb=lb, runs_dir=runs_dir)

@@ -90,14 +90,18 @@ class TrainConfig:
     ema_decay: float = 0.9998  # EMA decay ceiling; warmup makes it small for the first few hundred steps
     patience: int = 5  # stop after this many epochs without a better valid score; 0 never stops
     num_workers: int = -1  # data-loading processes; -1 = min(8, CPU count)
+    keep_top: int = 3  # best epochs whose weights stay in fold{k}/top/ for averaging (avg.pt); 0 keeps none
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch for smoke runs; 0 = whole epoch
     metric: Literal["accuracy", "logloss", "f1_macro"] = "accuracy"  # valid score, also the CV score
 
 
 @dataclass
 class PredictConfig:
-    tta: str = "none"  # test-time augmentation views (prediction stage)
-    batch_size: int = 64  # inference batch per device; ~2x the training batch fits
+    tta: str = "hflip"  # TTA views: none | hflip | vflip | flips | d4 | a list like "identity,rot90"
+    batch_size: int = 64  # inference images per device per step (each TTA view multiplies it)
+    weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
+    avg_ema: bool = False  # average the EMA weights of the top epochs instead of the raw ones
+    bn_batches: int = 20  # training batches to re-estimate BatchNorm statistics of averaged weights; 0 = off
 
 
 @dataclass

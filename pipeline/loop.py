@@ -23,12 +23,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import checkpoint
+from pipeline.averaging import TopEpochs
 from pipeline.config import Config, to_dict
 from pipeline.errors import UserError
 from pipeline.files import write_csv
 from pipeline.optim import build_optimizer, build_scheduler, scale_lr
+from pipeline.tta import VIEWS, View
 
 log = logging.getLogger(__name__)
+IDENTITY = [VIEWS["identity"]]
 
 
 def pick_device() -> torch.device:
@@ -72,6 +75,18 @@ class Progress:
     best_source: str = "model"  # which weights scored best: model | ema
     done: bool = False
 
+    def record(self, epoch: int, scores: dict[str, dict], metric, epochs: int, patience: int) -> tuple[bool, bool]:
+        """Take one epoch's valid scores (per weight source); return (improved, stop early)."""
+        best = metric.best(s["score"] for s in scores.values())
+        source = next(name for name, s in scores.items() if s["score"] == best)
+        improved = metric.better(scores[source]["score"], self.best_score)
+        if improved:
+            self.best_score, self.best_epoch, self.best_source = scores[source]["score"], epoch, source
+        self.epoch = epoch
+        stop = patience > 0 and epoch - self.best_epoch >= patience
+        self.done = stop or epoch == epochs - 1
+        return improved, stop and epoch < epochs - 1
+
 
 def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, cfg: Config,
         fold_dir: Path, tracker, resume: dict | None = None, world_size: int = 1) -> Progress:
@@ -88,6 +103,7 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
     scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, round(t.warmup_epochs * steps_per_epoch), t.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else NoEMA()
+    top = TopEpochs(fold_dir, t.keep_top, task.metric.greater_is_better)
     progress, rows = Progress(), []
     if resume is not None:
         progress, rows = _restore(resume, model, ema, optimizer, scheduler, scaler)
@@ -103,30 +119,24 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
         seconds = time.perf_counter() - started
         scores = {name: evaluate(task, m, valid_loader, device, dtype)
                   for name, m in (("model", model), ("ema", ema.module)) if m is not None}
-        source = max(scores, key=lambda k: scores[k]["score"] * (1 if task.metric.greater_is_better else -1))
-        score = scores[source]["score"]
-        improved = task.metric.better(score, progress.best_score)
-        if improved:
-            progress.best_score, progress.best_epoch, progress.best_source = score, epoch, source
-        progress.epoch = epoch
-        patience_out = t.patience and epoch - progress.best_epoch >= t.patience
-        progress.done = epoch == t.epochs - 1 or bool(patience_out)
+        improved, stop = progress.record(epoch, scores, task.metric, t.epochs, t.patience)
         row = {"epoch": epoch, "step": progress.step, "train/loss": train_loss,
-               "valid/loss": scores["model"]["loss"], "valid/score": scores["model"]["score"],
-               **({"valid_ema/loss": scores["ema"]["loss"], "valid_ema/score": scores["ema"]["score"]} if "ema" in scores else {}),
+               **{f"valid{'' if name == 'model' else '_' + name}/{k}": v for name, s in scores.items() for k, v in s.items()},
                "lr": optimizer.param_groups[0]["lr"], "samples/s": samples / seconds, "seconds": seconds}
         rows.append(row)
+        top.offer(epoch, task.metric.best(s["score"] for s in scores.values()), model, ema.module)
         state = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker, cfg)
         checkpoint.save(fold_dir / "last.pt", state)
         if improved:
             checkpoint.copy(fold_dir / "last.pt", fold_dir / "best.pt")
         write_csv(fold_dir / "metrics.csv", pd.DataFrame(rows))
         tracker.log(row, step=progress.step)
-        log.info("epoch %d/%d  train %.4f  valid %.4f  %s %.4f%s  (%s)  %.0f samples/s  %.0fs%s",
-                 epoch + 1, t.epochs, train_loss, scores[source]["loss"], task.metric.name, score,
-                 " *" if improved else "", source, samples / seconds, seconds,
-                 "  early stop" if patience_out else "")
-        if patience_out:
+        log.info("epoch %d/%d  train loss %.4f  valid loss %.4f  %s %s%s  %.0f samples/s  %.0fs%s",
+                 epoch + 1, t.epochs, train_loss, scores["model"]["loss"], task.metric.name,
+                 " ".join(f"{name} {s['score']:.4f}" for name, s in scores.items()),
+                 f"  * best ({progress.best_source})" if improved else "", samples / seconds, seconds,
+                 "  early stop" if stop else "")
+        if stop:
             break
     return progress
 
@@ -185,19 +195,20 @@ def _check_finite(loss: float, epoch: int, step: int) -> None:
 
 
 @torch.inference_mode()
-def predict(task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype) -> np.ndarray:
-    """Outputs for every sample of the loader, in order, as float32 numpy."""
+def predict(task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype,
+            views: list[View] | None = None) -> np.ndarray:
+    """[V, N, ...] float32 outputs for every sample of the loader, in order, one slice per TTA view."""
     model.eval()
     outputs = []
     for batch in loader:
         batch = task.to_device(batch, device)
         with autocast(device, dtype):
-            outputs.append(task.predict(model, batch).float().cpu())
-    return torch.cat(outputs).numpy()
+            outputs.append(task.predict(model, batch, views or IDENTITY).float().cpu())
+    return torch.cat(outputs, dim=1).numpy()
 
 
 def evaluate(task, model: nn.Module, loader: DataLoader, device, dtype) -> dict[str, float]:
-    outputs = predict(task, model, loader, device, dtype)
+    outputs = predict(task, model, loader, device, dtype)[0]
     return task.evaluate(outputs, loader.dataset.labels)
 
 

@@ -18,6 +18,10 @@ class Metric:
     def __call__(self, target: np.ndarray, probs: np.ndarray) -> float:
         return float(self.fn(target, probs))
 
+    def best(self, scores):
+        """The best of several scores."""
+        return max(scores) if self.greater_is_better else min(scores)
+
     def better(self, a: float, b: float | None) -> bool:
         """Is score a an improvement on b (None = nothing yet)?"""
         return b is None or (a > b if self.greater_is_better else a < b)

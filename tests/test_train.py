@@ -113,3 +113,18 @@ def test_resume_warns_when_the_config_changed(competition, make_config, monkeypa
     cfg.train.base_lr = 1e-2
     train.run(cfg, fold=0)
     assert "resuming with train.base_lr=0.01 (was 0.004" in caplog.text
+
+
+def test_progress_picks_the_better_weights_and_stops_after_patience():
+    from pipeline.metrics import METRICS
+
+    p = loop.Progress()
+    acc, loss = METRICS["accuracy"], METRICS["logloss"]
+    assert p.record(0, {"model": {"score": 0.5}, "ema": {"score": 0.6}}, acc, epochs=10, patience=2) == (True, False)
+    assert (p.best_source, p.best_score) == ("ema", 0.6)
+    assert p.record(1, {"model": {"score": 0.55}}, acc, 10, 2) == (False, False)
+    assert p.record(2, {"model": {"score": 0.6}}, acc, 10, 2) == (False, True)  # a tie is not an improvement
+    assert p.done and p.best_epoch == 0
+    q = loop.Progress()
+    q.record(0, {"model": {"score": 0.9}, "ema": {"score": 0.7}}, loss, epochs=1, patience=0)
+    assert (q.best_source, q.done) == ("ema", True)  # lower log-loss is better

@@ -25,7 +25,8 @@ from pipeline.tasks import build_task
 from pipeline.tracking import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
-FOLD_FILES = ("last.pt", "best.pt", "metrics.csv", "oof.parquet", "train.log")
+FOLD_FILES = ("last.pt", "best.pt", "avg.pt", "metrics.csv", "oof.parquet", "oof_no_tta.parquet", "test.parquet",
+              "predict.json", "train.log")
 
 
 def parse_folds(fold: str | int, k: int) -> list[int]:
@@ -54,7 +55,7 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     if force:
         for name in FOLD_FILES:
             (fold_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(fold_dir / "wandb", ignore_errors=True)
+        shutil.rmtree(fold_dir / "top", ignore_errors=True)
     fold_dir.mkdir(parents=True, exist_ok=True)
     state = checkpoint.load(fold_dir / "last.pt") if (fold_dir / "last.pt").is_file() else None
     done = bool(state and state["progress"]["done"])
@@ -91,7 +92,7 @@ def write_oof(task, model, valid_rows, valid_loader, cfg: Config, fold_dir) -> f
     model.load_state_dict(best_weights(best))
     device = pick_device()
     model.to(device, memory_format=task.memory_format)
-    outputs = predict(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))
+    outputs = predict(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))[0]
     write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, outputs))
     score = task.evaluate(outputs, valid_loader.dataset.labels)["score"]
     log.info("fold %d OOF %s %.4f (%s weights, epoch %d) -> %s", int(valid_rows["fold"].iloc[0]), cfg.train.metric,

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.metrics import Metric
+from pipeline.tta import View
 
 
 class Task(Protocol):
@@ -28,8 +29,8 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """Scalar training loss for a batch already on the device."""
 
-    def predict(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """Per-sample outputs (e.g. class probabilities) for a batch already on the device."""
+    def predict(self, model: nn.Module, batch: Any, views: list[View]) -> torch.Tensor:
+        """[V, B, ...] per-view, per-sample outputs (e.g. class probabilities) for a batch on the device."""
 
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """{'loss': ..., 'score': ...} for the validation rows."""

@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.metrics import METRICS, logloss
 from pipeline.models import build_model, normalisation
 from pipeline.transforms import build_transforms
+from pipeline.tta import View, stack_views
 
 RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
 
@@ -61,8 +62,10 @@ class ClassificationTask:
             x, y = self.mixup(x, y)
         return self.criterion(model(x), y)
 
-    def predict(self, model: nn.Module, batch) -> torch.Tensor:
-        return model(batch[0]).float().softmax(dim=1)
+    def predict(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
+        """[V, B, C] class probabilities: every TTA view of the batch in a single forward pass."""
+        x = stack_views(batch[0], views).contiguous(memory_format=self.memory_format)
+        return model(x).float().softmax(dim=1).view(len(views), len(batch[0]), -1)
 
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}

@@ -1,0 +1,110 @@
+"""Checkpoint averaging: keep a fold's best N epochs, average them into fold{k}/avg.pt, re-estimate BatchNorm.
+
+Averaging the weights of several good epochs (SWA-style) lands in a flatter region than any one of them;
+BatchNorm statistics of an average are not the average of statistics, so they can be re-measured on
+training images (predict.bn_batches).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline import checkpoint
+from pipeline.config import Config
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class TopEpochs:
+    """fold{k}/top/epoch{e}.pt for the n best epochs so far (raw and EMA weights, and the epoch's score)."""
+
+    def __init__(self, fold_dir: Path, n: int, greater_is_better: bool):
+        self.dir, self.n, self.sign = fold_dir / "top", n, 1 if greater_is_better else -1
+
+    def kept(self) -> list[tuple[float, Path]]:
+        """(score, path) of the kept epochs, best first."""
+        found = [(checkpoint.load(p)["score"], p) for p in self.dir.glob("epoch*.pt")]
+        return sorted(found, key=lambda sp: -self.sign * sp[0])
+
+    def offer(self, epoch: int, score: float, model: nn.Module, ema_module: nn.Module | None) -> None:
+        if self.n <= 0:
+            return
+        kept = self.kept()
+        if len(kept) >= self.n and self.sign * score <= self.sign * kept[-1][0]:
+            return
+        checkpoint.save(self.dir / f"epoch{epoch:03d}.pt", {
+            "score": score, "epoch": epoch, "model": model.state_dict(),
+            "ema": ema_module.state_dict() if ema_module is not None else None})
+        for _, path in self.kept()[self.n:]:
+            path.unlink()
+
+
+def average_state_dicts(states: list[dict]) -> dict:
+    """Element-wise mean of floating tensors; integer buffers (BN batch counters) come from the first state."""
+    if not states:
+        raise ValueError("nothing to average")
+    out = {}
+    for key, first in states[0].items():
+        if torch.is_floating_point(first):
+            out[key] = (sum(s[key].double() for s in states) / len(states)).to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, task, device: torch.device, batches: int) -> int:
+    """Reset BN running statistics and re-measure them (cumulative average) on up to `batches` batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None = exact cumulative average over all batches seen
+    model.train()
+    seen = 0
+    for seen, batch in enumerate(loader, start=1):
+        model(task.to_device(batch, device)[0])
+        if seen == batches:
+            break
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+    return seen
+
+
+def averaged_weights(cfg: Config, task, model: nn.Module, folds, k: int) -> dict:
+    """fold{k}/avg.pt (built on first use): the mean of the kept top epochs, BN re-estimated if asked."""
+    from pipeline.data import build_loader
+    from pipeline.loop import pick_device
+
+    fold_dir = cfg.run_dir / f"fold{k}"
+    avg_path = fold_dir / "avg.pt"
+    source = "ema" if cfg.predict.avg_ema else "model"
+    if avg_path.is_file():
+        saved = checkpoint.load(avg_path)
+        if saved["source"] == source and saved["bn_batches"] == cfg.predict.bn_batches:
+            return saved["model"]
+    kept = TopEpochs(fold_dir, cfg.train.keep_top, task.metric.greater_is_better).kept()
+    states = [checkpoint.load(p)[source] for _, p in kept]
+    if not states or any(s is None for s in states):
+        raise UserError(f"{fold_dir / 'top'} holds no {source} epoch weights to average; train with "
+                        "train.keep_top>=2 (and train.ema=true for predict.avg_ema) or use --weights best")
+    model.load_state_dict(average_state_dicts(states))
+    device = pick_device()
+    model.to(device, memory_format=task.memory_format)
+    train_rows, _ = folds.split(k)
+    loader = build_loader(task.build_dataset(train_rows, train=False), cfg, False, cfg.train.batch_size)
+    seen = recalibrate_batchnorm(model, loader, task, device, cfg.predict.bn_batches)
+    weights = {key: v.cpu() for key, v in model.state_dict().items()}
+    checkpoint.save(avg_path, {"model": weights, "source": source, "bn_batches": cfg.predict.bn_batches,
+                               "epochs": [checkpoint.load(p)["epoch"] for _, p in kept]})
+    log.info("fold %d: averaged %d epochs (%s weights), BatchNorm re-estimated on %d batches -> %s",
+             k, len(states), source, seen, avg_path)
+    return weights

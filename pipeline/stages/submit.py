@@ -1,0 +1,124 @@
+"""Stage 5: decode test predictions into the competition's format, validate, write, and log it.
+
+    pipeline submit leaves-effnet --message "effnet d4 tta"      # -> submissions/leaves-effnet.csv
+    pipeline submit leaves-effnet --lb 0.9512                    # record the public LB of that submission
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config, load_config
+from pipeline.data import read_table
+from pipeline.errors import UserError
+from pipeline.files import write_csv
+from pipeline.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+LOG_COLUMNS = ["exp", "cv", "metric", "file", "created", "message", "public_lb"]
+
+
+def load_run(exp: str, runs_dir: str = "runs") -> Config:
+    run = Path(exp) if (Path(exp) / "config.yaml").is_file() else Path(runs_dir) / exp
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"no experiment {exp!r}: {run / 'config.yaml'} not found")
+    return load_config(run / "config.yaml")
+
+
+def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, classes: list) -> pd.DataFrame:
+    """Rows in sample_submission order: the top class per id, or per-class probabilities when the
+    sample submission has one column per class."""
+    id_col = cfg.data.id_col
+    class_cols = [str(c) for c in classes]
+    probs = test.set_index("id")[class_cols]
+    missing = pd.Index(sample[id_col]).difference(probs.index)
+    if len(missing):
+        raise UserError(f"{len(missing)} ids of sample_submission have no prediction (e.g. {missing[0]!r}); "
+                        "does test.csv list the same ids? rerun `pipeline predict`")
+    probs = probs.loc[sample[id_col]]
+    out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
+    if set(class_cols) <= {str(c) for c in sample.columns}:
+        for col in sample.columns[1:]:
+            out[col] = probs[str(col)].to_numpy()
+    else:
+        out[cfg.data.target_col] = np.asarray(classes, dtype=object)[probs.to_numpy().argmax(axis=1)]
+    return out
+
+
+def validate(sub: pd.DataFrame, sample: pd.DataFrame, classes: list, cfg: Config) -> None:
+    """The checks Kaggle's scorer makes, before a submission slot is spent on a malformed file."""
+    where = "submission"
+    if list(sub.columns) != list(sample.columns):
+        raise UserError(f"{where} columns {list(sub.columns)} differ from sample_submission's {list(sample.columns)}")
+    if len(sub) != len(sample):
+        raise UserError(f"{where} has {len(sub)} rows, sample_submission {len(sample)}")
+    id_col = cfg.data.id_col
+    mismatch = np.flatnonzero(sub[id_col].astype(str).to_numpy() != sample[id_col].astype(str).to_numpy())
+    if len(mismatch):
+        i = mismatch[0]
+        what = ("ids in a different order than" if set(sub[id_col]) == set(sample[id_col])
+                else "ids that are not in")
+        raise UserError(f"{where} has {what} sample_submission: row {i + 2} is {sub[id_col].iloc[i]!r}, "
+                        f"expected {sample[id_col].iloc[i]!r}")
+    nan = sub.isna().any(axis=1).to_numpy()
+    if nan.any():
+        raise UserError(f"{where} has empty values in {nan.sum()} rows (first: row {np.flatnonzero(nan)[0] + 2})")
+    target = cfg.data.target_col
+    if target in sub.columns and target != id_col:
+        unknown = ~sub[target].astype(str).isin({str(c) for c in classes})
+        if unknown.any():
+            i = np.flatnonzero(unknown.to_numpy())[0]
+            raise UserError(f"{where} row {i + 2} has label {sub[target].iloc[i]!r}, which train.csv never uses")
+    else:
+        values = sub.iloc[:, 1:].to_numpy(dtype=np.float64)
+        if ((values < 0) | (values > 1)).any():
+            raise UserError(f"{where} has probabilities outside [0, 1]")
+
+
+def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs") -> Path:
+    cfg = load_run(exp, runs_dir)
+    log_path = Path(cfg.submissions_dir) / "log.csv"
+    if lb is not None:
+        return record_lb(log_path, cfg.name, lb)
+    run_dir = cfg.run_dir
+    for name in ("test.parquet", "scores.json", "folds.json"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir / name} missing; run `pipeline predict` (or `pipeline ensemble`) first")
+    classes = json.loads((run_dir / "folds.json").read_text())["classes"]
+    scores = json.loads((run_dir / "scores.json").read_text())
+    sample = read_table(cfg.data_path("sample_submission"), "sample_submission", cfg.data.id_col)
+    sub = decode(pd.read_parquet(run_dir / "test.parquet"), sample, cfg, classes)
+    validate(sub, sample, classes, cfg)
+    path = Path(out) if out else Path(cfg.submissions_dir) / f"{cfg.name}.csv"
+    write_csv(path, sub)
+    entry = {"exp": cfg.name, "cv": scores["cv"], "metric": scores["metric"], "file": str(path),
+             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "message": message, "public_lb": None}
+    history = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame(columns=LOG_COLUMNS)
+    write_csv(log_path, pd.concat([history, pd.DataFrame([entry])], ignore_index=True)[LOG_COLUMNS])
+    tracker = build_tracker(cfg, "submit", "submit")
+    tracker.summary({"cv": scores["cv"], "submission": str(path), "message": message})
+    tracker.finish()
+    log.info("submission %s (%d rows, CV %s %.4f) validated against %s", path, len(sub), scores["metric"],
+             scores["cv"], cfg.data_path("sample_submission"))
+    return path
+
+
+def record_lb(log_path: Path, exp: str, lb: float) -> Path:
+    """Write a public leaderboard score on the newest log row of `exp`."""
+    if not log_path.is_file():
+        raise UserError(f"{log_path} not found: submit {exp} before recording its leaderboard score")
+    history = pd.read_csv(log_path)
+    rows = np.flatnonzero(history["exp"].astype(str).to_numpy() == exp)
+    if not len(rows):
+        raise UserError(f"{log_path} has no submission of {exp}")
+    history["public_lb"] = history["public_lb"].astype("float64")
+    history.loc[rows[-1], "public_lb"] = lb
+    write_csv(log_path, history)
+    log.info("public LB %.5f recorded for %s (%s)", lb, exp, history.loc[rows[-1], "file"])
+    return log_path

@@ -1,0 +1,77 @@
+"""Test-time augmentation: named sets of views, applied to whole batches and run as one forward pass.
+
+    predict.tta: none | hflip | vflip | flips | d4 | "identity,hflip,rot90"   (a set name or a list of views)
+
+Each view has an exact inverse, so outputs shaped like the image (masks, heatmaps, boxes) can be mapped
+back; class probabilities are invariant and are simply averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    apply: Callable[[torch.Tensor], torch.Tensor]  # NCHW -> NCHW
+    invert: Callable[[torch.Tensor], torch.Tensor]  # undoes apply on image-shaped outputs
+
+
+def _flip(dims):
+    return lambda x: x.flip(dims)
+
+
+def _rot(k):
+    return lambda x: torch.rot90(x, k, dims=(-2, -1))
+
+
+def _transpose(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-2, -1)
+
+
+def _anti_transpose(x: torch.Tensor) -> torch.Tensor:
+    return torch.rot90(x, 2, dims=(-2, -1)).transpose(-2, -1)
+
+
+VIEWS = {
+    "identity": View("identity", lambda x: x, lambda x: x),
+    "hflip": View("hflip", _flip((-1,)), _flip((-1,))),
+    "vflip": View("vflip", _flip((-2,)), _flip((-2,))),
+    "rot90": View("rot90", _rot(1), _rot(-1)),
+    "rot180": View("rot180", _rot(2), _rot(-2)),
+    "rot270": View("rot270", _rot(3), _rot(-3)),
+    "transpose": View("transpose", _transpose, _transpose),
+    "antitranspose": View("antitranspose", _anti_transpose, _anti_transpose),
+}
+
+SETS = {
+    "none": ["identity"],
+    "hflip": ["identity", "hflip"],
+    "vflip": ["identity", "vflip"],
+    "flips": ["identity", "hflip", "vflip", "rot180"],
+    "d4": list(VIEWS),  # the 8 symmetries of the square: for data with no up or left (leaves, cells, satellites)
+}
+
+
+def build_views(spec: str) -> list[View]:
+    """A set name or a comma-separated list of view names; identity always comes first."""
+    names = SETS.get(spec) or [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown or not names:
+        raise UserError(f"predict.tta={spec!r}: unknown view(s) {unknown}; use one of {', '.join(SETS)} "
+                        f"or a comma-separated list of {', '.join(VIEWS)}")
+    return [VIEWS["identity"]] + [VIEWS[n] for n in names if n != "identity"]
+
+
+def stack_views(x: torch.Tensor, views: list[View]) -> torch.Tensor:
+    """[B, C, H, W] -> [V*B, C, H, W]: every view of the batch in one tensor, for one forward pass.
+
+    Views that swap H and W (rot90, transpose) need square inputs, which image.size guarantees.
+    """
+    return torch.cat([v.apply(x) for v in views])

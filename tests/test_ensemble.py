@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.averaging import average_state_dicts
+from pipeline.ensemble import combine, held_out_weights_score, hill_climb, stack
+from pipeline.metrics import METRICS
+
+ACC = METRICS["accuracy"]
+
+
+def noisy_members(rng, target, n_classes, strengths):
+    """Probabilities that lean toward the truth by `strength` each, with independent noise."""
+    out = []
+    for s in strengths:
+        logits = rng.normal(size=(len(target), n_classes))
+        logits[np.arange(len(target)), target] += s
+        p = np.exp(logits)
+        out.append((p / p.sum(1, keepdims=True)).astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("method", ["mean", "weighted", "rank", "geometric"])
+def test_blends_are_distributions(method):
+    rng = np.random.default_rng(0)
+    members = noisy_members(rng, rng.integers(0, 4, 50), 4, [1.0, 2.0])
+    out = combine(method, members, np.array([0.3, 0.7]))
+    assert out.shape == (50, 4) and np.allclose(out.sum(1), 1, atol=1e-5) and (out >= 0).all()
+
+
+def test_weights_sum_to_one_beat_the_best_member_and_ignore_test_predictions():
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 5, 600)
+    members = noisy_members(rng, target, 5, [1.5, 1.2, 0.2])
+    w = hill_climb("weighted", members, target, ACC)
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    blended = ACC(target, combine("weighted", members, w))
+    assert blended >= max(ACC(target, p) for p in members)
+    assert w[2] < w[0]  # the weak member gets less weight
+    # Weights are a function of OOF rows only: the fit takes no test argument, and refitting is deterministic.
+    assert np.array_equal(w, hill_climb("weighted", members, target, ACC))
+    folds = np.arange(600) % 5
+    honest, _ = held_out_weights_score("weighted", members, target, folds, ACC)
+    assert 0.2 < honest <= 1.0
+
+
+def test_stacking_on_noise_reports_chance_not_more():
+    rng = np.random.default_rng(2)
+    n, c = 900, 3
+    target = rng.integers(0, c, n)
+    members = [rng.dirichlet(np.ones(c), n).astype(np.float32) for _ in range(3)]
+    folds = np.arange(n) % 5
+    oof, test = stack(members, target, folds, [m[:10] for m in members], c)
+    assert ACC(target, oof) < 1 / c + 0.06  # honest: pure noise cannot beat chance out of fold
+    assert test.shape == (10, c) and np.allclose(test.sum(1), 1, atol=1e-5)
+
+
+def test_stacking_learns_from_informative_members():
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 4, 800)
+    members = noisy_members(rng, target, 4, [1.0, 1.0])
+    oof, _ = stack(members, target, np.arange(800) % 4, members, 4)
+    assert ACC(target, oof) > ACC(target, members[0])
+
+
+def test_averaging_identical_checkpoints_returns_them():
+    state = {"w": torch.randn(4, 3), "b": torch.randn(3).half(), "bn.num_batches_tracked": torch.tensor(7)}
+    avg = average_state_dicts([state, {k: v.clone() for k, v in state.items()}, state])
+    for k, v in state.items():
+        assert torch.equal(avg[k], v) and avg[k].dtype == v.dtype
+    two = average_state_dicts([{"w": torch.zeros(2)}, {"w": torch.ones(2)}])
+    assert torch.equal(two["w"], torch.full((2,), 0.5))
