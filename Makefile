@@ -1,5 +1,8 @@
 # Thin wrappers over the `pipeline` CLI. Every target installs what it needs first (make setup).
 #   make train FOLD=0 CONFIG=configs/leaves.yaml SET="train.epochs=5 image.size=160"
+#   make predict CONFIG=configs/leaves.yaml TTA=d4
+#   make ensemble RUNS="exp-a exp-b" METHOD=weighted NAME=blend
+#   make submit RUN=blend MESSAGE="a+b d4"
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +12,7 @@ FOLD ?= 0
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow lint prepare train train-all clean-venv
+.PHONY: setup test test-slow lint demo prepare train train-all predict ensemble submit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -31,6 +34,9 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check pipeline tests
 
+demo: setup
+	$(BIN)/pipeline demo
+
 prepare: setup
 	$(BIN)/pipeline prepare --config $(CONFIG) $(SETS)
 
@@ -39,6 +45,15 @@ train: prepare
 
 train-all: prepare
 	$(BIN)/pipeline train --config $(CONFIG) --fold all $(SETS)
+
+predict: setup
+	$(BIN)/pipeline predict --config $(CONFIG) --fold $(or $(FOLD_PREDICT),all) $(SETS) $(if $(TTA),--tta $(TTA))
+
+ensemble: setup
+	$(BIN)/pipeline ensemble $(RUNS) --method $(or $(METHOD),weighted) $(if $(NAME),--name $(NAME))
+
+submit: setup
+	$(BIN)/pipeline submit $(RUN) $(if $(MESSAGE),--message "$(MESSAGE)")
 
 clean-venv:
 	rm -rf $(VENV)

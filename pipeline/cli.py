@@ -135,3 +135,19 @@ def submit(
     from pipeline.stages import submit as stage
 
     stage.run(experiment, out=out, message=message, lb=lb, runs_dir=runs_dir)
+
+
+@app.command()
+@user_errors
+def demo(
+    root: str = typer.Option("data/demo-digits", "--root", help="where the embedded competition is written"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the demo experiments go"),
+    set_: list[str] = SetOpt,
+) -> None:
+    """The whole pipeline on embedded data (digits as PNGs): prepare, train, TTA predict, ensemble, submit.
+
+    Example: pipeline demo --set train.epochs=3
+    """
+    from pipeline.stages import demo as stage
+
+    stage.run(root=root, runs_dir=runs_dir, overrides=set_ or [])

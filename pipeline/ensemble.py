@@ -42,7 +42,7 @@ def hill_climb(method: str, members: list[np.ndarray], target: np.ndarray, metri
     n = len(members)
     counts = np.zeros(n)
     singles = [_objective(metric, target, p) for p in members]
-    counts[int(np.argmax([s for s in singles]))] = 1
+    counts[max(range(n), key=lambda i: singles[i])] = 1
     best = max(singles)
     for _ in range(rounds):
         trials = []

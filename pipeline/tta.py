@@ -1,6 +1,6 @@
 """Test-time augmentation: named sets of views, applied to whole batches and run as one forward pass.
 
-    predict.tta: none | hflip | vflip | flips | d4 | "identity,hflip,rot90"   (a set name or a list of views)
+    predict.tta: none | hflip | vflip | flips | d4 | shifts | "identity,hflip,rot90"   (a set or a view list)
 
 Each view has an exact inverse, so outputs shaped like the image (masks, heatmaps, boxes) can be mapped
 back; class probabilities are invariant and are simply averaged.
@@ -39,6 +39,14 @@ def _anti_transpose(x: torch.Tensor) -> torch.Tensor:
     return torch.rot90(x, 2, dims=(-2, -1)).transpose(-2, -1)
 
 
+def _shift(dy: int, dx: int):
+    """Circular shift by 1/16 of the side per unit: small translations, exactly undone by the opposite shift."""
+    def apply(x, sign=1):
+        h, w = x.shape[-2:]
+        return torch.roll(x, shifts=(sign * dy * max(1, h // 16), sign * dx * max(1, w // 16)), dims=(-2, -1))
+    return apply, lambda x: apply(x, -1)
+
+
 VIEWS = {
     "identity": View("identity", lambda x: x, lambda x: x),
     "hflip": View("hflip", _flip((-1,)), _flip((-1,))),
@@ -48,6 +56,10 @@ VIEWS = {
     "rot270": View("rot270", _rot(3), _rot(-3)),
     "transpose": View("transpose", _transpose, _transpose),
     "antitranspose": View("antitranspose", _anti_transpose, _anti_transpose),
+    "shift_left": View("shift_left", *_shift(0, -1)),
+    "shift_right": View("shift_right", *_shift(0, 1)),
+    "shift_up": View("shift_up", *_shift(-1, 0)),
+    "shift_down": View("shift_down", *_shift(1, 0)),
 }
 
 SETS = {
@@ -55,7 +67,8 @@ SETS = {
     "hflip": ["identity", "hflip"],
     "vflip": ["identity", "vflip"],
     "flips": ["identity", "hflip", "vflip", "rot180"],
-    "d4": list(VIEWS),  # the 8 symmetries of the square: for data with no up or left (leaves, cells, satellites)
+    "d4": ["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose"],  # no up or left
+    "shifts": ["identity", "shift_left", "shift_right", "shift_up", "shift_down"],  # for data a flip would change (text, digits)
 }
 
 

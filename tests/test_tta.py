@@ -18,6 +18,7 @@ def test_flip_of_a_flip_is_identity_and_d4_views_are_distinct():
         assert torch.equal(VIEWS[name].apply(VIEWS[name].apply(x)), x)
     images = {tuple(v.apply(x).flatten().tolist()) for v in build_views("d4")}
     assert len(images) == 8  # the eight symmetries of a square are all different
+    assert torch.equal(VIEWS["shift_right"].apply(VIEWS["shift_left"].apply(x)), x)
 
 
 def test_view_sets_start_with_identity_and_stack_batched():
