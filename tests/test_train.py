@@ -18,7 +18,8 @@ def test_train_one_fold_writes_the_run_directory(competition, make_config):
     train.run(cfg, fold=0)
     run = cfg.run_dir
     assert {"config.yaml", "meta.json", "folds.csv", "folds.json", "fold0"} <= {p.name for p in run.iterdir()}
-    assert fold_files(cfg) == ["best.pt", "last.pt", "metrics.csv", "oof.parquet", "train.log"]
+    assert fold_files(cfg) == ["best.pt", "last.pt", "metrics.csv", "oof.parquet", "top", "train.log"]
+    assert sorted(p.name for p in (run / "fold0/top").iterdir()) == ["epoch000.pt", "epoch001.pt"]  # keep_top=3
     assert "fold 0 OOF accuracy" in (run / "fold0/train.log").read_text()
     metrics = pd.read_csv(run / "fold0/metrics.csv")
     assert list(metrics["epoch"]) == [0, 1]
@@ -128,3 +129,15 @@ def test_progress_picks_the_better_weights_and_stops_after_patience():
     q = loop.Progress()
     q.record(0, {"model": {"score": 0.9}, "ema": {"score": 0.7}}, loss, epochs=1, patience=0)
     assert (q.best_source, q.done) == ("ema", True)  # lower log-loss is better
+
+
+def test_top_epochs_keeps_only_the_best_n(tmp_path):
+    import timm
+
+    from pipeline.averaging import TopEpochs
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    top = TopEpochs(tmp_path, n=2, greater_is_better=True)
+    for epoch, score in enumerate([0.5, 0.7, 0.6, 0.4, 0.9]):
+        top.offer(epoch, score, model, None)
+    assert [(s, p.name) for s, p in top.kept()] == [(0.9, "epoch004.pt"), (0.7, "epoch001.pt")]

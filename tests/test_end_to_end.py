@@ -1,0 +1,73 @@
+"""The five stages through the real CLI on a small digits competition, and the demo itself (slow)."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.stages.demo import score_against_solution
+
+runner = CliRunner()
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_prepare_train_predict_ensemble_submit(competition, make_config, tmp_path):
+    path_a, cfg_a = make_config(competition, name="a", train={"epochs": 2, "keep_top": 2}, predict={"tta": "shifts"})
+    path_b, cfg_b = make_config(competition, name="b", model={"name": "test_efficientnet"})
+    for path in (path_a, path_b):
+        cli("prepare", "--config", path)
+        cli("train", "--config", path, "--fold", "all")
+    cli("predict", "--config", path_a, "--weights", "avg")
+    cli("predict", "--config", path_b, "--tta", "none")
+    scores = json.loads((cfg_a.run_dir / "scores.json").read_text())
+    assert set(scores["folds"]) == {"0", "1", "2"} and scores["tta"] == "shifts" and scores["weights"] == "avg"
+    assert 0 <= scores["cv_no_tta"] <= 1 and scores["rows"] == 150
+    test = pd.read_parquet(cfg_a.run_dir / "test.parquet")
+    assert len(test) == len(pd.read_csv(competition / "test.csv"))
+    assert (cfg_a.run_dir / "fold0/avg.pt").is_file()
+
+    runs = cfg_a.runs_dir
+    cli("ensemble", "a", "b", "--method", "weighted", "--name", "blend", "--runs-dir", runs)
+    blend = cfg_a.run_dir.parent / "blend"
+    weights = json.loads((blend / "weights.json").read_text())["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0)
+    ens_scores = json.loads((blend / "scores.json").read_text())
+    assert ens_scores["cv"] >= max(ens_scores["members"].values()) - 1e-9  # hill climbing starts from the best member
+    cli("ensemble", "a", "b", "--method", "stack", "--name", "stacked", "--runs-dir", runs)
+
+    cli("submit", "blend", "--runs-dir", runs, "--message", "first")
+    sub_path = tmp_path / "subs" / "blend.csv"
+    sub = pd.read_csv(sub_path)
+    assert list(sub["image"]) == list(pd.read_csv(competition / "sample_submission.csv")["image"])
+    assert 0 <= score_against_solution(sub_path, competition / "solution.csv") <= 1
+    cli("submit", "blend", "--runs-dir", runs, "--lb", "0.987")
+    log = pd.read_csv(tmp_path / "subs" / "log.csv")
+    assert list(log["exp"]) == ["blend"] and log.loc[0, "public_lb"] == pytest.approx(0.987)
+    assert log.loc[0, "message"] == "first" and log.loc[0, "cv"] == pytest.approx(ens_scores["cv"])
+
+
+def test_ensemble_refuses_members_with_different_folds(competition, make_config):
+    path_a, cfg = make_config(competition, name="a", train={"epochs": 1})
+    path_b, _ = make_config(competition, name="b", train={"epochs": 1}, seed=7)
+    for path in (path_a, path_b):
+        cli("prepare", "--config", path)
+        cli("train", "--config", path, "--fold", "all")
+        cli("predict", "--config", path, "--tta", "none")
+    result = runner.invoke(app, ["ensemble", "a", "b", "--runs-dir", str(cfg.runs_dir)])
+    assert result.exit_code == 2 and "trained on different folds" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_loop(tmp_path):
+    from pipeline.stages import demo
+
+    summary = demo.run(root=str(tmp_path / "digits"), runs_dir=str(tmp_path / "runs"),
+                       submissions_dir=str(tmp_path / "subs"))
+    assert summary["held_back_accuracy"] > 0.9 and summary["ensemble_cv"] >= max(summary["members_cv"].values())
