@@ -28,7 +28,7 @@ class TopEpochs:
 
     def kept(self) -> list[tuple[float, Path]]:
         """(score, path) of the kept epochs, best first."""
-        found = [(checkpoint.load(p)["score"], p) for p in self.dir.glob("epoch*.pt")]
+        found = [(checkpoint.load(p, mmap=True)["score"], p) for p in self.dir.glob("epoch*.pt")]
         return sorted(found, key=lambda sp: -self.sign * sp[0])
 
     def offer(self, epoch: int, score: float, model: nn.Module, ema_module: nn.Module | None) -> None:
@@ -104,7 +104,7 @@ def averaged_weights(cfg: Config, task, model: nn.Module, folds, k: int) -> dict
     seen = recalibrate_batchnorm(model, loader, task, device, cfg.predict.bn_batches)
     weights = {key: v.cpu() for key, v in model.state_dict().items()}
     checkpoint.save(avg_path, {"model": weights, "source": source, "bn_batches": cfg.predict.bn_batches,
-                               "epochs": [checkpoint.load(p)["epoch"] for _, p in kept]})
+                               "epochs": [checkpoint.load(p, mmap=True)["epoch"] for _, p in kept]})
     log.info("fold %d: averaged %d epochs (%s weights), BatchNorm re-estimated on %d batches -> %s",
              k, len(states), source, seen, avg_path)
     return weights

@@ -24,9 +24,10 @@ def copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """mmap=True maps tensors lazily: reading a checkpoint's metadata then costs no tensor I/O."""
     # weights_only: our own checkpoints hold only tensors and plain containers, so nothing needs unpickling.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def rng_state() -> dict[str, Any]:
