@@ -19,7 +19,7 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
 
 def copy(src: Path, dst: Path) -> None:
-    """best.pt from the just-written last.pt: one serialisation, atomic on both ends."""
+    """Copy a just-written checkpoint (last.pt from best.pt): one serialisation, atomic on both ends."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
 

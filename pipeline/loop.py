@@ -126,9 +126,11 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
         rows.append(row)
         top.offer(epoch, task.metric.best(s["score"] for s in scores.values()), model, ema.module)
         state = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker, cfg)
-        checkpoint.save(fold_dir / "last.pt", state)
-        if improved:
-            checkpoint.copy(fold_dir / "last.pt", fold_dir / "best.pt")
+        if improved:  # best.pt before last.pt: a crash in between never leaves best.pt behind the progress
+            checkpoint.save(fold_dir / "best.pt", state)
+            checkpoint.copy(fold_dir / "best.pt", fold_dir / "last.pt")
+        else:
+            checkpoint.save(fold_dir / "last.pt", state)
         write_csv(fold_dir / "metrics.csv", pd.DataFrame(rows))
         tracker.log(row, step=progress.step)
         log.info("epoch %d/%d  train loss %.4f  valid loss %.4f  %s %s%s  %.0f samples/s  %.0fs%s",
