@@ -42,6 +42,16 @@ def test_prepare_train_predict_ensemble_submit(competition, make_config, tmp_pat
     assert ens_scores["cv"] >= max(ens_scores["members"].values()) - 1e-9  # hill climbing starts from the best member
     cli("ensemble", "a", "b", "--method", "stack", "--name", "stacked", "--runs-dir", runs)
 
+    # Test predictions never enter the fit: scrambling a member's test.parquet leaves the weights unchanged.
+    test_b = cfg_b.run_dir / "test.parquet"
+    original = pd.read_parquet(test_b)
+    scrambled = original.copy()
+    scrambled.iloc[:, 1:] = scrambled.iloc[:, 1:].to_numpy()[::-1]
+    scrambled.to_parquet(test_b, index=False)
+    cli("ensemble", "a", "b", "--method", "weighted", "--name", "blend-scrambled", "--runs-dir", runs)
+    assert json.loads((blend.parent / "blend-scrambled" / "weights.json").read_text())["weights"] == weights
+    original.to_parquet(test_b, index=False)
+
     cli("submit", "blend", "--runs-dir", runs, "--message", "first")
     sub_path = tmp_path / "subs" / "blend.csv"
     sub = pd.read_csv(sub_path)
