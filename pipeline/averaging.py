@@ -70,7 +70,7 @@ def recalibrate_batchnorm(model: nn.Module, loader, task, device: torch.device, 
     model.train()
     seen = 0
     for seen, batch in enumerate(loader, start=1):
-        model(task.to_device(batch, device)[0])
+        task.loss(model, task.to_device(batch, device))  # a training-mode forward, as during training
         if seen == batches:
             break
     for m, momentum in zip(norms, momenta, strict=True):

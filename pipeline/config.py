@@ -33,6 +33,12 @@ class DataConfig:
     image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path
     image_ext: str = ""  # suffix appended to ids, e.g. ".jpg" when ids are bare names
     check_images: bool = True  # prepare decodes every image once; turn off only for huge sets you trust
+    # detection: train.csv has one row per box (id, class in target_col, four box columns); an image with
+    # no boxes is a row whose box columns are empty
+    box_cols: list[str] = field(default_factory=lambda: ["xmin", "ymin", "xmax", "ymax"])  # in box_format order
+    box_format: Literal["xyxy", "xywh"] = "xyxy"  # corners, or top-left corner + width/height (COCO)
+    box_units: Literal["pixels", "normalised"] = "pixels"  # normalised: fractions of the image width/height
+    classes: list[str] | None = None  # the label set; null = the labels train.csv uses; others are errors
 
 
 @dataclass
@@ -92,7 +98,8 @@ class TrainConfig:
     num_workers: int = -1  # data-loading processes; -1 = min(8, CPU count)
     keep_top: int = 3  # best epochs whose weights stay in fold{k}/top/ for averaging (avg.pt); 0 keeps none
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch for smoke runs; 0 = whole epoch
-    metric: Literal["accuracy", "logloss", "f1_macro"] = "accuracy"  # valid score, also the CV score
+    # valid score, also the CV score; detection: map50 (COCO AP at IoU 0.5) or map (AP averaged over 0.5:0.95)
+    metric: Literal["accuracy", "logloss", "f1_macro", "map50", "map"] = "accuracy"
 
 
 @dataclass
@@ -102,6 +109,20 @@ class PredictConfig:
     weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
     avg_ema: bool = False  # average the EMA weights of the top epochs instead of the raw ones
     bn_batches: int = 20  # training batches to re-estimate BatchNorm statistics of averaged weights; 0 = off
+
+
+@dataclass
+class DetectConfig:
+    fpn_channels: int = 96  # FPN/head width, a multiple of 32; torchvision uses 256, 64-128 suits a few classes
+    freeze_bn: bool = True  # freeze a pretrained backbone's BatchNorm: detection batches are too small to re-fit it
+    score_thr: float = 0.05  # drop detections below this score (COCO evaluation uses 0.05)
+    nms_iou: float = 0.6  # per-class NMS IoU inside one model's output
+    max_det: int = 100  # detections kept per image (COCO's maxDets)
+    wbf_iou: float = 0.55  # IoU at which Weighted Boxes Fusion merges boxes across TTA views and folds
+    wbf_skip: float = 0.0  # WBF ignores boxes below this score
+    # one box in the submission; fields: score x y w h x2 y2 (pixels) label (class name) label_id
+    submit_format: str = "{score:.4f} {x:.0f} {y:.0f} {w:.0f} {h:.0f}"
+    submit_score_thr: float = 0.0  # boxes below this score are left out of the submission
 
 
 @dataclass
@@ -116,7 +137,7 @@ class TrackingConfig:
 @dataclass
 class Config:
     name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
-    task: Literal["classification"] = "classification"  # what is being learned
+    task: Literal["classification", "detection"] = "classification"  # what is being learned
     seed: int = 42  # folds, initialisation, shuffling
     runs_dir: str = "runs"  # where experiments live
     submissions_dir: str = "submissions"  # where submit writes CSVs and log.csv
@@ -127,6 +148,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property

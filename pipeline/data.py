@@ -165,6 +165,7 @@ def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int) ->
         persistent_workers=workers > 0,
         drop_last=train and len(dataset) > batch_size,  # mixup needs even, full batches
         worker_init_fn=_worker_init,
+        collate_fn=getattr(dataset, "collate", None),  # detection batches hold lists of boxes
     )
 
 

@@ -40,3 +40,55 @@ def write_digits_competition(root: str | Path, size: int = 32, n_train: int | No
     write_csv(root / "solution.csv", pd.DataFrame({"image": [names[i] for i in test_idx],
                                                    "label": [labels[i] for i in test_idx]}))
     return root
+
+
+def write_digit_boxes_competition(root: str | Path, n_images: int = 300, digits: tuple[int, ...] = (0, 1, 2),
+                                  test_fraction: float = 0.2, seed: int = 0) -> Path:
+    """A detection competition from the same scans: 0-3 digits pasted onto textured canvases of varied size.
+
+    train.csv has one row per box (image, width, height, label, x, y, w, h in pixels, COCO's xywh); an image
+    without digits is one row with empty box cells. solution.csv holds the test boxes the same way.
+    """
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    data = load_digits()
+    pool = {d: np.flatnonzero(data.target == d) for d in digits}
+    rows, names = [], []
+    for n in range(n_images):
+        w, h = int(rng.integers(96, 161)), int(rng.integers(80, 129))
+        canvas = rng.normal(40, 15, (h, w)).clip(0, 255)
+        name = f"images/{n:04d}.png"
+        placed = []
+        for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.05, 0.35, 0.35, 0.25]))):
+            side = int(rng.integers(24, 49))
+            for _attempt in range(20):  # digits do not overlap, like objects on a plate
+                x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+                if all(x + side <= px or px + ps <= x or y + side <= py or py + ps <= y for px, py, ps in placed):
+                    break
+            else:
+                continue
+            digit = int(rng.choice(digits))
+            scan = data.images[rng.choice(pool[digit])] * (255 / 16)
+            patch = cv2.resize(scan, (side, side), interpolation=cv2.INTER_CUBIC)
+            region = canvas[y:y + side, x:x + side]
+            canvas[y:y + side, x:x + side] = np.maximum(region, patch)
+            placed.append((x, y, side))
+            # The box is the ink, not the patch: the scans have empty margins.
+            ys, xs = np.nonzero(patch > 40)
+            rows.append({"image": name, "width": w, "height": h, "label": f"digit_{digit}",
+                         "x": x + int(xs.min()), "y": y + int(ys.min()),
+                         "w": int(xs.max() - xs.min() + 1), "h": int(ys.max() - ys.min() + 1)})
+        if not placed:
+            rows.append({"image": name, "width": w, "height": h, "label": None, "x": None, "y": None, "w": None, "h": None})
+        cv2.imwrite(str(root / name), cv2.cvtColor(canvas.astype(np.uint8), cv2.COLOR_GRAY2BGR))
+        names.append(name)
+    boxes = pd.DataFrame(rows)
+    test_names = set(names[: int(len(names) * test_fraction)])
+    is_test = boxes["image"].isin(test_names)
+    write_csv(root / "train.csv", boxes[~is_test])
+    write_csv(root / "solution.csv", boxes[is_test])
+    test = sorted(test_names)
+    write_csv(root / "test.csv", pd.DataFrame({"image": test}))
+    write_csv(root / "sample_submission.csv", pd.DataFrame({"image": test, "PredictionString": "1.0 0 0 10 10"}))
+    return root

@@ -6,6 +6,9 @@ Every fitted method is also scored the honest way: fitted on K-1 folds, scored o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
@@ -93,3 +96,26 @@ def _full_proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.
     out = np.zeros((len(x), n_classes))
     out[:, model.classes_] = model.predict_proba(x)
     return out
+
+
+@dataclass
+class Blend:
+    """An ensemble's OOF and test outputs, with what was fitted and its honest (other-folds) score."""
+
+    oof: Any
+    test: Any
+    weights: np.ndarray | None  # per member, summing to one; None for a meta-model
+    held_out: float | None  # score with weights fitted on the other folds; None when nothing was fitted
+    params: dict = field(default_factory=dict)  # other fitted settings (e.g. the WBF IoU)
+
+
+def blend_probabilities(method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
+                        folds: np.ndarray, metric: Metric) -> Blend:
+    """mean | weighted (hill climbing) | rank | geometric | stack, fitted on OOF rows only."""
+    if method == "stack":
+        oof, test = stack(oofs, target, folds, tests, oofs[0].shape[1])
+        return Blend(oof, test, None, metric(target, oof))  # stacked OOF is already fitted on other folds
+    n = len(oofs)
+    weights = hill_climb(method, oofs, target, metric) if method == "weighted" else np.full(n, 1 / n)
+    held_out = held_out_weights_score(method, oofs, target, folds, metric)[0] if method == "weighted" else None
+    return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, held_out)

@@ -75,7 +75,9 @@ def assign_folds(target: pd.Series, groups: pd.Series | None, k: int, strategy: 
     return fold
 
 
-def make_folds(cfg: Config, train: pd.DataFrame) -> Folds:
+def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None) -> Folds:
+    """Folds for one row per sample (id, target and group columns named by the config); `classes` defaults
+    to the sorted targets (detection passes its box classes and stratifies on a per-image key)."""
     d = cfg.data
     target, groups = train[d.target_col], (train[d.group_col] if d.group_col else None)
     strategy = resolve_strategy(cfg, target)
@@ -83,14 +85,14 @@ def make_folds(cfg: Config, train: pd.DataFrame) -> Folds:
     small = counts[counts < cfg.cv.folds]
     if strategy in ("stratified", "stratified_group") and len(small):
         log.warning(
-            "%d classes have fewer rows than cv.folds=%d (e.g. %s); some folds will not see them in validation",
+            "%d classes (strata) have fewer rows than cv.folds=%d (e.g. %s); some folds will not see them in validation",
             len(small), cfg.cv.folds, ", ".join(f"{c}: {n}" for c, n in small.head(5).items()),
         )
     table = pd.DataFrame({"id": train[d.id_col].to_numpy(), "target": target.to_numpy()})
     if groups is not None:
         table["group"] = groups.to_numpy()
     table["fold"] = assign_folds(target, groups, cfg.cv.folds, strategy, cfg.seed)
-    return Folds(table=table, classes=sorted(target.unique().tolist()))
+    return Folds(table=table, classes=classes if classes is not None else sorted(target.unique().tolist()))
 
 
 def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:

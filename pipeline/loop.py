@@ -14,7 +14,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
@@ -133,8 +132,9 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
             checkpoint.save(fold_dir / "last.pt", state)
         write_csv(fold_dir / "metrics.csv", pd.DataFrame(rows))
         tracker.log(row, step=progress.step)
-        log.info("epoch %d/%d  train loss %.4f  valid loss %.4f  %s %s%s  %.0f samples/s  %.0fs%s",
-                 epoch + 1, t.epochs, train_loss, scores["model"]["loss"], task.metric.name,
+        log.info("epoch %d/%d  train loss %.4f  %s%s %s%s  %.0f samples/s  %.0fs%s",
+                 epoch + 1, t.epochs, train_loss,
+                 f"valid loss {scores['model']['loss']:.4f}  " if "loss" in scores["model"] else "", task.metric.name,
                  " ".join(f"{name} {s['score']:.4f}" for name, s in scores.items()),
                  f"  * best ({progress.best_source})" if improved else "", samples / seconds, seconds,
                  "  early stop" if stop else "")
@@ -198,15 +198,15 @@ def _check_finite(loss: float, epoch: int, step: int) -> None:
 
 @torch.inference_mode()
 def predict(task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype,
-            views: list[View] | None = None) -> np.ndarray:
-    """[V, N, ...] float32 outputs for every sample of the loader, in order, one slice per TTA view."""
+            views: list[View] | None = None):
+    """Outputs for every sample of the loader, in order, one slice per TTA view ([V, N, C] for classes)."""
     model.eval()
     outputs = []
     for batch in loader:
         batch = task.to_device(batch, device)
         with autocast(device, dtype):
-            outputs.append(task.predict(model, batch, views or IDENTITY).float().cpu())
-    return torch.cat(outputs, dim=1).numpy()
+            outputs.append(task.predict(model, batch, views or IDENTITY))
+    return task.gather(outputs)
 
 
 def evaluate(task, model: nn.Module, loader: DataLoader, device, dtype) -> dict[str, float]:

@@ -17,9 +17,7 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """A timm classifier; `weights_file` fills the backbone and leaves the new head freshly initialised."""
-    if not timm.is_model(cfg.name):
-        close = timm.list_models(f"*{cfg.name.split('.')[0][:8]}*")[:5]
-        raise UserError(f"model.name={cfg.name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
+    check_model_name(cfg.name)
     kwargs = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
     try:
         model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not cfg.weights_file, **kwargs)
@@ -33,6 +31,12 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     if cfg.weights_file:
         load_backbone(model, Path(cfg.weights_file))
     return model
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]
+        raise UserError(f"model.name={name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
 
 
 def load_backbone(model: nn.Module, path: Path) -> None:

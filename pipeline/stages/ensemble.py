@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import ensemble
 from pipeline.config import Config, dump_yaml, load_config
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet, write_text
-from pipeline.metrics import METRICS
 from pipeline.provenance import collect_meta
+from pipeline.stages.predict import score_frame
+from pipeline.tasks import build_task
 
 log = logging.getLogger(__name__)
-METHODS = ("mean", "weighted", "rank", "geometric", "stack")
+METHODS = ("mean", "weighted", "rank", "geometric", "stack", "wbf")  # wbf: detection, = weighted
 
 
 @dataclass
@@ -75,49 +75,40 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     if len(refs) < 2:
         raise UserError("an ensemble needs at least two experiments")
     members = [load_member(r, runs_dir) for r in refs]
-    classes = check_compatible(members)
+    check_compatible(members)
     base = members[0]
-    metric = METRICS[base.cfg.train.metric]
-    index = {str(c): i for i, c in enumerate(classes)}
-    target = base.oof["target"].astype(str).map(index).to_numpy()
+    classes = json.loads((base.run / "folds.json").read_text())["classes"]
+    task = build_task(base.cfg, classes)
     folds = base.oof["fold"].to_numpy()
-    oofs = [m.oof[classes].to_numpy(dtype=np.float32) for m in members]
-    tests = [m.test[classes].to_numpy(dtype=np.float32) for m in members]
-
-    if method == "stack":
-        weights = None
-        oof, test = ensemble.stack(oofs, target, folds, tests, len(classes))
-        honest = metric(target, oof)
-    else:
-        n = len(members)
-        weights = (ensemble.hill_climb(method, oofs, target, metric) if method == "weighted" else np.full(n, 1 / n))
-        oof, test = ensemble.combine(method, oofs, weights), ensemble.combine(method, tests, weights)
-        honest = ensemble.held_out_weights_score(method, oofs, target, folds, metric)[0] if method == "weighted" else None
-    cv = metric(target, oof)
+    blend = task.blend(method, [task.read_outputs(m.oof) for m in members],
+                       [task.read_outputs(m.test) for m in members], task.targets(base.oof), folds)
+    oof = task.prediction_frame(base.oof[["id", "target", "fold"]], blend.oof)
+    test = task.prediction_frame(base.test[["id"]], blend.test)
+    cv, per_fold = score_frame(task, oof)
     name = name or f"ens-{method}-" + "-".join(m.cfg.name for m in members)
-    scores = write_ensemble(base, members, name, method, classes, oof, test, weights, metric, target, cv, honest)
-    log.info("members: %s", ", ".join(f"{m.name} {metric.name} {m.cv:.4f}" for m in members))
+    scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold)
+    metric = task.metric.name
+    log.info("members: %s", ", ".join(f"{m.name} {metric} {m.cv:.4f}" for m in members))
     log.info("%s ensemble %s: CV %.4f%s -> %s", method, name, cv,
-             f" (weights fitted on other folds: {honest:.4f})" if honest is not None else "", base.cfg.runs_dir + "/" + name)
+             f" (fitted on other folds: {blend.held_out:.4f})" if blend.held_out is not None else "",
+             base.cfg.runs_dir + "/" + name)
     return scores
 
 
-def write_ensemble(base: Member, members, name, method, classes, oof, test, weights, metric, target, cv, honest) -> dict:
+def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold) -> dict:
     cfg = load_config(base.run / "config.yaml", [f"name={name}"])
     run = cfg.run_dir
     run.mkdir(parents=True, exist_ok=True)
     for f in ("folds.csv", "folds.json"):
         shutil.copyfile(base.run / f, run / f)
-    keys = base.oof[["id", "target", "fold"]]
-    write_parquet(run / "oof.parquet", pd.concat([keys, pd.DataFrame(oof, columns=classes)], axis=1))
-    write_parquet(run / "test.parquet", pd.concat([base.test[["id"]], pd.DataFrame(test, columns=classes)], axis=1))
-    folds = base.oof["fold"].to_numpy()
-    per_fold = {int(k): metric(target[folds == k], oof[folds == k]) for k in np.unique(folds)}
-    scores = {"metric": metric.name, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
-              "cv_held_out": honest, "method": method, "members": {m.name: m.cv for m in members}, "rows": len(oof)}
+    write_parquet(run / "oof.parquet", oof)
+    write_parquet(run / "test.parquet", test)
+    scores = {"metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
+              "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
+              "rows": len(oof), **blend.params}
     write_json(run / "members.json", [{"name": m.name, "run": str(m.run), "cv": m.cv} for m in members])
-    write_json(run / "weights.json", {"method": method, "weights": None if weights is None else
-                                      {m.name: float(w) for m, w in zip(members, weights, strict=True)}})
+    write_json(run / "weights.json", {"method": method, **blend.params, "weights": None if blend.weights is None else
+                                      {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)}})
     write_json(run / "scores.json", scores)
     write_text(run / "config.yaml", dump_yaml(cfg))
     write_json(run / "meta.json", {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})

@@ -60,11 +60,13 @@ def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
     test_loader = build_loader(task.build_dataset(test, train=False), cfg, False, cfg.predict.batch_size)
 
     oof_views = predict(task, model, valid_loader, device, dtype, views)
+    oof = task.merge(list(oof_views))  # mean of probabilities; WBF of boxes
     labels = valid_loader.dataset.labels
-    plain, tta = task.evaluate(oof_views[0], labels)["score"], task.evaluate(oof_views.mean(0), labels)["score"]
-    write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, oof_views.mean(0)))
+    plain, tta = task.evaluate(oof_views[0], labels)["score"], task.evaluate(oof, labels)["score"]
+    write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, oof))
     write_parquet(fold_dir / "oof_no_tta.parquet", task.prediction_frame(valid_rows, oof_views[0]))
-    write_parquet(fold_dir / "test.parquet", task.prediction_frame(test, predict(task, model, test_loader, device, dtype, views).mean(0)))
+    test_views = predict(task, model, test_loader, device, dtype, views)
+    write_parquet(fold_dir / "test.parquet", task.prediction_frame(test, task.merge(list(test_views))))
     log.info("fold %d: OOF %s %.4f with %s TTA (%d views), %.4f without (%+.4f); %s weights",
              k, cfg.train.metric, tta, cfg.predict.tta, len(views), plain, tta - plain, cfg.predict.weights)
     write_json(fold_dir / "predict.json", {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta,
@@ -86,26 +88,22 @@ def fold_weights(cfg: Config, task, model, folds: Folds, k: int) -> dict:
 
 
 def combine_folds(cfg: Config) -> dict:
-    """runs/<exp>/oof.parquet (all folds' rows), test.parquet (fold mean) and scores.json."""
+    """runs/<exp>/oof.parquet (all folds' rows), test.parquet (folds merged) and scores.json."""
     run = cfg.run_dir
     done = [k for k in range(cfg.cv.folds) if (run / f"fold{k}" / "predict.json").is_file()]
     oof = pd.concat([pd.read_parquet(run / f"fold{k}" / "oof.parquet") for k in done], ignore_index=True)
+    plain = pd.concat([pd.read_parquet(run / f"fold{k}" / "oof_no_tta.parquet") for k in done], ignore_index=True)
     tests = [pd.read_parquet(run / f"fold{k}" / "test.parquet") for k in done]
-    classes = [c for c in tests[0].columns if c != "id"]
-    test = tests[0][["id"]].copy()
-    test[classes] = np.mean([t[classes].to_numpy() for t in tests], axis=0).astype(np.float32)
     folds = load_folds(cfg)
     task = build_task(cfg, folds.classes)
-    target = folds.encode(oof["target"])
-    per_fold = {int(k): task.evaluate(g[classes].to_numpy(), folds.encode(g["target"]))["score"]
-                for k, g in oof.groupby("fold")}
-    plain = pd.concat([pd.read_parquet(run / f"fold{k}" / "oof_no_tta.parquet") for k in done], ignore_index=True)
+    test = task.prediction_frame(tests[0][["id"]], task.merge([task.read_outputs(t) for t in tests]))
+    cv, per_fold = score_frame(task, oof)
     scores = {
         "metric": cfg.train.metric,
-        "cv": task.evaluate(oof[classes].to_numpy(), target)["score"],  # on all OOF rows, not a mean of folds
+        "cv": cv,  # on all OOF rows, not a mean of folds
         "cv_std": float(np.std(list(per_fold.values()))),
         "folds": per_fold,
-        "cv_no_tta": task.evaluate(plain[classes].to_numpy(), folds.encode(plain["target"]))["score"],
+        "cv_no_tta": score_frame(task, plain)[0],
         "tta": cfg.predict.tta,
         "weights": cfg.predict.weights,
         "rows": len(oof),
@@ -118,3 +116,9 @@ def combine_folds(cfg: Config) -> dict:
     log.info("CV %s %.4f ± %.4f over %d folds (%.4f without TTA) -> %s", cfg.train.metric, scores["cv"],
              scores["cv_std"], len(done), scores["cv_no_tta"], run / "scores.json")
     return scores
+
+
+def score_frame(task, frame: pd.DataFrame) -> tuple[float, dict[int, float]]:
+    """(score on all rows, score per fold) of an OOF prediction frame."""
+    per_fold = {int(k): task.evaluate(task.read_outputs(g), task.targets(g))["score"] for k, g in frame.groupby("fold")}
+    return task.evaluate(task.read_outputs(frame), task.targets(frame))["score"], per_fold

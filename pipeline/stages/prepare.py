@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import Config
-from pipeline.data import check_images, image_paths, read_table, read_test, read_train, require_columns
+from pipeline.data import check_images, image_paths, read_table, read_test, require_columns
 from pipeline.folds import folds_current, make_folds, resolve_strategy, save_folds
 from pipeline.provenance import write_run_header
+from pipeline.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, force: bool = False) -> None:
     """Check train/test/sample_submission and every image, then write folds.csv (skipped when up to date)."""
-    train = read_train(cfg)
+    task = TASKS[cfg.task]
     test = read_test(cfg)
     sample_path = cfg.data_path("sample_submission")
     sample = read_table(sample_path, "sample_submission", cfg.data.id_col)
@@ -27,14 +28,14 @@ def run(cfg: Config, force: bool = False) -> None:
     if folds_current(cfg) and not force:
         log.info("folds in %s are up to date with %s (use --force to redo them)", cfg.run_dir, cfg.data_path("train_csv"))
         return
+    log.info("checking %s and decoding its images ...", cfg.data_path("train_csv"))
+    samples, classes = task.sample_table(cfg)  # one row per sample, every image and label checked
     if cfg.data.check_images:
-        log.info("decoding %d train and %d test images ...", len(train), len(test))
-        check_images(image_paths(cfg, train[cfg.data.id_col]), cfg.data_path("train_csv"))
         check_images(image_paths(cfg, test[cfg.data.id_col]), cfg.data_path("test_csv"))
-    folds = make_folds(cfg, train)
-    strategy = resolve_strategy(cfg, train[cfg.data.target_col])
+    folds = make_folds(cfg, samples, classes)
+    strategy = resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")
     save_folds(cfg, folds, strategy)
     sizes = folds.table["fold"].value_counts().sort_index().tolist()
-    log.info("%d rows, %d classes, %s %d-fold (sizes %s) -> %s", len(train), len(folds.classes), strategy,
+    log.info("%d rows, %d classes, %s %d-fold (sizes %s) -> %s", len(samples), len(folds.classes), strategy,
              cfg.cv.folds, sizes, cfg.run_dir / "folds.csv")

@@ -18,6 +18,8 @@ from pipeline.config import Config, load_config
 from pipeline.data import read_table
 from pipeline.errors import UserError
 from pipeline.files import write_csv
+from pipeline.submission import check_rows, decode, validate  # noqa: F401  (decode, validate: the API tests use)
+from pipeline.tasks import build_task
 from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -29,56 +31,6 @@ def load_run(exp: str, runs_dir: str = "runs") -> Config:
     if not (run / "config.yaml").is_file():
         raise UserError(f"no experiment {exp!r}: {run / 'config.yaml'} not found")
     return load_config(run / "config.yaml")
-
-
-def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, classes: list) -> pd.DataFrame:
-    """Rows in sample_submission order: the top class per id, or per-class probabilities when the
-    sample submission has one column per class."""
-    id_col = cfg.data.id_col
-    class_cols = [str(c) for c in classes]
-    probs = test.set_index("id")[class_cols]
-    missing = pd.Index(sample[id_col]).difference(probs.index)
-    if len(missing):
-        raise UserError(f"{len(missing)} ids of sample_submission have no prediction (e.g. {missing[0]!r}); "
-                        "does test.csv list the same ids? rerun `pipeline predict`")
-    probs = probs.loc[sample[id_col]]
-    out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
-    if set(class_cols) <= {str(c) for c in sample.columns}:
-        for col in sample.columns[1:]:
-            out[col] = probs[str(col)].to_numpy()
-    else:
-        out[cfg.data.target_col] = np.asarray(classes, dtype=object)[probs.to_numpy().argmax(axis=1)]
-    return out
-
-
-def validate(sub: pd.DataFrame, sample: pd.DataFrame, classes: list, cfg: Config) -> None:
-    """The checks Kaggle's scorer makes, before a submission slot is spent on a malformed file."""
-    where = "submission"
-    if list(sub.columns) != list(sample.columns):
-        raise UserError(f"{where} columns {list(sub.columns)} differ from sample_submission's {list(sample.columns)}")
-    if len(sub) != len(sample):
-        raise UserError(f"{where} has {len(sub)} rows, sample_submission {len(sample)}")
-    id_col = cfg.data.id_col
-    mismatch = np.flatnonzero(sub[id_col].astype(str).to_numpy() != sample[id_col].astype(str).to_numpy())
-    if len(mismatch):
-        i = mismatch[0]
-        what = ("ids in a different order than" if set(sub[id_col]) == set(sample[id_col])
-                else "ids that are not in")
-        raise UserError(f"{where} has {what} sample_submission: row {i + 2} is {sub[id_col].iloc[i]!r}, "
-                        f"expected {sample[id_col].iloc[i]!r}")
-    nan = sub.isna().any(axis=1).to_numpy()
-    if nan.any():
-        raise UserError(f"{where} has empty values in {nan.sum()} rows (first: row {np.flatnonzero(nan)[0] + 2})")
-    target = cfg.data.target_col
-    if target in sub.columns and target != id_col:
-        unknown = ~sub[target].astype(str).isin({str(c) for c in classes})
-        if unknown.any():
-            i = np.flatnonzero(unknown.to_numpy())[0]
-            raise UserError(f"{where} row {i + 2} has label {sub[target].iloc[i]!r}, which train.csv never uses")
-    else:
-        values = sub.iloc[:, 1:].to_numpy(dtype=np.float64)
-        if ((values < 0) | (values > 1)).any():
-            raise UserError(f"{where} has probabilities outside [0, 1]")
 
 
 def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs") -> Path:
@@ -93,8 +45,10 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
     classes = json.loads((run_dir / "folds.json").read_text())["classes"]
     scores = json.loads((run_dir / "scores.json").read_text())
     sample = read_table(cfg.data_path("sample_submission"), "sample_submission", cfg.data.id_col)
-    sub = decode(pd.read_parquet(run_dir / "test.parquet"), sample, cfg, classes)
-    validate(sub, sample, classes, cfg)
+    task = build_task(cfg, classes)
+    sub = task.submission(pd.read_parquet(run_dir / "test.parquet"), sample)
+    check_rows(sub, sample, cfg)
+    task.check_submission(sub)
     path = Path(out) if out else Path(cfg.submissions_dir) / f"{cfg.name}.csv"
     write_csv(path, sub)
     entry = {"exp": cfg.name, "cv": scores["cv"], "metric": scores["metric"], "file": str(path),

@@ -2,8 +2,9 @@
 
 from pipeline.tasks.base import Task
 from pipeline.tasks.classification import ClassificationTask
+from pipeline.tasks.detection import DetectionTask
 
-TASKS: dict[str, type] = {"classification": ClassificationTask}
+TASKS: dict[str, type] = {"classification": ClassificationTask, "detection": DetectionTask}
 
 __all__ = ["TASKS", "Task", "build_task"]
 

@@ -10,10 +10,12 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from pipeline.config import Config
-from pipeline.data import ImageDataset, image_paths
+from pipeline.data import ImageDataset, check_images, image_paths, read_train
+from pipeline.ensemble import Blend, blend_probabilities
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS, logloss
 from pipeline.models import build_model, normalisation
+from pipeline.submission import check_labels, decode
 from pipeline.transforms import build_transforms
 from pipeline.tta import View, stack_views
 
@@ -40,6 +42,14 @@ class ClassificationTask:
         self.criterion = SoftTargetCrossEntropy() if mixing else nn.CrossEntropyLoss(label_smoothing=smoothing)
         self.mean, self.std = None, None
 
+    @staticmethod
+    def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
+        """train.csv (one row per image) and its sorted labels, after checking every image decodes."""
+        train = read_train(cfg)
+        if cfg.data.check_images:
+            check_images(image_paths(cfg, train[cfg.data.id_col]), cfg.data_path("train_csv"))
+        return train, sorted(train[cfg.data.target_col].unique().tolist())
+
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg.model, len(self.classes))
         self.mean, self.std = normalisation(model, self.cfg.image.mean, self.cfg.image.std)
@@ -65,7 +75,15 @@ class ClassificationTask:
     def predict(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
         """[V, B, C] class probabilities: every TTA view of the batch in a single forward pass."""
         x = stack_views(batch[0], views).contiguous(memory_format=self.memory_format)
-        return model(x).float().softmax(dim=1).view(len(views), len(batch[0]), -1)
+        return model(x).float().softmax(dim=1).view(len(views), len(batch[0]), -1).cpu()
+
+    def gather(self, chunks: list[torch.Tensor]) -> np.ndarray:
+        """[V, N, C] from per-batch [V, B, C] outputs."""
+        return torch.cat(chunks, dim=1).numpy()
+
+    def merge(self, outputs: list[np.ndarray], weights=None) -> np.ndarray:
+        """Average several predictions of the same rows (TTA views, folds)."""
+        return np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
 
     def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}
@@ -74,3 +92,20 @@ class ClassificationTask:
         frame = pd.DataFrame(outputs.astype(np.float32), columns=[str(c) for c in self.classes])
         keys = rows[[c for c in ("id", "target", "fold") if c in rows]].reset_index(drop=True)
         return pd.concat([keys, frame], axis=1)
+
+    def blend(self, method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
+              folds: np.ndarray) -> Blend:
+        return blend_probabilities(method, oofs, tests, target, folds, self.metric)
+
+    def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+        return decode(test, sample, self.cfg, self.classes)
+
+    def check_submission(self, sub: pd.DataFrame) -> None:
+        check_labels(sub, self.classes, self.cfg)
+
+    def read_outputs(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[[str(c) for c in self.classes]].to_numpy(dtype=np.float32)
+
+    def targets(self, frame: pd.DataFrame) -> np.ndarray:
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        return frame["target"].astype(str).map(index).to_numpy(dtype=np.int64)

@@ -1,0 +1,175 @@
+"""Boxes: format conversion, TTA views mapped back onto boxes, Weighted Boxes Fusion and COCO-style mAP.
+
+Inside the pipeline a box is always [x1, y1, x2, y2] as fractions of the original image's width and height,
+so boxes from different image sizes, views, folds and models can be fused and scored together.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCO's 0.5:0.05:0.95
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101-point interpolated precision
+
+
+@dataclass
+class Detections:
+    """One image's boxes ([n, 4] normalised xyxy), scores and class ids, plus the image's size in pixels."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    size: tuple[int, int]  # (width, height) of the original image
+
+    @classmethod
+    def empty(cls, size=(0, 0)) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), size)
+
+
+def to_xyxy(boxes: np.ndarray, fmt: str) -> np.ndarray:
+    """[n, 4] boxes in `fmt` (xyxy or xywh) as corners."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if fmt == "xyxy":
+        return boxes.copy()
+    x, y, w, h = boxes.T
+    return np.stack([x, y, x + w, y + h], axis=1)
+
+
+# Where a point of the square canvas (side s) lands under each TTA view, and how to map it back.
+# Matches pipeline.tta's image views: torch.rot90(k=1) turns the image counter-clockwise.
+_POINT_MAPS = {
+    "identity": (lambda x, y, s: (x, y), lambda x, y, s: (x, y)),
+    "hflip": (lambda x, y, s: (s - x, y), lambda x, y, s: (s - x, y)),
+    "vflip": (lambda x, y, s: (x, s - y), lambda x, y, s: (x, s - y)),
+    "rot180": (lambda x, y, s: (s - x, s - y), lambda x, y, s: (s - x, s - y)),
+    "rot90": (lambda x, y, s: (y, s - x), lambda x, y, s: (s - y, x)),
+    "rot270": (lambda x, y, s: (s - y, x), lambda x, y, s: (y, s - x)),
+    "transpose": (lambda x, y, s: (y, x), lambda x, y, s: (y, x)),
+    "antitranspose": (lambda x, y, s: (s - y, s - x), lambda x, y, s: (s - y, s - x)),
+}
+
+
+def check_box_views(names: Sequence[str]) -> None:
+    bad = [n for n in names if n not in _POINT_MAPS]
+    if bad:
+        raise UserError(f"predict.tta views {bad} cannot be undone on boxes; detection supports "
+                        f"{', '.join(_POINT_MAPS)} (sets none, hflip, vflip, flips, d4)")
+
+
+def _map_boxes(boxes: np.ndarray, view: str, side: float, which: int) -> np.ndarray:
+    fn = _POINT_MAPS[view][which]
+    x1, y1 = fn(boxes[:, 0], boxes[:, 1], side)
+    x2, y2 = fn(boxes[:, 2], boxes[:, 3], side)
+    return np.stack([np.minimum(x1, x2), np.minimum(y1, y2), np.maximum(x1, x2), np.maximum(y1, y2)], axis=1)
+
+
+def view_boxes(boxes: np.ndarray, view: str, side: float) -> np.ndarray:
+    """Boxes (canvas pixels, xyxy) as they appear in the image after `view`."""
+    return _map_boxes(boxes, view, side, 0)
+
+
+def unview_boxes(boxes: np.ndarray, view: str, side: float) -> np.ndarray:
+    """Boxes predicted on a `view` of the canvas, mapped back onto the canvas itself."""
+    return _map_boxes(boxes, view, side, 1)
+
+
+def fuse(members: Sequence[Detections], weights: Sequence[float] | None = None, iou_thr: float = 0.55,
+         skip_thr: float = 0.0) -> Detections:
+    """Weighted Boxes Fusion of one image's detections from several views, folds or models.
+
+    A box found by only some members keeps a score scaled down by the share that found it, which is what
+    makes fusion better than concatenation + NMS for TTA and fold ensembles.
+    """
+    from ensemble_boxes import weighted_boxes_fusion  # imports numba: only when boxes are fused
+
+    size = members[0].size
+    if all(len(m.boxes) == 0 for m in members):
+        return Detections.empty(size)
+    with warnings.catch_warnings():  # WBF warns about zero-area boxes, which it drops anyway
+        warnings.simplefilter("ignore")
+        boxes, scores, labels = weighted_boxes_fusion(
+            [np.clip(m.boxes, 0, 1).tolist() for m in members], [m.scores.tolist() for m in members],
+            [m.labels.tolist() for m in members], weights=None if weights is None else list(weights),
+            iou_thr=iou_thr, skip_box_thr=skip_thr)
+    order = np.argsort(-scores, kind="stable")
+    return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32),
+                      labels[order].astype(np.int64), size)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[n, m] IoU of xyxy boxes (COCO's definition: no +1 on widths)."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def mean_average_precision(predictions: Sequence[Detections], truths: Sequence[tuple[np.ndarray, np.ndarray]],
+                           max_det: int = 100) -> dict[str, float]:
+    """COCO-style AP (area 'all', maxDets=max_det): {'map50': AP@0.5, 'map': AP averaged over 0.5:0.95}.
+
+    truths: per image (boxes [n, 4] xyxy, class ids [n]). Matching follows pycocotools: per image and class,
+    detections by descending score take the unmatched ground truth of highest IoU above the threshold; AP is
+    the 101-point interpolated precision, averaged over classes that have ground truth.
+    """
+    classes = sorted({int(c) for _, labels in truths for c in labels})
+    if not classes:
+        return {"map50": float("nan"), "map": float("nan")}
+    ap = np.zeros((len(classes), len(IOU_THRESHOLDS)))
+    for ci, c in enumerate(classes):
+        scores, matched, n_true = [], [], 0
+        for det, (true_boxes, true_labels) in zip(predictions, truths, strict=True):
+            t = np.asarray(true_boxes, dtype=np.float64).reshape(-1, 4)[np.asarray(true_labels) == c]
+            keep = np.flatnonzero(det.labels == c)
+            keep = keep[np.argsort(-det.scores[keep], kind="mergesort")][:max_det]
+            d = det.boxes[keep].astype(np.float64)
+            n_true += len(t)
+            scores.append(det.scores[keep])
+            matched.append(_match(d, t))
+        scores = np.concatenate(scores)
+        matched = np.concatenate(matched, axis=0)  # [n_det, n_thresholds] true positive flags
+        order = np.argsort(-scores, kind="mergesort")
+        matched = matched[order]
+        for ti in range(len(IOU_THRESHOLDS)):
+            ap[ci, ti] = _interpolated_ap(matched[:, ti], n_true)
+    return {"map50": float(ap[:, 0].mean()), "map": float(ap.mean())}
+
+
+def _match(det: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """[n_det, n_thresholds] whether each detection (sorted by score) is a true positive at each IoU threshold."""
+    tp = np.zeros((len(det), len(IOU_THRESHOLDS)), dtype=bool)
+    if not len(det) or not len(true):
+        return tp
+    iou = iou_matrix(det, true)
+    for ti, thr in enumerate(IOU_THRESHOLDS):
+        taken = np.zeros(len(true), dtype=bool)
+        for di in range(len(det)):
+            candidates = np.where(taken, -1.0, iou[di])
+            best = int(np.argmax(candidates))
+            if candidates[best] >= thr - 1e-10:  # pycocotools compares with min(thr, 1 - 1e-10)
+                taken[best] = True
+                tp[di, ti] = True
+    return tp
+
+
+def _interpolated_ap(tp: np.ndarray, n_true: int) -> float:
+    if n_true == 0:
+        return 0.0
+    tps, fps = np.cumsum(tp), np.cumsum(~tp)
+    recall = tps / n_true
+    precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
+    precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision  # envelope
+    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
+    q = np.zeros(len(RECALL_POINTS))
+    ok = idx < len(precision)
+    q[ok] = precision[idx[ok]]
+    return float(q.mean())

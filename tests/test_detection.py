@@ -1,0 +1,161 @@
+"""Detection: bad boxes named by row, letterbox geometry, one training step, and all five stages via the CLI."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.demo import write_digit_boxes_competition
+from pipeline.errors import UserError
+from pipeline.stages import prepare
+from pipeline.submission import check_boxes, parse_boxes
+from pipeline.tasks import build_task
+from pipeline.tasks.detection import DetectionTask
+
+runner = CliRunner()
+DETECT = {
+    "task": "detection",
+    "data": {"id_col": "image", "target_col": "label", "box_cols": ["x", "y", "w", "h"], "box_format": "xywh"},
+    "model": {"name": "test_efficientnet"},
+    "image": {"size": 64},
+    "cv": {"folds": 2},
+    "augment": {"hflip": 0.0, "color_jitter": 0.0},
+    "detect": {"fpn_channels": 32},
+    "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "metric": "map50", "keep_top": 0, "base_lr": 1e-2},
+    "predict": {"tta": "flips"},
+    "tracking": {"wandb": "disabled", "quiet": True},
+}
+
+
+@pytest.fixture(scope="module")
+def boxes_root(tmp_path_factory):
+    return write_digit_boxes_competition(tmp_path_factory.mktemp("boxes"), n_images=30)
+
+
+@pytest.fixture
+def box_competition(boxes_root, tmp_path):
+    return shutil.copytree(boxes_root, tmp_path / "boxes")
+
+
+def config(root, tmp_path, name="det", **changes):
+    tree = json.loads(json.dumps(DETECT))
+    tree.update(name=name, runs_dir=str(tmp_path / "runs"), submissions_dir=str(tmp_path / "subs"))
+    tree["data"]["root"] = str(root)
+    for key, value in changes.items():
+        tree[key] = {**tree.get(key, {}), **value}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path, load_config(path)
+
+
+def damage(root, row: int, **values):
+    train = pd.read_csv(root / "train.csv")
+    for col, v in values.items():
+        train[col] = train[col].astype(object)
+        train.loc[row, col] = v
+    train.to_csv(root / "train.csv", index=False)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"w": -5}, "no area"),
+    ({"x": 5000}, "outside their image"),
+    ({"label": "digit_9"}, "not in data.classes"),
+    ({"y": None}, "some coordinates missing"),
+    ({"h": "wide"}, "non-numeric values in column 'h'"),
+])
+def test_bad_box_is_named_by_line(box_competition, tmp_path, values, message):
+    damage(box_competition, 3, **values)
+    _, cfg = config(box_competition, tmp_path, data={"classes": ["digit_0", "digit_1", "digit_2"]})
+    with pytest.raises(UserError, match=message) as err:
+        prepare.run(cfg)
+    assert "5" in str(err.value)  # data row 3 is line 5 of train.csv (header, 0-based rows)
+    assert not (cfg.run_dir / "folds.csv").exists()
+
+
+def test_images_without_boxes_are_kept(box_competition, tmp_path):
+    _, cfg = config(box_competition, tmp_path)
+    samples, classes = DetectionTask.sample_table(cfg)
+    train = pd.read_csv(box_competition / "train.csv")
+    assert len(samples) == train["image"].nunique() and classes == ["digit_0", "digit_1", "digit_2"]
+    empty = train.loc[train["x"].isna(), "image"]
+    assert len(empty) and samples.set_index("image").loc[empty, "label"].str.endswith("|0").all()
+
+
+def test_letterbox_keeps_boxes_on_the_objects(box_competition, tmp_path):
+    _, cfg = config(box_competition, tmp_path)
+    prepare.run(cfg)
+    folds = pd.read_csv(cfg.run_dir / "folds.csv")
+    task = build_task(cfg, ["digit_0", "digit_1", "digit_2"])
+    task.build_model()
+    dataset = task.build_dataset(folds, train=False)
+    for i in range(5):
+        image, target, (w, h, nw, nh) = dataset[i]
+        truth_boxes, truth_labels = dataset.labels[i]
+        assert image.shape == (3, 64, 64) and max(nw, nh) == 64
+        np.testing.assert_allclose(target["boxes"].numpy() / np.array([nw, nh, nw, nh]), truth_boxes, atol=1e-5)
+        np.testing.assert_array_equal(target["labels"].numpy(), truth_labels)
+        assert image[:, int(nh):, :].abs().sum() == 0 and image[:, :, int(nw):].abs().sum() == 0  # padding
+
+
+def test_one_training_step_changes_the_weights(box_competition, tmp_path):
+    _, cfg = config(box_competition, tmp_path)
+    prepare.run(cfg)
+    folds = pd.read_csv(cfg.run_dir / "folds.csv")
+    task = build_task(cfg, ["digit_0", "digit_1", "digit_2"])
+    model = task.build_model()
+    dataset = task.build_dataset(folds, train=True)
+    batch = dataset.collate([dataset[i] for i in range(4)])
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    loss = task.loss(model, task.to_device(batch, torch.device("cpu")))
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert torch.isfinite(loss) and loss > 0
+    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)) > 10
+
+
+def test_submission_strings_are_checked():
+    cfg = load_config(None, ["task=detection"])
+    good = pd.DataFrame({"image": ["a", "b"], "PredictionString": ["0.9 1 2 3 4 0.5 5 6 7 8", ""]})
+    check_boxes(good, cfg)
+    assert parse_boxes(good["PredictionString"][0], cfg.detect.submit_format)[1] == \
+        {"score": 0.5, "x1": 5.0, "y1": 6.0, "x2": 12.0, "y2": 14.0, "label": None}
+    for bad in ("0.9 1 2 3", "0.9 1 2 3 x"):
+        with pytest.raises(UserError, match="row 2"):
+            check_boxes(pd.DataFrame({"image": ["a"], "PredictionString": [bad]}), cfg)
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_detection_through_the_cli(box_competition, tmp_path):
+    path_a, cfg_a = config(box_competition, tmp_path, name="a")
+    path_b, _ = config(box_competition, tmp_path, name="b", detect={"fpn_channels": 64}, predict={"tta": "none"})
+    for path in (path_a, path_b):
+        cli("prepare", "--config", path)
+        cli("train", "--config", path, "--fold", "all")
+        cli("predict", "--config", path)
+    scores = json.loads((cfg_a.run_dir / "scores.json").read_text())
+    assert scores["metric"] == "map50" and set(scores["folds"]) == {"0", "1"} and 0 <= scores["cv"] <= 1
+    oof = pd.read_parquet(cfg_a.run_dir / "oof.parquet")
+    assert {"boxes", "scores", "labels", "true_boxes", "width", "height"} <= set(oof.columns)
+    runs = cfg_a.runs_dir
+    cli("ensemble", "a", "b", "--method", "weighted", "--name", "fused", "--runs-dir", runs)
+    fused = json.loads((tmp_path / "runs/fused/weights.json").read_text())
+    assert sum(fused["weights"].values()) == pytest.approx(1.0) and 0.3 <= fused["iou_thr"] <= 0.7
+    result = runner.invoke(app, ["ensemble", "a", "b", "--method", "stack", "--runs-dir", runs])
+    assert result.exit_code == 2 and "fuse boxes" in result.output
+    cli("submit", "fused", "--runs-dir", runs)
+    sub = pd.read_csv(tmp_path / "subs/fused.csv")
+    sample = pd.read_csv(box_competition / "sample_submission.csv")
+    assert sub["image"].tolist() == sample["image"].tolist() and list(sub.columns) == ["image", "PredictionString"]
