@@ -12,7 +12,7 @@ FOLD ?= 0
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow lint demo prepare train train-all predict ensemble submit clean-venv
+.PHONY: setup test test-slow lint demo demo-detection prepare train train-all predict ensemble submit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ lint: setup
 
 demo: setup
 	$(BIN)/pipeline demo
+
+demo-detection: setup
+	$(BIN)/pipeline demo --task detection
 
 prepare: setup
 	$(BIN)/pipeline prepare --config $(CONFIG) $(SETS)

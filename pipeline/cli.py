@@ -140,14 +140,20 @@ def submit(
 @app.command()
 @user_errors
 def demo(
-    root: str = typer.Option("data/demo-digits", "--root", help="where the embedded competition is written"),
+    task: str = typer.Option("classification", "--task", help="classification (digits) | detection (digits on canvases)"),
+    root: str = typer.Option(None, "--root", help="where the embedded competition is written (default data/demo-*)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the demo experiments go"),
     set_: list[str] = SetOpt,
 ) -> None:
     """The whole pipeline on embedded data (digits as PNGs): prepare, train, TTA predict, ensemble, submit.
 
-    Example: pipeline demo --set train.epochs=3
+    Example: pipeline demo --set train.epochs=3      pipeline demo --task detection
     """
     from pipeline.stages import demo as stage
 
-    stage.run(root=root, runs_dir=runs_dir, overrides=set_ or [])
+    if task == "classification":
+        stage.run(root=root or "data/demo-digits", runs_dir=runs_dir, overrides=set_ or [])
+    elif task == "detection":
+        stage.run_detection(root=root or "data/demo-boxes", runs_dir=runs_dir, overrides=set_ or [])
+    else:
+        raise UserError(f"--task {task!r}: choose classification or detection")
