@@ -12,7 +12,7 @@ FOLD ?= 0
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow lint demo demo-detection prepare train train-all predict ensemble submit clean-venv
+.PHONY: setup test test-slow lint demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,9 @@ demo: setup
 
 demo-detection: setup
 	$(BIN)/pipeline demo --task detection
+
+demo-sequence: setup
+	$(BIN)/pipeline demo --task sequence
 
 prepare: setup
 	$(BIN)/pipeline prepare --config $(CONFIG) $(SETS)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pipeline.errors import UserError
 
@@ -89,8 +90,14 @@ def fuse(members: Sequence[Detections], weights: Sequence[float] | None = None, 
     from ensemble_boxes import weighted_boxes_fusion  # imports numba: only when boxes are fused
 
     size = members[0].size
+    if len(members) == 1:
+        return members[0]  # nothing to fuse: WBF of one member would only blur its own boxes
     if all(len(m.boxes) == 0 for m in members):
         return Detections.empty(size)
+    # WBF clusters every box above iou_thr, also two boxes of the same member; their averaged corners and
+    # diluted score cost ~0.1 mAP@0.5 on raccoon OOF. Fusion is across members, so each member is first
+    # reduced to boxes that overlap less than iou_thr (per-class NMS at that IoU).
+    members = [suppress(m, iou_thr) for m in members]
     with warnings.catch_warnings():  # WBF warns about zero-area boxes, which it drops anyway
         warnings.simplefilter("ignore")
         boxes, scores, labels = weighted_boxes_fusion(
@@ -100,6 +107,17 @@ def fuse(members: Sequence[Detections], weights: Sequence[float] | None = None, 
     order = np.argsort(-scores, kind="stable")
     return Detections(boxes[order].astype(np.float32), scores[order].astype(np.float32),
                       labels[order].astype(np.int64), size)
+
+
+def suppress(det: Detections, iou_thr: float) -> Detections:
+    """Per-class NMS: keep the best-scoring of boxes that overlap more than iou_thr."""
+    from torchvision.ops import batched_nms
+
+    if len(det.boxes) < 2:
+        return det
+    keep = batched_nms(torch.tensor(det.boxes, dtype=torch.float32), torch.tensor(det.scores, dtype=torch.float32),
+                       torch.tensor(det.labels), iou_thr).numpy()
+    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep], det.size)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

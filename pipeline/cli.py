@@ -106,7 +106,8 @@ def predict(
 @user_errors
 def ensemble(
     experiments: list[str] = typer.Argument(..., help="experiment names under runs/ (or run directories)"),
-    method: str = typer.Option("weighted", "--method", "-m", help="mean | weighted | rank | geometric | stack"),
+    method: str = typer.Option("weighted", "--method", "-m",
+                               help="mean | weighted | rank | geometric | stack; detection: mean | weighted (= wbf)"),
     name: str = typer.Option(None, "--name", "-n", help="name of the ensemble's run directory"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
 ) -> None:
@@ -140,7 +141,8 @@ def submit(
 @app.command()
 @user_errors
 def demo(
-    task: str = typer.Option("classification", "--task", help="classification (digits) | detection (digits on canvases)"),
+    task: str = typer.Option("classification", "--task",
+                             help="classification (digit images) | detection (digits on canvases) | sequence (digit rows)"),
     root: str = typer.Option(None, "--root", help="where the embedded competition is written (default data/demo-*)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the demo experiments go"),
     set_: list[str] = SetOpt,
@@ -151,9 +153,4 @@ def demo(
     """
     from pipeline.stages import demo as stage
 
-    if task == "classification":
-        stage.run(root=root or "data/demo-digits", runs_dir=runs_dir, overrides=set_ or [])
-    elif task == "detection":
-        stage.run_detection(root=root or "data/demo-boxes", runs_dir=runs_dir, overrides=set_ or [])
-    else:
-        raise UserError(f"--task {task!r}: choose classification or detection")
+    stage.run(task=task, root=root, runs_dir=runs_dir, overrides=set_ or [])

@@ -39,6 +39,12 @@ class DataConfig:
     box_format: Literal["xyxy", "xywh"] = "xyxy"  # corners, or top-left corner + width/height (COCO)
     box_units: Literal["pixels", "normalised"] = "pixels"  # normalised: fractions of the image width/height
     classes: list[str] | None = None  # the label set; null = the labels train.csv uses; others are errors
+    # sequences: train_csv/test_csv are long tables (id, step, features) with labels in labels_csv, or
+    # train_csv holds one text per row (id, text_col, label)
+    labels_csv: str | None = None  # one label per series id (id_col, target_col, group_col); null for text
+    step_col: str | None = "step"  # orders the rows of a series; null = file order
+    feature_cols: list[str] | None = None  # null = every numeric column except id, step and group
+    text_col: str | None = None  # token sequences: the text column; set it for text, leave null for series
 
 
 @dataclass
@@ -116,13 +122,31 @@ class DetectConfig:
     fpn_channels: int = 96  # FPN/head width, a multiple of 32; torchvision uses 256, 64-128 suits a few classes
     freeze_bn: bool = True  # freeze a pretrained backbone's BatchNorm: detection batches are too small to re-fit it
     score_thr: float = 0.05  # drop detections below this score (COCO evaluation uses 0.05)
-    nms_iou: float = 0.6  # per-class NMS IoU inside one model's output
+    nms_iou: float = 0.5  # per-class NMS IoU inside one model's output; keep it below wbf_iou
     max_det: int = 100  # detections kept per image (COCO's maxDets)
-    wbf_iou: float = 0.55  # IoU at which Weighted Boxes Fusion merges boxes across TTA views and folds
+    wbf_iou: float = 0.55  # IoU at which Weighted Boxes Fusion merges boxes across TTA views, folds, models
     wbf_skip: float = 0.0  # WBF ignores boxes below this score
     # one box in the submission; fields: score x y w h x2 y2 (pixels) label (class name) label_id
     submit_format: str = "{score:.4f} {x:.0f} {y:.0f} {w:.0f} {h:.0f}"
     submit_score_thr: float = 0.0  # boxes below this score are left out of the submission
+
+
+@dataclass
+class SequenceConfig:
+    dim: int = 64  # stem width: token embedding size, or the projection of a series' channels
+    filters: int = 32  # conv filters per branch (inception: 4 branches) or per layer (resnet1d)
+    hidden: int = 64  # GRU/LSTM hidden size per direction
+    heads: int = 4  # transformer attention heads; dim must divide by it
+    layers: int = 2  # GRU/LSTM/transformer layers; inception stacks 3 modules per layer
+    max_len: int = 0  # keep at most this many steps (series: centre crop, text: the start); 0 = all
+    vocab_size: int = 20000  # most frequent training-fold tokens kept, beside <pad> and <unk>
+    min_freq: int = 2  # tokens seen fewer times in the training fold become <unk>
+    lowercase: bool = True  # lowercase text before splitting into words
+    hf_tokenizer: str | None = None  # a Hugging Face tokenizer available locally (name or path) instead of words
+    jitter: float = 0.03  # training noise on normalised series, in standard deviations; 0 off
+    scaling: float = 0.1  # training per-channel scale ~ N(1, scaling) on series; 0 off
+    crop: float = 0.1  # training random crop removes up to this share of the steps; 0 off
+    tta_crop: float = 0.1  # predict.tta=crops: views without this share of the start, or of the end
 
 
 @dataclass
@@ -137,7 +161,7 @@ class TrackingConfig:
 @dataclass
 class Config:
     name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
-    task: Literal["classification", "detection"] = "classification"  # what is being learned
+    task: Literal["classification", "detection", "sequence"] = "classification"  # what is being learned
     seed: int = 42  # folds, initialisation, shuffling
     runs_dir: str = "runs"  # where experiments live
     submissions_dir: str = "submissions"  # where submit writes CSVs and log.csv
@@ -149,6 +173,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property

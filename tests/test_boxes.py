@@ -118,3 +118,12 @@ def test_perfect_detections_score_one():
     truths, _ = fixed_example(seed=1)
     preds = [Detections(b.astype(np.float32), np.ones(len(b), np.float32), c, (1, 1)) for b, c in truths]
     assert mean_average_precision(preds, truths) == {"map50": 1.0, "map": 1.0}
+
+
+def test_fusing_one_member_changes_nothing_and_members_are_not_fused_with_themselves():
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5]], np.float32)  # IoU ~0.9: one model's duplicate
+    det = Detections(boxes, np.array([0.9, 0.2], np.float32), np.array([0, 0]), (10, 10))
+    assert fuse([det]) is det
+    fused = fuse([det, det])
+    np.testing.assert_allclose(fused.boxes, boxes[:1], atol=1e-6)  # the duplicate is suppressed, not averaged in
+    np.testing.assert_allclose(fused.scores, [0.9], atol=1e-6)

@@ -80,4 +80,4 @@ def test_demo_runs_the_whole_loop(tmp_path):
 
     summary = demo.run(root=str(tmp_path / "digits"), runs_dir=str(tmp_path / "runs"),
                        submissions_dir=str(tmp_path / "subs"))
-    assert summary["held_back_accuracy"] > 0.9 and summary["ensemble_cv"] >= max(summary["members_cv"].values())
+    assert summary["held_back"]["accuracy"] > 0.9 and summary["ensemble_cv"] >= max(summary["members_cv"].values())

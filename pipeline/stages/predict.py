@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import numpy as np
@@ -14,14 +15,13 @@ import pandas as pd
 from pipeline import checkpoint
 from pipeline.averaging import averaged_weights
 from pipeline.config import Config
-from pipeline.data import build_loader, read_test
+from pipeline.data import build_loader
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import pick_device, predict, resolve_precision
 from pipeline.stages.train import parse_folds
-from pipeline.tasks import build_task
-from pipeline.tta import build_views
+from pipeline.tasks import TASKS, build_task
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     missing = [k for k in which if k not in trained]
     if str(fold) != "all" and missing or not trained:
         raise UserError(f"no trained fold {missing or 'at all'} in {cfg.run_dir}; run `pipeline train --fold ...` first")
-    test = read_test(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
+    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
     for k in (k for k in which if k in trained):
         predict_fold(cfg, folds, k, test)
     return combine_folds(cfg)
@@ -49,12 +49,14 @@ def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
     # The fold's own weights replace everything; no need to read a backbone weights file again.
     build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False, weights_file=None))
     task = build_task(build_cfg, folds.classes)
+    if (fold_dir / "preprocess.json").is_file():
+        task.load_fold(json.loads((fold_dir / "preprocess.json").read_text()))
     model = task.build_model()
     model.load_state_dict(fold_weights(cfg, task, model, folds, k))
     device = pick_device()
     dtype = resolve_precision(cfg.train.precision, device)
     model.to(device, memory_format=task.memory_format)
-    views = build_views(cfg.predict.tta)
+    views = task.views(cfg.predict.tta)
     _, valid_rows = folds.split(k)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     test_loader = build_loader(task.build_dataset(test, train=False), cfg, False, cfg.predict.batch_size)
@@ -70,7 +72,7 @@ def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
     log.info("fold %d: OOF %s %.4f with %s TTA (%d views), %.4f without (%+.4f); %s weights",
              k, cfg.train.metric, tta, cfg.predict.tta, len(views), plain, tta - plain, cfg.predict.weights)
     write_json(fold_dir / "predict.json", {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta,
-                                           "views": [v.name for v in views], "weights": cfg.predict.weights})
+                                           "views": [getattr(v, "name", v) for v in views], "weights": cfg.predict.weights})
 
 
 def fold_weights(cfg: Config, task, model, folds: Folds, k: int) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import Config
-from pipeline.data import check_images, image_paths, read_table, read_test, require_columns
+from pipeline.data import read_table, require_columns
 from pipeline.folds import folds_current, make_folds, resolve_strategy, save_folds
 from pipeline.provenance import write_run_header
 from pipeline.tasks import TASKS
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def run(cfg: Config, force: bool = False) -> None:
     """Check train/test/sample_submission and every image, then write folds.csv (skipped when up to date)."""
     task = TASKS[cfg.task]
-    test = read_test(cfg)
+    test = task.test_table(cfg)
     sample_path = cfg.data_path("sample_submission")
     sample = read_table(sample_path, "sample_submission", cfg.data.id_col)
     require_columns(sample, sample_path, {"data.id_col": cfg.data.id_col})
@@ -28,10 +28,9 @@ def run(cfg: Config, force: bool = False) -> None:
     if folds_current(cfg) and not force:
         log.info("folds in %s are up to date with %s (use --force to redo them)", cfg.run_dir, cfg.data_path("train_csv"))
         return
-    log.info("checking %s and decoding its images ...", cfg.data_path("train_csv"))
+    log.info("checking %s ...", cfg.data_path("train_csv"))
     samples, classes = task.sample_table(cfg)  # one row per sample, every image and label checked
-    if cfg.data.check_images:
-        check_images(image_paths(cfg, test[cfg.data.id_col]), cfg.data_path("test_csv"))
+    task.test_table(cfg, check=True)
     folds = make_folds(cfg, samples, classes)
     strategy = resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")

@@ -17,7 +17,7 @@ from pipeline import checkpoint
 from pipeline.config import Config, to_dict
 from pipeline.data import build_loader
 from pipeline.errors import UserError
-from pipeline.files import write_parquet
+from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import best_weights, fit, pick_device, predict, resolve_precision
 from pipeline.provenance import write_run_header
@@ -26,7 +26,7 @@ from pipeline.tracking import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
 FOLD_FILES = ("last.pt", "best.pt", "avg.pt", "metrics.csv", "oof.parquet", "oof_no_tta.parquet", "test.parquet",
-              "predict.json", "train.log")
+              "predict.json", "train.log", "preprocess.json")
 
 
 def parse_folds(fold: str | int, k: int) -> list[int]:
@@ -67,8 +67,11 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
 
     seed_everything(cfg.seed + k)
     task = build_task(cfg, folds.classes)
-    model = task.build_model()
     train_rows, valid_rows = folds.split(k)
+    preprocess = task.fit_fold(train_rows)  # e.g. channel statistics or a vocabulary, from training rows only
+    if preprocess:
+        write_json(fold_dir / "preprocess.json", preprocess)
+    model = task.build_model()
     train_loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)

@@ -3,8 +3,9 @@
 from pipeline.tasks.base import Task
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tasks.detection import DetectionTask
+from pipeline.tasks.sequence import SequenceTask
 
-TASKS: dict[str, type] = {"classification": ClassificationTask, "detection": DetectionTask}
+TASKS: dict[str, type] = {"classification": ClassificationTask, "detection": DetectionTask, "sequence": SequenceTask}
 
 __all__ = ["TASKS", "Task", "build_task"]
 

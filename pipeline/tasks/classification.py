@@ -10,14 +10,14 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from pipeline.config import Config
-from pipeline.data import ImageDataset, check_images, image_paths, read_train
+from pipeline.data import ImageDataset, check_images, image_paths, read_test, read_train
 from pipeline.ensemble import Blend, blend_probabilities
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS, logloss
 from pipeline.models import build_model, normalisation
 from pipeline.submission import check_labels, decode
 from pipeline.transforms import build_transforms
-from pipeline.tta import View, stack_views
+from pipeline.tta import View, build_views, stack_views
 
 RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
 
@@ -49,6 +49,24 @@ class ClassificationTask:
         if cfg.data.check_images:
             check_images(image_paths(cfg, train[cfg.data.id_col]), cfg.data_path("train_csv"))
         return train, sorted(train[cfg.data.target_col].unique().tolist())
+
+    @staticmethod
+    def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
+        """test.csv, one row per image; check=True decodes every image (prepare does)."""
+        test = read_test(cfg)
+        if check and cfg.data.check_images:
+            check_images(image_paths(cfg, test[cfg.data.id_col]), cfg.data_path("test_csv"))
+        return test
+
+    def fit_fold(self, train_rows: pd.DataFrame) -> dict:
+        """Preprocessing fitted on a fold's training rows, saved as fold{k}/preprocess.json: none for images."""
+        return {}
+
+    def load_fold(self, state: dict) -> None:
+        pass
+
+    def views(self, spec: str) -> list[View]:
+        return build_views(spec)
 
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg.model, len(self.classes))

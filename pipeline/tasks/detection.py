@@ -29,7 +29,8 @@ from pipeline.ensemble import Blend
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
 from pipeline.submission import check_boxes, decode_boxes
-from pipeline.tta import View, stack_views
+from pipeline.tasks.classification import ClassificationTask
+from pipeline.tta import View, build_views, stack_views
 
 EDGE_TOLERANCE = 2.0  # pixels a box may stick out of its image (annotation tools round outwards); clipped
 
@@ -201,6 +202,19 @@ class DetectionTask:
         if cfg.data.group_col:
             samples[cfg.data.group_col] = table.groupby("id", sort=False)["group"].first().to_numpy()
         return samples.reset_index(drop=True), classes
+
+    test_table = staticmethod(ClassificationTask.test_table)  # test.csv: one row per image
+
+    def fit_fold(self, train_rows: pd.DataFrame) -> dict:
+        return {}
+
+    def load_fold(self, state: dict) -> None:
+        pass
+
+    def views(self, spec: str) -> list[View]:
+        views = build_views(spec)
+        check_box_views([v.name for v in views])
+        return views
 
     @property
     def truths(self) -> dict:

@@ -1,0 +1,198 @@
+"""Sequence classification: series (long tables) or texts, with 1D-CNN, GRU/LSTM or transformer models.
+
+Outputs are class probabilities, so OOF files, ensembling and submissions are the classification task's.
+What differs: per-fold preprocessing (channel statistics or a vocabulary fitted on the training fold and saved
+as fold{k}/preprocess.json), padded batches with masks, time augmentation and crop TTA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.metrics import METRICS
+from pipeline.seqmodels import build_sequence_model
+from pipeline.sequences import (
+    HFTokenizer,
+    Normaliser,
+    Vocabulary,
+    read_series,
+    read_series_labels,
+    read_texts,
+)
+from pipeline.tasks.classification import ClassificationTask
+
+SEQUENCE_TTA = {"none": ["identity"], "crops": ["identity", "crop_head", "crop_tail"],
+                "shifts": ["identity", "crop_head", "crop_tail"]}  # shifts: the window moved to either end
+
+
+def _crop(item: np.ndarray, view: str, share: float) -> np.ndarray:
+    n = len(item)
+    cut = int(n * share)
+    if view == "identity" or cut == 0 or n - cut < 1:
+        return item
+    return item[cut:] if view == "crop_head" else item[: n - cut]
+
+
+class SequenceDataset(Dataset):
+    """Per-sample arrays ([steps, channels] floats or [steps] token ids) with integer labels (-1: none)."""
+
+    def __init__(self, items: list[np.ndarray], labels, train: bool, cfg: Config):
+        self.items, self.train, self.s = [torch.as_tensor(x) for x in items], train, cfg.sequence
+        self.labels = np.asarray(labels if labels is not None else [-1] * len(items), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        # torch's RNG: the loader seeds it per worker and per epoch, so augmentation is reproducible
+        x, s = self.items[i], self.s
+        if self.train and s.crop > 0 and len(x) > 1:
+            keep = int(torch.randint(max(1, int(np.ceil(len(x) * (1 - s.crop)))), len(x) + 1, ()))
+            start = int(torch.randint(0, len(x) - keep + 1, ()))
+            x = x[start:start + keep]
+        if s.max_len and len(x) > s.max_len:
+            start = (len(x) - s.max_len) // 2 if x.ndim == 2 else 0  # series: the centre; text: the start
+            if self.train:
+                start = int(torch.randint(0, len(x) - s.max_len + 1, ()))
+            x = x[start:start + s.max_len]
+        if self.train and x.ndim == 2:
+            if s.scaling > 0:
+                x = x * (1 + s.scaling * torch.randn(1, x.shape[1]))
+            if s.jitter > 0:
+                x = x + s.jitter * torch.randn(x.shape)
+        return x, int(self.labels[i])
+
+    @staticmethod
+    def collate(batch):
+        items, labels = zip(*batch, strict=True)
+        return (*pad(list(items)), torch.as_tensor(labels, dtype=torch.int64))
+
+
+def pad(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest item: (x [B, T(, C)], mask [B, T] True on real steps)."""
+    longest = max(len(x) for x in items)
+    x = items[0].new_zeros((len(items), longest, *items[0].shape[1:]))
+    mask = torch.zeros(len(items), longest, dtype=torch.bool)
+    for i, item in enumerate(items):
+        x[i, : len(item)] = item
+        mask[i, : len(item)] = True
+    return x, mask
+
+
+class SequenceTask(ClassificationTask):
+    memory_format = torch.contiguous_format
+
+    def __init__(self, cfg: Config, classes: list):
+        self.cfg, self.classes = cfg, classes
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.metric = METRICS[cfg.train.metric]
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.text = cfg.data.text_col is not None
+        self.normaliser: Normaliser | None = None
+        self.vocab: Vocabulary | HFTokenizer | None = None
+        self._data: dict | None = None
+
+    # -- data ------------------------------------------------------------------------------------------
+    @staticmethod
+    def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
+        if cfg.data.text_col:
+            samples = read_texts(cfg, "train_csv", labelled=True)
+        else:
+            series, _ = read_series(cfg, "train_csv")
+            samples = read_series_labels(cfg, series)
+        return samples, sorted(samples[cfg.data.target_col].unique().tolist())
+
+    @staticmethod
+    def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
+        """Test ids (one row per series or text); reading checks every value."""
+        if cfg.data.text_col:
+            return read_texts(cfg, "test_csv", labelled=False)
+        series, _ = read_series(cfg, "test_csv")
+        return pd.DataFrame({cfg.data.id_col: list(series)})
+
+    @property
+    def data(self) -> dict:
+        """id -> raw item (series array or text) for train and test, read once."""
+        if self._data is None:
+            d = self.cfg.data
+            if self.text:
+                frames = [read_texts(self.cfg, "train_csv", True), read_texts(self.cfg, "test_csv", False)]
+                self._data = {str(i): t for f in frames for i, t in zip(f[d.id_col], f[d.text_col], strict=True)}
+            else:
+                train, features = read_series(self.cfg, "train_csv")
+                test, test_features = read_series(self.cfg, "test_csv")
+                if test_features != features:
+                    raise UserError(f"{self.cfg.data_path('test_csv')} has feature columns {test_features}, "
+                                    f"train has {features}")
+                self._data = {**train, **test}
+        return self._data
+
+    def fit_fold(self, train_rows: pd.DataFrame) -> dict:
+        """Channel statistics or the vocabulary, from this fold's training rows only."""
+        items = [self.data[str(i)] for i in train_rows["id"]]
+        s = self.cfg.sequence
+        if not self.text:
+            self.normaliser = Normaliser.fit(items)
+            return {"mean": self.normaliser.mean.tolist(), "std": self.normaliser.std.tolist()}
+        if s.hf_tokenizer:
+            self.vocab = HFTokenizer(s.hf_tokenizer)
+            return {"hf_tokenizer": s.hf_tokenizer}
+        self.vocab = Vocabulary.fit(items, s.vocab_size, s.min_freq, s.lowercase)
+        return {"tokens": self.vocab.tokens, "lowercase": s.lowercase}
+
+    def load_fold(self, state: dict) -> None:
+        if "mean" in state:
+            self.normaliser = Normaliser(np.asarray(state["mean"], np.float32), np.asarray(state["std"], np.float32))
+        elif "hf_tokenizer" in state:
+            self.vocab = HFTokenizer(state["hf_tokenizer"])
+        else:
+            self.vocab = Vocabulary(state["tokens"], state["lowercase"])
+
+    def _encode(self, key) -> np.ndarray:
+        item = self.data[str(key)]
+        return self.vocab.encode(item) if self.text else self.normaliser(item).astype(np.float32)
+
+    # -- model and steps ---------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        if self.normaliser is None and self.vocab is None:
+            raise RuntimeError("fit_fold() or load_fold() sets the preprocessing; call it before build_model()")
+        channels = 0 if self.text else len(self.normaliser.mean)
+        return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, len(self.classes))
+
+    def build_dataset(self, rows: pd.DataFrame, train: bool) -> SequenceDataset:
+        labels = rows["target"].map(self.index).to_numpy() if "target" in rows else None
+        return SequenceDataset([self._encode(i) for i in rows["id"]], labels, train, self.cfg)
+
+    def to_device(self, batch, device: torch.device):
+        return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, mask, y = batch
+        alpha = self.cfg.augment.mixup_alpha
+        if alpha > 0 and model.training and not self.text:
+            lam = float(np.random.beta(alpha, alpha))
+            perm = torch.randperm(len(x), device=x.device)
+            logits = model(lam * x + (1 - lam) * x[perm], mask | mask[perm])
+            return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
+        return self.criterion(model(x, mask), y)
+
+    def views(self, spec: str) -> list[str]:
+        if spec not in SEQUENCE_TTA:
+            raise UserError(f"predict.tta={spec!r}: sequence TTA is one of {', '.join(SEQUENCE_TTA)}")
+        return SEQUENCE_TTA[spec]
+
+    def predict(self, model: nn.Module, batch, views) -> torch.Tensor:
+        """[V, B, C] probabilities; every view (crops of each sequence) in one padded forward pass."""
+        x, mask, _ = batch
+        names = [getattr(v, "name", v) for v in views]
+        items = [x[i, : int(mask[i].sum())] for i in range(len(x))]
+        share = self.cfg.sequence.tta_crop
+        xs, masks = pad([_crop(item, name, share) for name in names for item in items])
+        probs = model(xs.to(x.device), masks.to(x.device)).float().softmax(dim=1)
+        return probs.view(len(names), len(x), -1).cpu()

@@ -1,0 +1,185 @@
+"""Sequences: padding never changes an output, preprocessing sees the training fold only, each model trains,
+bad series are named, and the five stages run through the CLI on a small long-table competition."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.seqmodels import SEQUENCE_MODELS, build_sequence_model
+from pipeline.stages import prepare
+from pipeline.tasks.sequence import SequenceDataset, SequenceTask, pad
+
+runner = CliRunner()
+
+
+def write_series_competition(root, n_train=48, n_test=12, channels=3, seed=0):
+    """Variable-length series whose class sets the frequency of a sine on channel 0."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def block(ids):
+        rows, labels = [], []
+        for sid in ids:
+            label = int(rng.integers(0, 3))
+            steps = int(rng.integers(12, 30))
+            t = np.arange(steps)
+            values = rng.normal(0, 0.3, (steps, channels))
+            values[:, 0] += np.sin(t * (label + 1) * 0.5)
+            for step in t:
+                rows.append({"series_id": f"s{sid}", "step": step, **{f"ch{c}": values[step, c] for c in range(channels)}})
+            labels.append({"series_id": f"s{sid}", "label": f"class{label}"})
+        return pd.DataFrame(rows), pd.DataFrame(labels)
+
+    train, labels = block(range(n_train))
+    test, solution = block(range(n_train, n_train + n_test))
+    train.to_csv(root / "train.csv", index=False)
+    labels.to_csv(root / "train_labels.csv", index=False)
+    test.to_csv(root / "test.csv", index=False)
+    solution.to_csv(root / "solution.csv", index=False)
+    solution.assign(label="class0").to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+SEQ = {
+    "task": "sequence",
+    "data": {"id_col": "series_id", "target_col": "label", "labels_csv": "train_labels.csv", "step_col": "step"},
+    "cv": {"folds": 3},
+    "sequence": {"dim": 16, "filters": 8, "hidden": 16, "heads": 2, "layers": 1},
+    "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "base_lr": 3e-2, "keep_top": 0},
+    "predict": {"tta": "crops"},
+    "tracking": {"wandb": "disabled", "quiet": True},
+}
+
+
+def config(root, tmp_path, name="seq", **changes):
+    tree = json.loads(json.dumps(SEQ))
+    tree.update(name=name, runs_dir=str(tmp_path / "runs"), submissions_dir=str(tmp_path / "subs"))
+    tree["data"]["root"] = str(root)
+    for key, value in changes.items():
+        tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path, load_config(path)
+
+
+@pytest.fixture
+def series_root(tmp_path):
+    return write_series_competition(tmp_path / "series")
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+@pytest.mark.parametrize("tokens", [False, True])
+def test_padding_does_not_change_the_output(name, tokens):
+    torch.manual_seed(0)
+    cfg = load_config(None, [f"model.name={name}", "sequence.dim=16", "sequence.filters=8", "sequence.hidden=8",
+                             "sequence.heads=2", "sequence.layers=1"])
+    model = build_sequence_model(cfg, 0 if tokens else 3, 50 if tokens else 0, 4).eval()
+    lengths = [7, 19, 12]
+    items = [torch.randint(2, 50, (n,)) if tokens else torch.randn(n, 3) for n in lengths]
+    x, mask = pad(items)
+    with torch.no_grad():
+        batched = model(x, mask)
+        for i, item in enumerate(items):
+            alone = model(item[None], torch.ones(1, len(item), dtype=torch.bool))
+            torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_one_training_step_per_model(name, series_root, tmp_path):
+    _, cfg = config(series_root, tmp_path, model={"name": name})
+    prepare.run(cfg)
+    folds = pd.read_csv(cfg.run_dir / "folds.csv", dtype={"id": str})
+    task = SequenceTask(cfg, ["class0", "class1", "class2"])
+    task.fit_fold(folds[folds.fold != 0])
+    model = task.build_model().train()
+    data = task.build_dataset(folds[folds.fold != 0], train=True)
+    batch = SequenceDataset.collate([data[i] for i in range(8)])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = task.loss(model, batch)
+    loss.backward()
+    torch.optim.AdamW(model.parameters(), lr=1e-2).step()
+    assert torch.isfinite(loss)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True) if b.grad is not None)
+
+
+def test_normalisation_comes_from_the_training_fold_only(series_root, tmp_path):
+    _, cfg = config(series_root, tmp_path)
+    prepare.run(cfg)
+    folds = pd.read_csv(cfg.run_dir / "folds.csv", dtype={"id": str})
+    task = SequenceTask(cfg, ["class0", "class1", "class2"])
+    train_rows = folds[folds.fold != 1]
+    state = task.fit_fold(train_rows)
+    long = pd.read_csv(series_root / "train.csv", dtype={"series_id": str})
+    own = long[long.series_id.isin(train_rows.id)][["ch0", "ch1", "ch2"]]
+    np.testing.assert_allclose(state["mean"], own.mean().to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(state["std"], own.std(ddof=0).to_numpy(), atol=1e-5)
+    everything = long[["ch0", "ch1", "ch2"]].mean().to_numpy()
+    assert not np.allclose(state["mean"], everything, atol=1e-6)
+
+
+def test_vocabulary_comes_from_the_training_fold_only(tmp_path):
+    root = tmp_path / "text"
+    root.mkdir()
+    texts = ["good food good", "bad food bad", "good service", "bad service", "zebra zebra only here", "fine fine"]
+    pd.DataFrame({"id": range(6), "text": texts, "label": ["p", "n", "p", "n", "p", "n"]}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": [9], "text": ["good"]}).to_csv(root / "test.csv", index=False)
+    pd.DataFrame({"id": [9], "label": ["p"]}).to_csv(root / "sample_submission.csv", index=False)
+    cfg = load_config(None, ["task=sequence", f"data.root={root}", "data.id_col=id", "data.text_col=text",
+                             "data.target_col=label", "sequence.min_freq=1"])
+    task = SequenceTask(cfg, ["n", "p"])
+    state = task.fit_fold(pd.DataFrame({"id": ["0", "1", "2", "3"], "target": ["p", "n", "p", "n"]}))
+    assert state["tokens"][:2] == ["<pad>", "<unk>"]
+    assert set(state["tokens"][2:]) == {"good", "bad", "food", "service"}  # nothing from rows 4-5
+    assert task._encode("4").tolist() == [1, 1, 1, 1]  # an unseen text is all <unk>
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, lab: (t.assign(ch1=t.ch1.astype(object).where(t.index != 5, "1.2.3")), lab), "non-numeric value '1.2.3'"),
+    (lambda t, lab: (t.assign(ch2=t.ch2.where(t.index != 5)), lab), "empty value in column 'ch2'"),
+    (lambda t, lab: (t, lab[lab.series_id != "s3"]), "series s3 have no row"),
+    (lambda t, lab: (t, lab.assign(label=lab.label.where(lab.series_id != "s2"))), "series s2 have no label"),
+])
+def test_bad_series_are_named(series_root, tmp_path, edit, message):
+    train = pd.read_csv(series_root / "train.csv")
+    labels = pd.read_csv(series_root / "train_labels.csv")
+    train, labels = edit(train, labels)
+    train.to_csv(series_root / "train.csv", index=False)
+    labels.to_csv(series_root / "train_labels.csv", index=False)
+    _, cfg = config(series_root, tmp_path)
+    with pytest.raises(UserError, match=message) as err:
+        prepare.run(cfg)
+    if "value" in message:
+        assert "series 's0'" in str(err.value)
+    assert not (cfg.run_dir / "folds.csv").exists()
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_sequence_through_the_cli(series_root, tmp_path):
+    path_a, cfg_a = config(series_root, tmp_path, name="a", model={"name": "inception"})
+    path_b, _ = config(series_root, tmp_path, name="b", model={"name": "gru"}, predict={"tta": "none"})
+    for path in (path_a, path_b):
+        cli("prepare", "--config", path)
+        cli("train", "--config", path, "--fold", "all")
+        cli("predict", "--config", path)
+    assert (cfg_a.run_dir / "fold0" / "preprocess.json").is_file()
+    scores = json.loads((cfg_a.run_dir / "scores.json").read_text())
+    assert scores["tta"] == "crops" and scores["rows"] == 48
+    runs = cfg_a.runs_dir
+    cli("ensemble", "a", "b", "--method", "weighted", "--name", "blend", "--runs-dir", runs)
+    cli("submit", "blend", "--runs-dir", runs)
+    sub = pd.read_csv(tmp_path / "subs/blend.csv")
+    assert sub["series_id"].tolist() == pd.read_csv(series_root / "sample_submission.csv")["series_id"].tolist()
+    assert set(sub["label"]) <= {"class0", "class1", "class2"}
