@@ -20,12 +20,7 @@ def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, classes: list)
     sample submission has one column per class."""
     id_col = cfg.data.id_col
     class_cols = [str(c) for c in classes]
-    probs = test.set_index("id")[class_cols]
-    missing = pd.Index(sample[id_col]).difference(probs.index)
-    if len(missing):
-        raise UserError(f"{len(missing)} ids of sample_submission have no prediction (e.g. {missing[0]!r}); "
-                        "does test.csv list the same ids? rerun `pipeline predict`")
-    probs = probs.loc[sample[id_col]]
+    probs = in_sample_order(test, sample, id_col)[class_cols]
     out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
     if set(class_cols) <= {str(c) for c in sample.columns}:
         for col in sample.columns[1:]:
@@ -33,6 +28,16 @@ def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, classes: list)
     else:
         out[cfg.data.target_col] = np.asarray(classes, dtype=object)[probs.to_numpy().argmax(axis=1)]
     return out
+
+
+def in_sample_order(test: pd.DataFrame, sample: pd.DataFrame, id_col: str) -> pd.DataFrame:
+    """Prediction rows (indexed by id) in sample_submission's order; every sample id must have one."""
+    by_id = test.set_index("id")
+    missing = pd.Index(sample[id_col]).difference(by_id.index)
+    if len(missing):
+        raise UserError(f"{len(missing)} ids of sample_submission have no prediction (e.g. {missing[0]!r}); "
+                        "does test.csv list the same ids? rerun `pipeline predict`")
+    return by_id.loc[sample[id_col]]
 
 
 def validate(sub: pd.DataFrame, sample: pd.DataFrame, classes: list, cfg: Config) -> None:

@@ -19,7 +19,7 @@ from pipeline.errors import UserError
 @dataclass(frozen=True)
 class View:
     name: str
-    apply: Callable[[torch.Tensor], torch.Tensor]  # NCHW -> NCHW
+    apply: Callable[[torch.Tensor], torch.Tensor]  # NCHW -> NCHW for images; one sequence for sequence views
     invert: Callable[[torch.Tensor], torch.Tensor]  # undoes apply on image-shaped outputs
 
 

@@ -72,7 +72,7 @@ def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
     log.info("fold %d: OOF %s %.4f with %s TTA (%d views), %.4f without (%+.4f); %s weights",
              k, cfg.train.metric, tta, cfg.predict.tta, len(views), plain, tta - plain, cfg.predict.weights)
     write_json(fold_dir / "predict.json", {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta,
-                                           "views": [getattr(v, "name", v) for v in views], "weights": cfg.predict.weights})
+                                           "views": [v.name for v in views], "weights": cfg.predict.weights})
 
 
 def fold_weights(cfg: Config, task, model, folds: Folds, k: int) -> dict:

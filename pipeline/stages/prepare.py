@@ -19,18 +19,18 @@ log = logging.getLogger(__name__)
 def run(cfg: Config, force: bool = False) -> None:
     """Check train/test/sample_submission and every image, then write folds.csv (skipped when up to date)."""
     task = TASKS[cfg.task]
-    test = task.test_table(cfg)
+    current = folds_current(cfg) and not force
+    test = task.test_table(cfg, check=not current)  # images are decoded only when the folds are redone
     sample_path = cfg.data_path("sample_submission")
     sample = read_table(sample_path, "sample_submission", cfg.data.id_col)
     require_columns(sample, sample_path, {"data.id_col": cfg.data.id_col})
     if set(sample[cfg.data.id_col]) != set(test[cfg.data.id_col]):
         log.warning("%s and %s list different ids; submit checks against the sample submission", sample_path, cfg.data_path("test_csv"))
-    if folds_current(cfg) and not force:
+    if current:
         log.info("folds in %s are up to date with %s (use --force to redo them)", cfg.run_dir, cfg.data_path("train_csv"))
         return
     log.info("checking %s ...", cfg.data_path("train_csv"))
     samples, classes = task.sample_table(cfg)  # one row per sample, every image and label checked
-    task.test_table(cfg, check=True)
     folds = make_folds(cfg, samples, classes)
     strategy = resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")

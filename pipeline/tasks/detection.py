@@ -28,7 +28,7 @@ from pipeline.detectors import build_detector
 from pipeline.ensemble import Blend
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
-from pipeline.submission import check_boxes, decode_boxes
+from pipeline.submission import check_boxes, decode_boxes, in_sample_order
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tta import View, build_views, stack_views
 
@@ -89,6 +89,12 @@ def image_sizes(paths: list[Path], workers: int = 8) -> list[tuple[int, int]]:
             return img.size
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(size, paths))
+
+
+def table_image_sizes(cfg: Config, table: pd.DataFrame) -> dict:
+    """id -> (width, height) for every image of a box table."""
+    ids = table["id"].drop_duplicates()
+    return dict(zip(ids, image_sizes(image_paths(cfg, ids)), strict=True))
 
 
 def _check_inside(cfg: Config, table: pd.DataFrame, sizes: dict) -> None:
@@ -187,11 +193,9 @@ class DetectionTask:
         """One row per image (id, stratification key, group) for the folds, after checking every box."""
         table = read_box_table(cfg)
         classes = box_classes(cfg, table)
-        ids = table["id"].drop_duplicates()
-        paths = image_paths(cfg, ids)
         if cfg.data.check_images:
-            check_images(paths, cfg.data_path("train_csv"))
-        sizes = dict(zip(ids, image_sizes(paths), strict=True))
+            check_images(image_paths(cfg, table["id"].drop_duplicates()), cfg.data_path("train_csv"))
+        sizes = table_image_sizes(cfg, table)
         _check_inside(cfg, table, sizes)
         # Folds are per image, stratified on the dominant class and a box-count bucket.
         per_image = table.groupby("id", sort=False).agg(
@@ -220,9 +224,7 @@ class DetectionTask:
     def truths(self) -> dict:
         if self._truths is None:
             table = read_box_table(self.cfg)
-            ids = table["id"].drop_duplicates()
-            sizes = dict(zip(ids, image_sizes(image_paths(self.cfg, ids)), strict=True))
-            self._truths = _truths(self.cfg, table, self.classes, sizes)
+            self._truths = _truths(self.cfg, table, self.classes, table_image_sizes(self.cfg, table))
         return self._truths
 
     def build_model(self) -> nn.Module:
@@ -337,12 +339,7 @@ class DetectionTask:
         if len(sample.columns) != 2:
             raise UserError(f"sample_submission has columns {list(sample.columns)}; detection expects an id and "
                             "one prediction-string column")
-        by_id = test.set_index("id")
-        missing = pd.Index(sample[self.cfg.data.id_col]).difference(by_id.index)
-        if len(missing):
-            raise UserError(f"{len(missing)} ids of sample_submission have no prediction (e.g. {missing[0]!r}); "
-                            "does test.csv list the same ids? rerun `pipeline predict`")
-        rows = by_id.loc[sample[self.cfg.data.id_col]].reset_index()
+        rows = in_sample_order(test, sample, self.cfg.data.id_col).reset_index()
         return decode_boxes(self.read_outputs(rows), rows["id"], self.cfg, self.classes, sample.columns[1])
 
     def check_submission(self, sub: pd.DataFrame) -> None:

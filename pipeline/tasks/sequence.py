@@ -26,17 +26,20 @@ from pipeline.sequences import (
     read_texts,
 )
 from pipeline.tasks.classification import ClassificationTask
+from pipeline.tta import VIEWS, View
 
 SEQUENCE_TTA = {"none": ["identity"], "crops": ["identity", "crop_head", "crop_tail"],
                 "shifts": ["identity", "crop_head", "crop_tail"]}  # shifts: the window moved to either end
 
 
-def _crop(item: np.ndarray, view: str, share: float) -> np.ndarray:
-    n = len(item)
-    cut = int(n * share)
-    if view == "identity" or cut == 0 or n - cut < 1:
-        return item
-    return item[cut:] if view == "crop_head" else item[: n - cut]
+def _crop_view(name: str, share: float) -> View:
+    """A TTA view of one sequence ([steps, ...]) without `share` of its steps at the start (crop_head) or end."""
+    def apply(item):
+        cut = int(len(item) * share)
+        if cut == 0 or len(item) - cut < 1:
+            return item
+        return item[cut:] if name == "crop_head" else item[: len(item) - cut]
+    return View(name, apply, lambda y: y)  # outputs are per sequence: nothing to map back
 
 
 class SequenceDataset(Dataset):
@@ -182,17 +185,16 @@ class SequenceTask(ClassificationTask):
             return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
         return self.criterion(model(x, mask), y)
 
-    def views(self, spec: str) -> list[str]:
+    def views(self, spec: str) -> list[View]:
         if spec not in SEQUENCE_TTA:
             raise UserError(f"predict.tta={spec!r}: sequence TTA is one of {', '.join(SEQUENCE_TTA)}")
-        return SEQUENCE_TTA[spec]
+        return [VIEWS["identity"] if name == "identity" else _crop_view(name, self.cfg.sequence.tta_crop)
+                for name in SEQUENCE_TTA[spec]]
 
-    def predict(self, model: nn.Module, batch, views) -> torch.Tensor:
+    def predict(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
         """[V, B, C] probabilities; every view (crops of each sequence) in one padded forward pass."""
         x, mask, _ = batch
-        names = [getattr(v, "name", v) for v in views]
         items = [x[i, : int(mask[i].sum())] for i in range(len(x))]
-        share = self.cfg.sequence.tta_crop
-        xs, masks = pad([_crop(item, name, share) for name in names for item in items])
+        xs, masks = pad([view.apply(item) for view in views for item in items])
         probs = model(xs.to(x.device), masks.to(x.device)).float().softmax(dim=1)
-        return probs.view(len(names), len(x), -1).cpu()
+        return probs.view(len(views), len(x), -1).cpu()
