@@ -33,6 +33,9 @@ class DataConfig:
     image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path
     image_ext: str = ""  # suffix appended to ids, e.g. ".jpg" when ids are bare names
     check_images: bool = True  # prepare decodes every image once; turn off only for huge sets you trust
+    # decode + resize every train/test image once into a uint8 memmap under runs/cache/ that the loader
+    # reads: the loader then costs a memory read, not a PNG/JPEG decode (disk: N x side^2 x 3 bytes)
+    cache: bool = False
     # detection: train.csv has one row per box (id, class in target_col, four box columns); an image with
     # no boxes is a row whose box columns are empty
     box_cols: list[str] = field(default_factory=lambda: ["xmin", "ymin", "xmax", "ymax"])  # in box_format order
@@ -68,6 +71,7 @@ class ImageConfig:
     size: int = 224  # train/valid side in pixels; pretrained CNNs like their native size
     mean: list[float] | None = None  # normalisation; null = the model's pretrained config
     std: list[float] | None = None  # as mean
+    cache_margin: float = 0.15  # data.cache stores side size x (1 + margin): room for random crops
 
 
 @dataclass
@@ -110,7 +114,7 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    tta: str = "hflip"  # TTA views: none | hflip | vflip | flips | d4 | a list like "identity,rot90"
+    tta: str = "auto"  # auto: the flips/turns training used (sequences: none) | none | hflip | vflip | flips | d4 | "identity,rot90"
     batch_size: int = 64  # inference images per device per step (each TTA view multiplies it)
     weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
     avg_ema: bool = False  # average the EMA weights of the top epochs instead of the raw ones

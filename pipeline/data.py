@@ -131,19 +131,32 @@ def load_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-class ImageDataset(Dataset):
-    """Images by path with integer labels (-1 for unlabelled rows), through an albumentations transform."""
+class ImageFiles:
+    """Images decoded from disk on every read (pipeline.cache holds them decoded instead)."""
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform: Callable):
+    def __init__(self, paths: Sequence[Path]):
         self.paths = list(paths)
-        self.labels = np.asarray(labels if labels is not None else [-1] * len(self.paths), dtype=np.int64)
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitem__(self, i: int) -> np.ndarray:
+        return load_image(self.paths[i])
+
+
+class ImageDataset(Dataset):
+    """Images (ImageFiles or a cache) with integer labels (-1 for unlabelled rows), through an albumentations transform."""
+
+    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int] | None, transform: Callable):
+        self.images = images
+        self.labels = np.asarray(labels if labels is not None else [-1] * len(images), dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self.transform(image=load_image(self.paths[i]))["image"]
+        image = self.transform(image=self.images[i])["image"]
         return image, int(self.labels[i])
 
 

@@ -115,7 +115,23 @@ def blend_probabilities(method: str, oofs: list[np.ndarray], tests: list[np.ndar
     if method == "stack":
         oof, test = stack(oofs, target, folds, tests, oofs[0].shape[1])
         return Blend(oof, test, None, metric(target, oof))  # stacked OOF is already fitted on other folds
-    n = len(oofs)
-    weights = hill_climb(method, oofs, target, metric) if method == "weighted" else np.full(n, 1 / n)
-    held_out = held_out_weights_score(method, oofs, target, folds, metric)[0] if method == "weighted" else None
-    return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, held_out)
+    weights, held_out, params = np.full(len(oofs), 1 / len(oofs)), None, {}
+    if method == "weighted":
+        weights, held_out, params = fit_weights(oofs, target, folds, metric)
+    return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, held_out, params)
+
+
+def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
+                metric: Metric) -> tuple[np.ndarray, float | None, dict]:
+    """Hill-climbed weights, kept only when their held-out score beats the plain mean.
+
+    When every member saturates the metric (BasicMotions: five members at CV 1.0), the climb is steered
+    by log-loss alone and chose one member that scored 0.875 on test where the mean scored 1.0; so
+    weights must earn their place on folds they were not fitted on, else every member counts equally.
+    """
+    uniform = np.full(len(oofs), 1 / len(oofs))
+    mean_score = metric(target, combine("mean", oofs, uniform))
+    held_out = held_out_weights_score("weighted", oofs, target, folds, metric)[0]
+    if metric.better(held_out, mean_score):
+        return hill_climb("weighted", oofs, target, metric), held_out, {"weights_from": "hill climbing"}
+    return uniform, None, {"weights_from": "uniform", "hill_climbing_held_out": held_out, "mean_cv": mean_score}

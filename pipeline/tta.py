@@ -72,8 +72,20 @@ SETS = {
 }
 
 
-def build_views(spec: str) -> list[View]:
-    """A set name or a comma-separated list of view names; identity always comes first."""
+def auto_views(augment) -> str:
+    """predict.tta=auto: the symmetries training saw (augment.hflip/vflip/rotate90), no others.
+
+    A view the model never trained on is a distribution shift (a mirrored digit is another digit)."""
+    flips = [name for name, p in (("hflip", augment.hflip), ("vflip", augment.vflip)) if p > 0]
+    if augment.rotate90 > 0:
+        return "d4" if flips else "identity,rot90,rot180,rot270"
+    return "flips" if len(flips) == 2 else (flips[0] if flips else "none")
+
+
+def build_views(spec: str, augment=None) -> list[View]:
+    """A set name, auto (needs the augment config) or a comma-separated list of view names; identity first."""
+    if spec == "auto":
+        spec = auto_views(augment)
     names = SETS.get(spec) or [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in VIEWS]
     if unknown or not names:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.averaging import average_state_dicts
-from pipeline.ensemble import combine, held_out_weights_score, hill_climb, stack
+from pipeline.ensemble import combine, fit_weights, held_out_weights_score, hill_climb, stack
 from pipeline.metrics import METRICS
 
 ACC = METRICS["accuracy"]
@@ -42,6 +42,26 @@ def test_weights_sum_to_one_beat_the_best_member_and_ignore_test_predictions():
     folds = np.arange(600) % 5
     honest, _ = held_out_weights_score("weighted", members, target, folds, ACC)
     assert 0.2 < honest <= 1.0
+
+
+def test_saturated_members_fall_back_to_uniform_weights():
+    # Every member is right on every row (accuracy 1.0), as on BasicMotions: log-loss alone would pick one.
+    rng = np.random.default_rng(4)
+    target = rng.integers(0, 4, 40)
+    members = noisy_members(rng, target, 4, [8.0, 9.0, 12.0])
+    assert all(ACC(target, p) == 1.0 for p in members)
+    assert hill_climb("weighted", members, target, ACC).max() > 0.5  # the climb alone does concentrate
+    w, held_out, params = fit_weights(members, target, np.arange(40) % 5, ACC)
+    assert np.allclose(w, 1 / 3) and held_out is None and params["weights_from"] == "uniform"
+
+
+def test_weights_that_beat_the_mean_out_of_fold_are_kept():
+    rng = np.random.default_rng(5)
+    target = rng.integers(0, 5, 1000)
+    members = noisy_members(rng, target, 5, [2.5, 0.0, 0.0])  # two members are pure noise
+    w, held_out, params = fit_weights(members, target, np.arange(1000) % 5, ACC)
+    assert params["weights_from"] == "hill climbing" and w[0] > 0.5
+    assert held_out > ACC(target, combine("mean", members, np.full(3, 1 / 3)))
 
 
 def test_stacking_on_noise_reports_chance_not_more():

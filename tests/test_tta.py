@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from pipeline.config import AugmentConfig
 from pipeline.errors import UserError
 from pipeline.tta import SETS, VIEWS, build_views, stack_views
 
@@ -30,3 +31,15 @@ def test_view_sets_start_with_identity_and_stack_batched():
     assert stacked.shape == (12, 3, 8, 8) and torch.equal(stacked[3:6], x.flip(-1))
     with pytest.raises(UserError, match="unknown view"):
         build_views("hflip,spin")
+
+
+@pytest.mark.parametrize("flips,expected", [
+    ((0.5, 0.0, 0.0), ["identity", "hflip"]),
+    ((0.0, 0.0, 0.0), ["identity"]),  # digits: training never mirrored, so prediction doesn't either
+    ((0.5, 0.5, 0.0), ["identity", "hflip", "vflip", "rot180"]),
+    ((0.5, 0.5, 0.5), ["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose"]),
+    ((0.0, 0.0, 0.5), ["identity", "rot90", "rot180", "rot270"]),
+])
+def test_auto_tta_uses_the_symmetries_training_used(flips, expected):
+    augment = AugmentConfig(hflip=flips[0], vflip=flips[1], rotate90=flips[2])
+    assert [v.name for v in build_views("auto", augment)] == expected

@@ -88,6 +88,9 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     name = name or f"ens-{method}-" + "-".join(m.cfg.name for m in members)
     scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold)
     metric = task.metric.name
+    if blend.params.get("weights_from") == "uniform":
+        log.info("hill-climbed weights scored %.4f on folds they were not fitted on, no better than the mean's %.4f: "
+                 "every member gets equal weight", blend.params["hill_climbing_held_out"], blend.params["mean_cv"])
     log.info("members: %s", ", ".join(f"{m.name} {metric} {m.cv:.4f}" for m in members))
     log.info("%s ensemble %s: CV %.4f%s -> %s", method, name, cv,
              f" (fitted on other folds: {blend.held_out:.4f})" if blend.held_out is not None else "",

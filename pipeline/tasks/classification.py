@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -9,8 +12,9 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
+from pipeline.cache import cached_images, cached_side
 from pipeline.config import Config
-from pipeline.data import ImageDataset, check_images, image_paths, read_test, read_train
+from pipeline.data import ImageDataset, ImageFiles, check_images, image_paths, read_test, read_train
 from pipeline.ensemble import Blend, blend_probabilities
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS, logloss
@@ -20,6 +24,16 @@ from pipeline.transforms import build_transforms
 from pipeline.tta import View, build_views, stack_views
 
 RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
+
+
+def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
+    """The images of these ids: decoded from their files, or read from the decoded cache (data.cache)."""
+    paths = image_paths(cfg, ids)
+    if not cfg.data.cache:
+        return ImageFiles(paths)
+    every = image_paths(cfg, pd.concat([read_train(cfg)[cfg.data.id_col], read_test(cfg)[cfg.data.id_col]]))
+    side = cached_side(cfg.image.size, cfg.image.cache_margin)
+    return cached_images(paths, every, side, Path(cfg.runs_dir) / "cache")
 
 
 class ClassificationTask:
@@ -48,6 +62,8 @@ class ClassificationTask:
         train = read_train(cfg)
         if cfg.data.check_images:
             check_images(image_paths(cfg, train[cfg.data.id_col]), cfg.data_path("train_csv"))
+        if cfg.data.cache:
+            build_images(cfg, [])  # decode every train and test image into the cache now, not in fold 0's epoch 1
         return train, sorted(train[cfg.data.target_col].unique().tolist())
 
     @staticmethod
@@ -66,7 +82,7 @@ class ClassificationTask:
         pass
 
     def views(self, spec: str) -> list[View]:
-        return build_views(spec)
+        return build_views(spec, self.cfg.augment)
 
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg.model, len(self.classes))
@@ -78,7 +94,8 @@ class ClassificationTask:
             raise RuntimeError("build_model() sets the normalisation; call it before build_dataset()")
         transform = build_transforms(self.cfg.image, self.cfg.augment, train, self.mean, self.std)
         labels = rows["target"].map(self.index).to_numpy() if "target" in rows else None
-        return ImageDataset(image_paths(self.cfg, rows["id"]), labels, transform)
+        return ImageDataset(build_images(self.cfg, rows["id"]), labels, transform)
+
 
     def to_device(self, batch, device: torch.device):
         x, y = batch

@@ -216,7 +216,7 @@ class DetectionTask:
         pass
 
     def views(self, spec: str) -> list[View]:
-        views = build_views(spec)
+        views = build_views(spec, self.cfg.augment)
         check_box_views([v.name for v in views])
         return views
 
