@@ -3,6 +3,9 @@
 #   make predict CONFIG=configs/leaves.yaml TTA=d4
 #   make ensemble RUNS="exp-a exp-b" METHOD=weighted NAME=blend
 #   make submit RUN=blend MESSAGE="a+b d4"
+#   make train FOLD=0 GPUS=2        one fold, data-parallel over 2 devices (torchrun; gloo on CPU)
+#   make train-all GPUS=4           4 workers, one per device, each training the next free fold
+#   make bench                      pipeline vs bare compute loop, loader, TTA, ensembling
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,9 +13,12 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/leaves.yaml
 FOLD ?= 0
 SET ?=
+GPUS ?= 1
+# the leaves dev set when ../shared is there, else the embedded digits (bench writes them if missing)
+BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/bench.yaml,configs/bench-demo.yaml)
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow lint demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
+.PHONY: setup test test-slow lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -47,10 +53,20 @@ prepare: setup
 	$(BIN)/pipeline prepare --config $(CONFIG) $(SETS)
 
 train: prepare
+ifeq ($(GPUS),1)
 	$(BIN)/pipeline train --config $(CONFIG) --fold $(FOLD) $(SETS)
+else
+	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m pipeline train --config $(CONFIG) --fold $(FOLD) $(SETS)
+endif
 
+# One worker per device; fold locks (fold{k}/train.lock) make each fold go to exactly one of them.
 train-all: prepare
-	$(BIN)/pipeline train --config $(CONFIG) --fold all $(SETS)
+	pids=(); for i in $$(seq 0 $$(($(GPUS) - 1))); do \
+	  CUDA_VISIBLE_DEVICES=$$i $(BIN)/pipeline train --config $(CONFIG) --fold all $(SETS) & pids+=($$!); \
+	done; status=0; for p in "$${pids[@]}"; do wait $$p || status=1; done; exit $$status
+
+bench: setup
+	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(SETS)
 
 predict: setup
 	$(BIN)/pipeline predict --config $(CONFIG) --fold $(or $(FOLD_PREDICT),all) $(SETS) $(if $(TTA),--tta $(TTA))

@@ -154,3 +154,26 @@ def demo(
     from pipeline.stages import demo as stage
 
     stage.run(task=task, root=root, runs_dir=runs_dir, overrides=set_ or [])
+
+
+@app.command()
+@user_errors
+def bench(
+    config: Path = typer.Option(Path("configs/bench.yaml"), "--config", "-c", help="YAML config to measure"),
+    batch_sizes: str = typer.Option(None, "--batch-sizes", help="comma list, e.g. 32,64,128 (default: train.batch_size)"),
+    steps: int = typer.Option(20, "--steps", help="timed steps per measurement, after 5 warm-up steps"),
+    ensemble: str = typer.Option("20x100000x176", "--ensemble", help="members x rows x classes for the blend timing"),
+    set_: list[str] = SetOpt,
+) -> None:
+    """Samples/s of the bare compute loop vs the pipeline's loop, the loader, TTA and ensembling; peak memory.
+
+    Example: pipeline bench --config configs/bench.yaml --batch-sizes 32,64,128
+    """
+    from pipeline import bench as stage
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")] if batch_sizes else None
+        shape = tuple(int(v) for v in ensemble.lower().split("x"))
+    except ValueError:
+        raise UserError("--batch-sizes is a comma list of integers, --ensemble is MEMBERSxROWSxCLASSES") from None
+    stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape)

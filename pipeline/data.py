@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.config import Config
+from pipeline.distributed import ShardSampler, world
 from pipeline.errors import UserError
 
 MAX_LISTED = 20  # bad rows printed one per line; the rest are counted
@@ -167,7 +168,11 @@ def resolve_workers(requested: int) -> int:
 def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int) -> DataLoader:
     """Training loaders shuffle through a seeded sampler (call set_epoch) so a resumed epoch sees the same order."""
     workers = resolve_workers(cfg.train.num_workers)
-    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed) if train else None
+    w = world()  # under torchrun each rank trains on its share and evaluates one contiguous block
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=w.size, rank=w.rank, shuffle=True, seed=cfg.seed)
+    else:
+        sampler = ShardSampler(len(dataset), w.rank, w.size) if w.size > 1 else None
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -6,10 +6,13 @@ Every fitted method is also scored the honest way: fitted on K-1 folds, scored o
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 
@@ -39,36 +42,82 @@ def _objective(metric: Metric, target: np.ndarray, probs: np.ndarray) -> tuple[f
 
 
 def hill_climb(method: str, members: list[np.ndarray], target: np.ndarray, metric: Metric,
-               rounds: int = 50) -> np.ndarray:
-    """Caruana ensemble selection: start from the best member, add (with replacement) whichever member
-    improves the OOF objective most, stop when none does. Weights are the selection counts, summing to one."""
-    n = len(members)
+               rounds: int = 50, tol: float = 1e-5) -> np.ndarray:
+    """Caruana ensemble selection on a linear blend: start from the best member, add (with replacement)
+    whichever member improves the OOF objective most, stop when none does by more than tol. Weights are the
+    selection counts, summing to one.
+
+    Exact but incremental, so 20 members x 100k rows x 176 classes climb in seconds: a running sum of the
+    chosen members; log-loss from the true-class column alone; and for argmax metrics only the rows where
+    the trial member could overturn the running blend's label are re-ranked.
+    """
+    members = as_float32(members)
+    n, idx = len(members), np.arange(len(target))
+    true = [p[idx, target] for p in members]  # [N] each: all log-loss needs
+    peak = [p.max(axis=1) for p in members]
     counts = np.zeros(n)
     singles = [_objective(metric, target, p) for p in members]
-    counts[max(range(n), key=lambda i: singles[i])] = 1
-    best = max(singles)
+    first = max(range(n), key=lambda i: singles[i])
+    counts[first], best = 1, singles[first]
+    total, total_true = members[first].copy(), true[first].copy()
     for _ in range(rounds):
+        labels = total.argmax(axis=1)
+        top2 = np.partition(total, -2, axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0] - 1e-6  # a hair of slack for float rounding
+        size = counts.sum() + 1
         trials = []
-        for i in range(n):
-            trial = counts.copy()
-            trial[i] += 1
-            trials.append((_objective(metric, target, combine(method, members, trial / trial.sum())), i))
+        for i, p in enumerate(members):
+            p_true = (total_true + true[i]) / size  # members' rows sum to one, so the blend's do too
+            if metric.on_labels is None:  # a metric of the probabilities themselves: the whole trial blend
+                score = metric(target, (total + p) / size)
+            else:
+                # Adding p lifts class j over the blend's label only if p[j] - p[label] exceeds the margin.
+                rows = np.flatnonzero(peak[i] - p[idx, labels] >= margin)
+                trial_labels = labels.copy()
+                trial_labels[rows] = (total[rows] + p[rows]).argmax(axis=1)
+                score = metric.on_labels(target, trial_labels)
+            trials.append(((score if metric.greater_is_better else -score, -_logloss_true(p_true)), i))
         score, i = max(trials)
-        if score <= best:
+        if not _improves(score, best, tol):
             break
         best, counts[i] = score, counts[i] + 1
+        total += members[i]
+        total_true += true[i]
     return counts / counts.sum()
+
+
+def as_float32(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """float32 views or copies; float16 (how predictions may be stored) converts through torch, ~20x numpy's speed."""
+    return [torch.from_numpy(np.ascontiguousarray(a)).float().numpy() if a.dtype == np.float16
+            else np.asarray(a, dtype=np.float32) for a in arrays]
+
+
+def _logloss_true(p_true: np.ndarray) -> float:
+    return float(-np.log(np.clip(p_true, 1e-15, 1.0)).mean())
+
+
+def _improves(new: tuple[float, float], old: tuple[float, float], tol: float) -> bool:
+    """A better metric, or the same metric and a log-loss lower by more than tol (smaller gains are noise)."""
+    return new[0] > old[0] or (new[0] == old[0] and new[1] > old[1] + tol)
 
 
 def held_out_weights_score(method: str, members: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
                            metric: Metric) -> tuple[float, np.ndarray]:
     """Fit weights on K-1 folds, blend the held-out fold with them: the OOF score weights cannot flatter."""
+    ks = list(np.unique(folds))
+    weights = _in_threads(lambda k: hill_climb(method, [p[folds != k] for p in members], target[folds != k], metric), ks)
     blended = np.zeros_like(members[0], dtype=np.float32)
-    for k in np.unique(folds):
-        fit, held = folds != k, folds == k
-        w = hill_climb(method, [p[fit] for p in members], target[fit], metric)
+    for k, w in zip(ks, weights, strict=True):
+        held = folds == k
         blended[held] = combine(method, [p[held] for p in members], w)
     return metric(target, blended), blended
+
+
+def _in_threads(fn, items: list) -> list:
+    """fn over items on up to two threads: numpy releases the GIL in the climbs' array work, so two climbs
+    run nearly twice as fast on two cores; more threads would hold more fold copies in memory at once."""
+    with ThreadPoolExecutor(max_workers=min(2, len(items), os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))
 
 
 def stack(members: list[np.ndarray], target: np.ndarray, folds: np.ndarray, tests: list[np.ndarray],
@@ -129,6 +178,7 @@ def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
     by log-loss alone and chose one member that scored 0.875 on test where the mean scored 1.0; so
     weights must earn their place on folds they were not fitted on, else every member counts equally.
     """
+    oofs = as_float32(oofs)  # once, not in each of the K+1 climbs
     uniform = np.full(len(oofs), 1 / len(oofs))
     mean_score = metric(target, combine("mean", oofs, uniform))
     held_out = held_out_weights_score("weighted", oofs, target, folds, metric)[0]

@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import checkpoint
+from pipeline import checkpoint, distributed
 from pipeline.averaging import TopEpochs
 from pipeline.config import Config, to_dict
 from pipeline.errors import UserError
@@ -34,7 +35,8 @@ IDENTITY = [VIEWS["identity"]]
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """This process's device: its torchrun LOCAL_RANK's GPU, the only GPU, or the CPU."""
+    return distributed.device()
 
 
 def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
@@ -87,21 +89,31 @@ class Progress:
         return improved, stop and epoch < epochs - 1
 
 
+def build_training(model: nn.Module, t, steps_per_epoch: int, world_size: int, device: torch.device, dtype: torch.dtype):
+    """(LR rule, AdamW, warmup+cosine schedule, grad scaler, EMA): what one optimizer step updates."""
+    lr = scale_lr(t, world_size)
+    optimizer = build_optimizer(model, t, lr.lr)
+    scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, round(t.warmup_epochs * steps_per_epoch), t.min_lr_ratio)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else NoEMA()
+    return lr, optimizer, scheduler, scaler, ema
+
+
 def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, cfg: Config,
-        fold_dir: Path, tracker, resume: dict | None = None, world_size: int = 1) -> Progress:
+        fold_dir: Path, tracker, resume: dict | None = None) -> Progress:
     """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in fold_dir."""
     t = cfg.train
     device = pick_device()
     dtype = resolve_precision(t.precision, device)
     model.to(device, memory_format=task.memory_format)
-    lr = scale_lr(t, world_size)
+    world = distributed.world()
+    # DDP averages gradients over ranks in backward; EMA, evaluation and checkpoints use the bare model.
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world.size > 1 else model
     steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    optimizer = build_optimizer(model, t, lr.lr)
-    scheduler = build_scheduler(optimizer, t.epochs * steps_per_epoch, round(t.warmup_epochs * steps_per_epoch), t.min_lr_ratio)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else NoEMA()
+    lr, optimizer, scheduler, scaler, ema = build_training(model, t, steps_per_epoch, world.size, device, dtype)
     top = TopEpochs(fold_dir, t.keep_top, task.metric.greater_is_better)
     progress, rows = Progress(), []
     if resume is not None:
@@ -113,7 +125,7 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
     for epoch in range(progress.epoch + 1, t.epochs):
         train_loader.sampler.set_epoch(epoch)  # same order on a resumed epoch
         started = time.perf_counter()
-        train_loss, samples = _train_epoch(task, model, train_loader, optimizer, scheduler, scaler, ema,
+        train_loss, samples = train_epoch(task, net, train_loader, optimizer, scheduler, scaler, ema,
                                            device, dtype, cfg, epoch, progress, steps_per_epoch)
         seconds = time.perf_counter() - started
         scores = {name: evaluate(task, m, valid_loader, device, dtype)
@@ -123,14 +135,9 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
                **{f"valid{'' if name == 'model' else '_' + name}/{k}": v for name, s in scores.items() for k, v in s.items()},
                "lr": optimizer.param_groups[0]["lr"], "samples/s": samples / seconds, "seconds": seconds}
         rows.append(row)
-        top.offer(epoch, task.metric.best(s["score"] for s in scores.values()), model, ema.module)
-        state = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker, cfg)
-        if improved:  # best.pt before last.pt: a crash in between never leaves best.pt behind the progress
-            checkpoint.save(fold_dir / "best.pt", state)
-            checkpoint.copy(fold_dir / "best.pt", fold_dir / "last.pt")
-        else:
-            checkpoint.save(fold_dir / "last.pt", state)
-        write_csv(fold_dir / "metrics.csv", pd.DataFrame(rows))
+        if world.main:  # every rank holds the same weights and scores; one writes them
+            save_epoch(fold_dir, top, epoch, task.metric.best(s["score"] for s in scores.values()), improved,
+                       _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker, cfg), model, ema)
         tracker.log(row, step=progress.step)
         log.info("epoch %d/%d  train loss %.4f  %s%s %s%s  %.0f samples/s  %.0fs%s",
                  epoch + 1, t.epochs, train_loss,
@@ -143,7 +150,17 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
     return progress
 
 
-def _train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, dtype, cfg, epoch, progress, max_steps):
+def save_epoch(fold_dir: Path, top, epoch: int, score: float, improved: bool, state: dict, model, ema) -> None:
+    top.offer(epoch, score, model, ema.module)
+    if improved:  # best.pt before last.pt: a crash in between never leaves best.pt behind the progress
+        checkpoint.save(fold_dir / "best.pt", state)
+        checkpoint.copy(fold_dir / "best.pt", fold_dir / "last.pt")
+    else:
+        checkpoint.save(fold_dir / "last.pt", state)
+    write_csv(fold_dir / "metrics.csv", pd.DataFrame(state["metrics"]))
+
+
+def train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, dtype, cfg, epoch, progress, max_steps):
     """One pass; returns (mean loss, samples seen). The loss is synced to the host only at log points."""
     t = cfg.train
     model.train()
@@ -176,16 +193,16 @@ def _train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device,
         steps += 1
         bar.update()
         if steps % cfg.tracking.log_every == 0 or steps == max_steps:
-            mean = (total / batches).item()
+            mean = distributed.mean((total / batches).item())  # every rank sees (and checks) the same loss
             _check_finite(mean, epoch, progress.step)
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             sps=f"{samples / (time.perf_counter() - started):.0f}")
         if steps == max_steps:
             break
     bar.close()
-    mean = (total / max(batches, 1)).item()
+    mean = distributed.mean((total / max(batches, 1)).item())
     _check_finite(mean, epoch, progress.step)
-    return mean, samples
+    return mean, distributed.total(samples)
 
 
 def _check_finite(loss: float, epoch: int, step: int) -> None:
@@ -206,7 +223,7 @@ def predict(task, model: nn.Module, loader: DataLoader, device: torch.device, dt
         batch = task.to_device(batch, device)
         with autocast(device, dtype):
             outputs.append(task.predict(model, batch, views or IDENTITY))
-    return task.gather(outputs)
+    return task.gather(distributed.gather_chunks(outputs, loader))
 
 
 def evaluate(task, model: nn.Module, loader: DataLoader, device, dtype) -> dict[str, float]:

@@ -14,6 +14,9 @@ class Metric:
     name: str
     fn: Callable[[np.ndarray, np.ndarray], float]  # (int targets [N], probabilities [N, C]) -> score
     greater_is_better: bool
+    # The same score from predicted labels alone (argmax metrics), which lets ensemble search skip
+    # recomputing rows whose label cannot change; None for metrics of the probabilities themselves.
+    on_labels: Callable[[np.ndarray, np.ndarray], float] | None = None
 
     def __call__(self, target: np.ndarray, probs: np.ndarray) -> float:
         return float(self.fn(target, probs))
@@ -34,7 +37,8 @@ def logloss(target: np.ndarray, probs: np.ndarray) -> float:
 
 
 METRICS = {
-    "accuracy": Metric("accuracy", lambda t, p: (p.argmax(1) == t).mean(), True),
+    "accuracy": Metric("accuracy", lambda t, p: (p.argmax(1) == t).mean(), True, lambda t, y: (y == t).mean()),
     "logloss": Metric("logloss", logloss, False),
-    "f1_macro": Metric("f1_macro", lambda t, p: f1_score(t, p.argmax(1), average="macro"), True),
+    "f1_macro": Metric("f1_macro", lambda t, p: f1_score(t, p.argmax(1), average="macro"), True,
+                       lambda t, y: f1_score(t, y, average="macro")),
 }

@@ -37,23 +37,23 @@ def test_train_one_fold_writes_the_run_directory(competition, make_config):
 def test_interrupted_fold_resumes_from_last_and_finished_fold_is_not_retrained(competition, make_config, monkeypatch):
     _, cfg = make_config(competition, train={"epochs": 3})
     prepare.run(cfg)
-    real_epoch = loop._train_epoch
+    real_epoch = loop.train_epoch
 
     def interrupted(*args, **kwargs):
         if args[-3] == 1:  # epoch index: die at the start of the second epoch, as a kill would
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_train_epoch", interrupted)
+    monkeypatch.setattr(loop, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fold=0)
     first = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
     assert list(first["epoch"]) == [0] and "oof.parquet" not in fold_files(cfg)
     assert checkpoint.load(cfg.run_dir / "fold0/last.pt")["progress"]["epoch"] == 0
 
-    monkeypatch.setattr(loop, "_train_epoch", real_epoch)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     started = []
-    monkeypatch.setattr(loop, "_train_epoch", lambda *a, **k: started.append(a[-3]) or real_epoch(*a, **k))
+    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: started.append(a[-3]) or real_epoch(*a, **k))
     train.run(cfg, fold=0)
     assert started == [1, 2]  # continued after epoch 0, did not start over
     metrics = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
@@ -106,11 +106,11 @@ def test_mixup_cutmix_and_fp32_without_channels_last_train(competition, make_con
 def test_resume_warns_when_the_config_changed(competition, make_config, monkeypatch, caplog):
     _, cfg = make_config(competition, train={"epochs": 2})
     prepare.run(cfg)
-    real_epoch = loop._train_epoch
-    monkeypatch.setattr(loop, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[-3] == 1 else real_epoch(*a, **k))
+    real_epoch = loop.train_epoch
+    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[-3] == 1 else real_epoch(*a, **k))
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fold=0)
-    monkeypatch.setattr(loop, "_train_epoch", real_epoch)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     cfg.train.base_lr = 1e-2
     train.run(cfg, fold=0)
     assert "resuming with train.base_lr=0.01 (was 0.004" in caplog.text

@@ -1,6 +1,10 @@
 """Stage 2: train one fold (or all), resuming from last.pt; write the fold's OOF predictions at the end.
 
     pipeline train --config configs/leaves.yaml --fold 0
+    torchrun --standalone --nproc_per_node=2 -m pipeline train --config configs/leaves.yaml --fold 0
+
+A lock file per fold (fold{k}/train.lock) lets several workers share one runs/ directory: `--fold all`
+in each of them trains every fold exactly once.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import shutil
 import numpy as np
 import torch
 
-from pipeline import checkpoint
+from pipeline import checkpoint, distributed
 from pipeline.config import Config, to_dict
 from pipeline.data import build_loader
+from pipeline.distributed import FoldLock
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
@@ -42,20 +47,38 @@ def parse_folds(fold: str | int, k: int) -> list[int]:
 
 
 def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
+    """Train the folds asked for. Under torchrun every rank runs this; rank 0 alone writes and logs."""
+    world = distributed.init()
+    if not world.main:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
     folds = load_folds(cfg)
     which = parse_folds(fold, folds.table["fold"].nunique())
-    write_run_header(cfg, "train")
+    if world.main:
+        write_run_header(cfg, "train")
     for k in which:
-        train_fold(cfg, folds, k, force)
+        lock = FoldLock(cfg.run_dir / f"fold{k}")
+        (cfg.run_dir / f"fold{k}").mkdir(parents=True, exist_ok=True)
+        if not distributed.broadcast(lock.acquire() if world.main else None):
+            if len(which) == 1:
+                raise UserError(f"fold {k} is being trained by {lock.owner()} ({lock.path}); wait for it, "
+                                "or delete the lock file if that process is gone")
+            log.info("fold %d is being trained by %s; next fold", k, lock.owner())
+            continue
+        try:
+            train_fold(cfg, folds, k, force)
+        finally:
+            lock.release()
 
 
 def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     """Train fold k unless it is finished; a half-trained fold continues from its last.pt."""
+    world = distributed.world()
     fold_dir = cfg.run_dir / f"fold{k}"
-    if force:
+    if force and world.main:
         for name in FOLD_FILES:
             (fold_dir / name).unlink(missing_ok=True)
         shutil.rmtree(fold_dir / "top", ignore_errors=True)
+    distributed.barrier()
     fold_dir.mkdir(parents=True, exist_ok=True)
     state = checkpoint.load(fold_dir / "last.pt") if (fold_dir / "last.pt").is_file() else None
     done = bool(state and state["progress"]["done"])
@@ -69,20 +92,24 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     task = build_task(cfg, folds.classes)
     train_rows, valid_rows = folds.split(k)
     preprocess = task.fit_fold(train_rows)  # e.g. channel statistics or a vocabulary, from training rows only
-    if preprocess:
+    if preprocess and world.main:
         write_json(fold_dir / "preprocess.json", preprocess)
     model = task.build_model()
+    if world.size > 1:  # same initial weights on every rank (DDP checks), different augmentation draws
+        seed_everything(cfg.seed + k + 7919 * world.rank)
     train_loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
 
     if state is not None and not done:
         warn_config_changes(state.get("config", {}), to_dict(cfg))
-    tracker = NullTracker() if done else build_tracker(cfg, f"fold{k}", "train", state and state["wandb_id"])
-    with log_to_file(fold_dir / "train.log"):
+    tracker = NullTracker() if done or not world.main else \
+        build_tracker(cfg, f"fold{k}", "train", state and state["wandb_id"])
+    with log_to_file(fold_dir / "train.log") if world.main else contextlib.nullcontext():
         try:
             if not done:
                 fit(task, model, train_loader, valid_loader, cfg, fold_dir, tracker, resume=state)
+            distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
             score = write_oof(task, model, valid_rows, valid_loader, cfg, fold_dir)
             tracker.summary({"oof/score": score})
         finally:
@@ -96,7 +123,8 @@ def write_oof(task, model, valid_rows, valid_loader, cfg: Config, fold_dir) -> f
     device = pick_device()
     model.to(device, memory_format=task.memory_format)
     outputs = predict(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))[0]
-    write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, outputs))
+    if distributed.world().main:
+        write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, outputs))
     score = task.evaluate(outputs, valid_loader.dataset.labels)["score"]
     log.info("fold %d OOF %s %.4f (%s weights, epoch %d) -> %s", int(valid_rows["fold"].iloc[0]), cfg.train.metric,
              score, best["progress"]["best_source"], best["progress"]["best_epoch"] + 1, fold_dir / "oof.parquet")

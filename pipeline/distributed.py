@@ -1,0 +1,169 @@
+"""Data-parallel training under torchrun, and a lock per fold so independent workers never share a fold.
+
+    torchrun --standalone --nproc_per_node=2 -m pipeline train --config C --fold 0     (make train GPUS=2)
+    make train-all GPUS=4       # four workers, each takes the next fold nobody holds
+
+One process per device: NCCL on CUDA, gloo on CPU. Every rank computes the same validation score from
+the gathered outputs; only rank 0 writes files or talks to W&B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World()
+
+
+def init() -> World:
+    """Join the process group torchrun describes in the environment; a plain process is a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1 or dist.is_initialized():
+        return world()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world()
+
+
+def device() -> torch.device:
+    return torch.device("cuda", world().local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def mean(value: float) -> float:
+    """The mean of a float over ranks (the value itself in a world of one)."""
+    if world().size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device())
+    dist.all_reduce(t)
+    return float(t.item()) / world().size
+
+
+def total(value: int) -> int:
+    if world().size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device())
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def broadcast(obj):
+    """Rank 0's value of a picklable object, on every rank."""
+    if world().size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world().size > 1:
+        dist.barrier()
+
+
+class ShardSampler(Sampler):
+    """Contiguous, unpadded shards for inference: rank r gets one block, so concatenating the ranks'
+    outputs in rank order restores the dataset order exactly (DistributedSampler pads and interleaves)."""
+
+    def __init__(self, n: int, rank: int, size: int):
+        per = -(-n // size)
+        self.indices = range(min(n, rank * per), min(n, (rank + 1) * per))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def gather_chunks(chunks: list, loader) -> list:
+    """Per-batch outputs of every rank, in dataset order, when the loader was sharded; else unchanged."""
+    if world().size == 1 or not isinstance(loader.sampler, ShardSampler):
+        return chunks
+    parts = [None] * world().size
+    dist.all_gather_object(parts, chunks)
+    return [c for part in parts for c in part]
+
+
+class FoldLock:
+    """fold{k}/train.lock, created exclusively: a second worker on the same runs/ sees it and moves on.
+
+    A lock whose process is gone (same host, dead pid) is stale and taken over; on another host it is
+    trusted until removed by hand, since its pid cannot be checked from here.
+    """
+
+    def __init__(self, fold_dir: Path):
+        self.path = fold_dir / "train.lock"
+        self.held = False
+
+    def acquire(self) -> bool:
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return True
+        return False
+
+    def owner(self) -> str:
+        try:
+            info = json.loads(self.path.read_text())
+            return f"{info['host']} pid {info['pid']}"
+        except (OSError, ValueError, KeyError):
+            return "another worker"
+
+    def _stale(self) -> bool:
+        try:
+            info = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return True  # released between our attempt and this read
+        except (OSError, ValueError):
+            return False  # being written right now
+        if info.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(info["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError):
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.held = False
+

@@ -1,0 +1,72 @@
+"""Data-parallel training through real torchrun (gloo, 2 CPU processes) and the per-fold lock."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.distributed import FoldLock, ShardSampler
+from pipeline.errors import UserError
+from pipeline.stages import prepare, train
+
+# No randomness that depends on the process: no augmentation draws, no BatchNorm (its statistics would
+# be per rank), no dropout. Then 2 ranks x batch 8 see the same global batches as 1 process x batch 16.
+SAME_GLOBAL_BATCH = {
+    "model": {"name": "test_convnext"},
+    "augment": {"hflip": 0.0, "color_jitter": 0.0, "scale_min": 1.0},
+    "train": {"epochs": 3, "ema": False, "keep_top": 0},
+}
+
+
+def test_two_processes_match_one_on_the_same_global_batch(competition, make_config, tmp_path):
+    _, single = make_config(competition, name="single", **{**SAME_GLOBAL_BATCH, "train": {
+        **SAME_GLOBAL_BATCH["train"], "batch_size": 16}})
+    ddp_path, ddp = make_config(competition, name="ddp", **{**SAME_GLOBAL_BATCH, "train": {
+        **SAME_GLOBAL_BATCH["train"], "batch_size": 8}})
+    prepare.run(single)
+    prepare.run(ddp)
+    train.run(single, fold=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "pipeline", "train", "--config", str(ddp_path), "--fold", "0"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "effective batch 16" in result.stderr and result.stderr.count("fold 0 OOF accuracy") == 1  # rank 0 logs
+
+    one = pd.read_csv(single.run_dir / "fold0/metrics.csv")
+    two = pd.read_csv(ddp.run_dir / "fold0/metrics.csv")
+    assert list(two["step"]) == list(one["step"])  # same optimizer steps per epoch
+    assert two["lr"].to_numpy() == pytest.approx(one["lr"].to_numpy())
+    assert two["train/loss"].to_numpy() == pytest.approx(one["train/loss"].to_numpy(), rel=1e-3)
+    assert two["valid/loss"].to_numpy() == pytest.approx(one["valid/loss"].to_numpy(), rel=1e-3)
+    assert two["valid/score"].to_numpy() == pytest.approx(one["valid/score"].to_numpy(), abs=0.02)
+    oof_one, oof_two = (pd.read_parquet(c.run_dir / "fold0/oof.parquet") for c in (single, ddp))
+    assert list(oof_two["id"]) == list(oof_one["id"])  # the ranks' shards gathered back in order
+    assert not (ddp.run_dir / "fold0/train.lock").exists()
+
+
+def test_shards_cover_the_rows_once_in_order():
+    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert sum(shards, []) == list(range(10)) and [len(s) for s in shards] == [4, 4, 2]
+    assert [list(ShardSampler(2, r, 4)) for r in range(4)] == [[0], [1], [], []]
+
+
+def test_a_held_fold_is_skipped_by_other_workers_and_a_dead_holders_lock_is_taken_over(competition, make_config):
+    _, cfg = make_config(competition, train={"epochs": 1})
+    prepare.run(cfg)
+    fold0 = cfg.run_dir / "fold0"
+    fold0.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (fold0 / "train.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid}))
+        with pytest.raises(UserError, match="fold 0 is being trained by"):
+            train.run(cfg, fold=0)
+        train.run(cfg, fold="all")  # folds 1 and 2 are free
+        assert not (fold0 / "oof.parquet").exists() and (cfg.run_dir / "fold2/oof.parquet").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert FoldLock(fold0).acquire()  # its process is gone: the lock is stale
