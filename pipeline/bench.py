@@ -16,6 +16,7 @@ import resource
 import time
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch
@@ -54,18 +55,17 @@ def _setup(cfg: Config):
     return task, model, device, resolve_precision(cfg.train.precision, device), train_rows, valid_rows
 
 
-def bare(cfg: Config, steps: int, warmup: int) -> dict:
+def bare_runner(cfg: Config, task, device, dtype):
     """(a) the limit: forward, loss, backward and an AdamW step on one synthetic batch kept on the device."""
     from pipeline.loop import autocast
     from pipeline.optim import build_optimizer
 
-    task, model, device, dtype, _, _ = _setup(cfg)
+    model = task.build_model().to(device, memory_format=task.memory_format).train()
     b, size = cfg.train.batch_size, cfg.image.size
     x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=task.memory_format)
     y = torch.randint(0, len(task.classes), (b,), device=device)
     optimizer = build_optimizer(model, cfg.train, 1e-4)
     criterion = torch.nn.CrossEntropyLoss()
-    model.train()
 
     def run(n: int) -> int:
         for _ in range(n):
@@ -77,26 +77,14 @@ def bare(cfg: Config, steps: int, warmup: int) -> dict:
         _sync(device)
         return n * b
 
-    run(warmup)
-    return {"samples/s": _best_rate(run, steps), "peak MB": _peak_mb()}
+    return run
 
 
-def _best_rate(run, steps: int, chunks: int = 3) -> float:
-    """Samples/s of the fastest of `chunks` timed runs: the least disturbed by whatever else the machine did."""
-    rates = []
-    for _ in range(chunks):
-        started = time.perf_counter()
-        samples = run(max(1, steps // chunks))
-        rates.append(samples / (time.perf_counter() - started))
-    return max(rates)
-
-
-def pipeline_loop(cfg: Config, steps: int, warmup: int) -> dict:
+def pipeline_runner(cfg: Config, task, model, device, dtype, train_rows):
     """(b) `pipeline train`'s own train_epoch (EMA, clipping, schedule, augmentation) on the real loader."""
     from pipeline.data import build_loader
     from pipeline.loop import Progress, build_training, train_epoch
 
-    task, model, device, dtype, train_rows, _ = _setup(cfg)
     loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
     _, optimizer, scheduler, scaler, ema = build_training(model, cfg.train, len(loader), 1, device, dtype)
     progress = Progress()
@@ -108,8 +96,26 @@ def pipeline_loop(cfg: Config, steps: int, warmup: int) -> dict:
         _sync(device)
         return samples
 
-    run(warmup)
-    return {"samples/s": _best_rate(run, steps), "peak MB": _peak_mb()}
+    return run
+
+
+def training(cfg: Config, steps: int, warmup: int, chunks: int = 4) -> dict:
+    """(a) and (b) in one process, timed in alternating chunks (a, b, a, b, ...): whatever else the machine
+    does slows both alike, and the ratio is the median of the chunk pairs' ratios."""
+    task, model, device, dtype, train_rows, _ = _setup(cfg)
+    runners = {"bare": bare_runner(cfg, task, device, dtype),
+               "pipeline": pipeline_runner(cfg, task, model, device, dtype, train_rows)}
+    for run in runners.values():
+        run(warmup)
+    rates = {name: [] for name in runners}
+    for _ in range(chunks):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            samples = run(max(1, steps // chunks))
+            rates[name].append(samples / (time.perf_counter() - started))
+    ratios = [p / b for b, p in zip(rates["bare"], rates["pipeline"], strict=True)]
+    return {"bare": float(np.median(rates["bare"])), "pipeline": float(np.median(rates["pipeline"])),
+            "ratio": float(np.median(ratios)), "peak MB": _peak_mb()}
 
 
 def loader_only(cfg: Config, batches: int, warmup: int) -> dict:
@@ -149,27 +155,57 @@ def predict_views(cfg: Config, batches: int, spec: str) -> dict:
             "peak MB": _peak_mb()}
 
 
-def ensembling(members: int, rows: int, classes: int, method: str) -> dict:
-    """(e) blending members' OOF and test probabilities (float16 on disk, as predict stores them)."""
-    from pipeline.ensemble import blend_probabilities
-    from pipeline.metrics import METRICS
+def ensembling(cfg: Config, members: int, rows: int, classes: int, method: str) -> dict:
+    """(e) `pipeline ensemble` on N member run directories (predictions stored as predict.dtype), written
+    here first; only the stage itself is timed. Peak memory is the whole process's."""
+    import shutil
+    import tempfile
+
+    from pipeline.stages import ensemble
+
+    runs = Path(tempfile.mkdtemp(prefix="bench-ensemble-", dir=cfg.runs_dir))
+    try:
+        names = write_members(cfg, runs, members, rows, classes)
+        started = time.perf_counter()
+        scores = ensemble.run(names, method=method, name="blend", runs_dir=str(runs))
+        return {"seconds": time.perf_counter() - started, "cv": scores["cv"], "peak MB": _peak_mb()}
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+def write_members(cfg: Config, runs: Path, members: int, rows: int, classes: int) -> list[str]:
+    """Member run directories with synthetic OOF/test probabilities that lean toward the truth by varying
+    strengths, one member in memory at a time."""
+    import pandas as pd
+
+    from pipeline.config import dump_yaml, load_config
+    from pipeline.files import write_json, write_parquet, write_text
 
     rng = np.random.default_rng(0)
+    labels = [f"class_{i:03d}" for i in range(classes)]
     target = rng.integers(0, classes, rows)
-    folds = np.arange(rows) % 5
-
-    def member(strength: float) -> np.ndarray:
-        logits = rng.standard_normal((rows, classes), dtype=np.float32)
-        logits[np.arange(rows), target] += strength
-        logits = np.exp(logits - logits.max(1, keepdims=True))
-        return (logits / logits.sum(1, keepdims=True)).astype(np.float16)
-
-    oofs = [member(s) for s in np.linspace(1.0, 3.0, members)]
-    tests = [m[: rows // 4] for m in oofs]
-    started = time.perf_counter()
-    blend = blend_probabilities(method, oofs, tests, target, folds, METRICS["accuracy"])
-    return {"seconds": time.perf_counter() - started, "cv": float(METRICS["accuracy"](target, blend.oof)),
-            "peak MB": _peak_mb()}
+    ids = pd.Series([f"{i:07d}" for i in range(rows)])
+    keys = pd.DataFrame({"id": ids, "target": np.array(labels)[target], "fold": np.arange(rows) % 5})
+    test_ids = pd.DataFrame({"id": [f"t{i:07d}" for i in range(rows // 4)]})
+    names = []
+    for m, strength in enumerate(np.linspace(1.0, 3.0, members)):
+        name, run = f"m{m:02d}", runs / f"m{m:02d}"
+        run.mkdir(parents=True)
+        keys[["id", "fold"]].to_csv(run / "folds.csv", index=False)
+        write_json(run / "folds.json", {"classes": labels})
+        member_cfg = load_config(None, [f"name={name}", f"runs_dir={runs}", f"predict.dtype={cfg.predict.dtype}",
+                                        "tracking.wandb=disabled"])
+        write_text(run / "config.yaml", dump_yaml(member_cfg))
+        write_json(run / "scores.json", {"cv": 0.0})
+        for part, frame, n in (("oof", keys, rows), ("test", test_ids, len(test_ids))):
+            logits = rng.standard_normal((n, classes), dtype=np.float32)
+            if part == "oof":
+                logits[np.arange(n), target] += strength
+            probs = np.exp(logits - logits.max(1, keepdims=True))
+            probs = (probs / probs.sum(1, keepdims=True)).astype(cfg.predict.dtype)
+            write_parquet(run / f"{part}.parquet", pd.concat([frame, pd.DataFrame(probs, columns=labels)], axis=1))
+        names.append(name)
+    return names
 
 
 def _child(queue, fn, args) -> None:
@@ -186,7 +222,14 @@ def isolated(fn, *args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, fn, args))
     proc.start()
-    status, value = queue.get()
+    while True:  # a child that dies without reporting (killed, out of memory) must not hang the bench
+        try:
+            status, value = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not proc.is_alive():
+                status, value = "error", f"process exited with code {proc.exitcode}"
+                break
     proc.join()
     return value if status == "ok" else {"error": value}
 
@@ -211,15 +254,17 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
     prepare.run(cfg)
     if cfg.data.cache:
         build_images(cfg, [])  # built here, not inside a timed part
-    rows = []
+    rows, bare_rates = [], {}
     for b in batch_sizes or [cfg.train.batch_size]:
-        c = replace(cfg, train=replace(cfg.train, batch_size=b))
-        limit = isolated(bare, c, steps, warmup)
-        rows.append(_row("(a) bare loop: synthetic batch in memory", b, limit))
-        base = limit.get("samples/s")
-        rows.append(_row("(b) pipeline train loop, real data" + (" + cache" if cfg.data.cache else ""),
-                         b, isolated(pipeline_loop, c, steps, warmup), base))
-    model_rate = base
+        result = isolated(training, replace(cfg, train=replace(cfg.train, batch_size=b)), steps, warmup)
+        if "error" in result:
+            rows.append(_row("(a)+(b) training", b, result))
+            continue
+        base = bare_rates[b] = result["bare"]
+        rows.append(_row("(a) bare loop: synthetic batch in memory", b, {**result, "samples/s": base}))
+        rows.append(["(b) pipeline train loop, real data" + (" + cache" if cfg.data.cache else ""), str(b),
+                     f"{result['pipeline']:,.1f}", f"{result['ratio']:.2f}", ""])
+    model_rate = bare_rates.get(cfg.train.batch_size, next(iter(bare_rates.values()), None))
     b = cfg.train.batch_size
     for cache in (False, True):
         c = replace(cfg, data=replace(cfg.data, cache=cache))
@@ -233,13 +278,14 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
                          cfg.predict.batch_size, result, none if spec != tta[0] else None))
     n, r, k = ensemble
     for method in ("mean", "weighted"):
-        rows.append(_row(f"(e) ensemble {method}: {n} members x {r:,} rows x {k} classes", "",
-                         isolated(ensembling, n, r, k, method), unit="seconds"))
+        rows.append(_row(f"(e) pipeline ensemble --method {method}: {n} x {r:,} rows x {k} {cfg.predict.dtype}", "",
+                         isolated(ensembling, cfg, n, r, k, method), unit="seconds"))
     print_table(rows, cfg)
     return rows
 
 
 def print_table(rows: list[list[str]], cfg: Config) -> None:
+    from pipeline.data import resolve_workers
     from pipeline.loop import pick_device, resolve_precision
 
     device = pick_device()
@@ -247,6 +293,6 @@ def print_table(rows: list[list[str]], cfg: Config) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print(f"bench: {cfg.model.name}, {cfg.image.size} px, {str(resolve_precision(cfg.train.precision, device))[6:]}, "
           f"{'channels_last' if cfg.train.channels_last else 'NCHW'}, {device}, {torch.get_num_threads()} threads, "
-          f"{cfg.train.num_workers} workers (-1 = min(8, CPUs))")
+          f"{resolve_workers(cfg.train.num_workers)} loader workers")
     for r in [header, *rows]:
         print("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True))))

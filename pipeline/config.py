@@ -105,7 +105,7 @@ class TrainConfig:
     ema: bool = True  # keep an exponential moving average of weights and evaluate it every epoch
     ema_decay: float = 0.9998  # EMA decay ceiling; warmup makes it small for the first few hundred steps
     patience: int = 5  # stop after this many epochs without a better valid score; 0 never stops
-    num_workers: int = -1  # data-loading processes; -1 = min(8, CPU count)
+    num_workers: int = -1  # data-loading processes; -1 = min(8, CPUs) with a GPU, 0 on CPU (workers take the model's cores)
     keep_top: int = 3  # best epochs whose weights stay in fold{k}/top/ for averaging (avg.pt); 0 keeps none
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch for smoke runs; 0 = whole epoch
     # valid score, also the CV score; detection: map50 (COCO AP at IoU 0.5) or map (AP averaged over 0.5:0.95)
@@ -119,6 +119,9 @@ class PredictConfig:
     weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
     avg_ema: bool = False  # average the EMA weights of the top epochs instead of the raw ones
     bn_batches: int = 20  # training batches to re-estimate BatchNorm statistics of averaged weights; 0 = off
+    # stored probabilities: float16 halves oof/test.parquet and ensembling memory (3 significant digits, so
+    # labels and blends are unchanged, but log-loss of confident mistakes is not: keep float32 for log-loss)
+    dtype: Literal["float32", "float16"] = "float32"
 
 
 @dataclass

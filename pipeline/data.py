@@ -162,7 +162,11 @@ class ImageDataset(Dataset):
 
 
 def resolve_workers(requested: int) -> int:
-    return min(8, os.cpu_count() or 1) if requested < 0 else requested
+    """-1: min(8, CPUs) loader processes beside a GPU; none when the CPU trains, since every worker takes
+    cores from the model (bench, resnet18 on 2 cores: 0.92 of the bare loop with 2 workers, 0.955 with 0)."""
+    if requested >= 0:
+        return requested
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
 
 
 def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int) -> DataLoader:

@@ -7,6 +7,7 @@ Every fitted method is also scored the honest way: fitted on K-1 folds, scored o
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,11 @@ def combine(method: str, members: list[np.ndarray], weights: np.ndarray) -> np.n
     elif method == "rank":
         # Per class, each member's scores become ranks in [0, 1]: scale differences between members vanish.
         out = sum(wi * (rankdata(p, axis=0) / len(p)) for wi, p in zip(w, members, strict=True))
-    else:  # mean, weighted
-        out = sum(wi * p for wi, p in zip(w, members, strict=True))
+    else:  # mean, weighted: a float32 running sum, one member converted at a time
+        out = None
+        for wi, p in zip(w, members, strict=True):
+            term = as_float32([p])[0] * np.float32(wi)
+            out = term if out is None else np.add(out, term, out=out)
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -106,11 +110,17 @@ def held_out_weights_score(method: str, members: list[np.ndarray], target: np.nd
     """Fit weights on K-1 folds, blend the held-out fold with them: the OOF score weights cannot flatter."""
     ks = list(np.unique(folds))
     weights = _in_threads(lambda k: hill_climb(method, [p[folds != k] for p in members], target[folds != k], metric), ks)
+    blended = _blend_held_out(method, members, folds, dict(zip(ks, weights, strict=True)))
+    return metric(target, blended), blended
+
+
+def _blend_held_out(method: str, members: list[np.ndarray], folds: np.ndarray, weights: dict) -> np.ndarray:
+    """Each fold's rows blended with the weights fitted without them."""
     blended = np.zeros_like(members[0], dtype=np.float32)
-    for k, w in zip(ks, weights, strict=True):
+    for k, w in weights.items():
         held = folds == k
         blended[held] = combine(method, [p[held] for p in members], w)
-    return metric(target, blended), blended
+    return blended
 
 
 def _in_threads(fn, items: list) -> list:
@@ -158,14 +168,20 @@ class Blend:
     params: dict = field(default_factory=dict)  # other fitted settings (e.g. the WBF IoU)
 
 
-def blend_probabilities(method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
+def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.ndarray], target: np.ndarray,
                         folds: np.ndarray, metric: Metric) -> Blend:
-    """mean | weighted (hill climbing) | rank | geometric | stack, fitted on OOF rows only."""
+    """mean | weighted (hill climbing) | rank | geometric | stack, fitted on OOF rows only.
+
+    oofs and tests may be lazy sequences (members read from disk as they are iterated): fixed-weight blends
+    stream them, one member in memory at a time; fitting weights or a meta-model needs every OOF at once.
+    """
     if method == "stack":
-        oof, test = stack(oofs, target, folds, tests, oofs[0].shape[1])
+        members = as_float32(list(oofs))
+        oof, test = stack(members, target, folds, tests, members[0].shape[1])
         return Blend(oof, test, None, metric(target, oof))  # stacked OOF is already fitted on other folds
     weights, held_out, params = np.full(len(oofs), 1 / len(oofs)), None, {}
     if method == "weighted":
+        oofs = as_float32(list(oofs))
         weights, held_out, params = fit_weights(oofs, target, folds, metric)
     return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, held_out, params)
 
@@ -181,7 +197,14 @@ def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
     oofs = as_float32(oofs)  # once, not in each of the K+1 climbs
     uniform = np.full(len(oofs), 1 / len(oofs))
     mean_score = metric(target, combine("mean", oofs, uniform))
-    held_out = held_out_weights_score("weighted", oofs, target, folds, metric)[0]
+    ks = list(np.unique(folds))
+
+    def climb(k):  # None: on every row (the weights used); k: without fold k (for the honest score)
+        rows = slice(None) if k is None else folds != k
+        return hill_climb("weighted", [p[rows] for p in oofs], target[rows], metric)
+
+    *per_fold, weights = _in_threads(climb, [*ks, None])
+    held_out = metric(target, _blend_held_out("weighted", oofs, folds, dict(zip(ks, per_fold, strict=True))))
     if metric.better(held_out, mean_score):
-        return hill_climb("weighted", oofs, target, metric), held_out, {"weights_from": "hill climbing"}
+        return weights, held_out, {"weights_from": "hill climbing"}
     return uniform, None, {"weights_from": "uniform", "hill_climbing_held_out": held_out, "mean_cv": mean_score}

@@ -44,8 +44,10 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> None:
 
 
 def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    # Uncompressed: probabilities barely compress, and reading 100k x 176 float32 takes 0.11 s this way
+    # against 0.60 s with snappy (ensembling reads every member).
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, compression=None)
 
 
 def sha256_file(path: str | Path) -> str:

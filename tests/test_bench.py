@@ -16,15 +16,16 @@ def bench_cfg(competition, make_config):
 
 
 def test_each_part_reports_a_rate_and_peak_memory(bench_cfg):
-    for result in (bench.bare(bench_cfg, 3, 1), bench.pipeline_loop(bench_cfg, 3, 1),
-                   bench.loader_only(bench_cfg, 3, 1)):
-        assert result["samples/s"] > 0 and result["peak MB"] > 0
+    training = bench.training(bench_cfg, 2, 1, chunks=2)
+    assert training["bare"] > 0 and training["pipeline"] > 0 and training["ratio"] > 0 and training["peak MB"] > 0
+    loader = bench.loader_only(bench_cfg, 3, 1)
+    assert loader["samples/s"] > 0 and loader["peak MB"] > 0
     d4 = bench.predict_views(bench_cfg, 2, "d4")
     assert d4["views"] == 8 and d4["view images/s"] == pytest.approx(8 * d4["samples/s"])
 
 
-def test_ensembling_part_blends_and_scores():
-    result = bench.ensembling(3, 2000, 10, "weighted")
+def test_ensembling_part_runs_the_stage_on_float16_members(bench_cfg):
+    result = bench.ensembling(bench_cfg, 3, 2000, 10, "weighted")
     assert result["seconds"] > 0 and 0.5 < result["cv"] <= 1.0  # members lean toward the truth
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from pipeline.config import Config, dump_yaml, load_config
 from pipeline.errors import UserError
@@ -33,40 +35,59 @@ class Member:
     name: str
     run: Path
     cfg: Config
-    oof: pd.DataFrame  # id, target, fold, classes...; sorted by id
-    test: pd.DataFrame  # id, classes...; sorted by id
+    keys: pd.DataFrame  # the OOF rows' columns that are not predictions (id, target, fold...); sorted by id
+    test_ids: pd.Series  # sorted
+    classes: list[str]  # output columns of the parquet files
     cv: float
 
 
 def load_member(ref: str, runs_dir: str) -> Member:
-    """A member by experiment name (runs/<name>) or by run-directory path."""
+    """A member by experiment name (runs/<name>) or by run-directory path; its predictions stay on disk."""
     run = Path(ref) if Path(ref).is_dir() and (Path(ref) / "config.yaml").is_file() else Path(runs_dir) / ref
     for name in ("config.yaml", "folds.csv", "oof.parquet", "test.parquet", "scores.json"):
         if not (run / name).is_file():
             raise UserError(f"ensemble member {ref}: {run / name} missing; run `pipeline predict` for it first")
     cfg = load_config(run / "config.yaml")
     scores = json.loads((run / "scores.json").read_text())
-    oof = pd.read_parquet(run / "oof.parquet").sort_values("id", ignore_index=True)
-    test = pd.read_parquet(run / "test.parquet").sort_values("id", ignore_index=True)
-    return Member(ref, run, cfg, oof, test, scores["cv"])
+    outputs = [c for c in pq.read_schema(run / "test.parquet").names if c != "id"]
+    key_columns = [c for c in pq.read_schema(run / "oof.parquet").names if c not in outputs]  # id, target, fold, truths
+    keys = pd.read_parquet(run / "oof.parquet", columns=key_columns).sort_values("id", ignore_index=True)
+    test_ids = pd.read_parquet(run / "test.parquet", columns=["id"])["id"].sort_values(ignore_index=True)
+    return Member(ref, run, cfg, keys, test_ids, outputs, scores["cv"])
+
+
+class Outputs(Sequence):
+    """The members' outputs for one part (oof or test), read from disk one member at a time when iterated:
+    a mean over 20 members x 100k rows x 176 classes holds one member and the running sum, not twenty."""
+
+    def __init__(self, task, members: list[Member], part: str):
+        self.task, self.paths = task, [m.run / f"{part}.parquet" for m in members]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self.paths):
+            raise IndexError(i)
+        return self.task.read_outputs(pd.read_parquet(self.paths[i]).sort_values("id", ignore_index=True))
 
 
 def check_compatible(members: list[Member]) -> list[str]:
     """Same folds, same OOF and test ids, same classes; returns the class columns."""
     first = members[0]
     folds = pd.read_csv(first.run / "folds.csv", dtype={"id": str})[["id", "fold"]]
-    classes = [c for c in first.test.columns if c != "id"]
     for m in members[1:]:
         other = pd.read_csv(m.run / "folds.csv", dtype={"id": str})[["id", "fold"]]
         if not folds.equals(other):
             raise UserError(f"{m.name} was trained on different folds than {first.name} ({m.run / 'folds.csv'}); "
                             "an ensemble needs one folds file (same data, cv.folds and seed)")
-        if [c for c in m.test.columns if c != "id"] != classes:
+        if m.classes != first.classes:
             raise UserError(f"{m.name} predicts other classes than {first.name}")
-        for part in ("oof", "test"):
-            if not getattr(m, part)["id"].equals(getattr(first, part)["id"]):
-                raise UserError(f"{m.name} and {first.name} have different {part} ids; predict all folds of both")
-    return classes
+        if not m.keys["id"].equals(first.keys["id"]):
+            raise UserError(f"{m.name} and {first.name} have different oof ids; predict all folds of both")
+        if not m.test_ids.equals(first.test_ids):
+            raise UserError(f"{m.name} and {first.name} have different test ids; predict all folds of both")
+    return first.classes
 
 
 def run(refs: list[str], method: str = "weighted", name: str | None = None, runs_dir: str = "runs") -> dict:
@@ -79,11 +100,11 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     base = members[0]
     classes = json.loads((base.run / "folds.json").read_text())["classes"]
     task = build_task(base.cfg, classes)
-    folds = base.oof["fold"].to_numpy()
-    blend = task.blend(method, [task.read_outputs(m.oof) for m in members],
-                       [task.read_outputs(m.test) for m in members], task.targets(base.oof), folds)
-    oof = task.prediction_frame(base.oof[["id", "target", "fold"]], blend.oof)
-    test = task.prediction_frame(base.test[["id"]], blend.test)
+    folds = base.keys["fold"].to_numpy()
+    blend = task.blend(method, Outputs(task, members, "oof"), Outputs(task, members, "test"),
+                       task.targets(base.keys), folds)
+    oof = task.prediction_frame(base.keys, blend.oof)
+    test = task.prediction_frame(base.test_ids.to_frame(), blend.test)
     cv, per_fold = score_frame(task, oof)
     name = name or f"ens-{method}-" + "-".join(m.cfg.name for m in members)
     scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold)

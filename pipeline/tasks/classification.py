@@ -124,7 +124,7 @@ class ClassificationTask:
         return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}
 
     def prediction_frame(self, rows: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
-        frame = pd.DataFrame(outputs.astype(np.float32), columns=[str(c) for c in self.classes])
+        frame = pd.DataFrame(outputs.astype(self.cfg.predict.dtype), columns=[str(c) for c in self.classes])
         keys = rows[[c for c in ("id", "target", "fold") if c in rows]].reset_index(drop=True)
         return pd.concat([keys, frame], axis=1)
 

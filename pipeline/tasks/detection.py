@@ -295,6 +295,7 @@ class DetectionTask:
         """WBF across experiments: mean (equal weights, detect.wbf_iou) or weighted (IoU and weights tuned on OOF)."""
         if method not in ("mean", "weighted", "wbf"):
             raise UserError(f"--method {method}: detection ensembles fuse boxes; use mean or weighted (alias wbf)")
+        oofs, tests = list(oofs), list(tests)  # fusion reads each member per image: held in memory
         if method == "mean":
             return Blend(self.merge(oofs), self.merge(tests), np.full(len(oofs), 1 / len(oofs)), None,
                          {"iou_thr": self.cfg.detect.wbf_iou})
