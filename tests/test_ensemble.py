@@ -90,3 +90,34 @@ def test_averaging_identical_checkpoints_returns_them():
         assert torch.equal(avg[k], v) and avg[k].dtype == v.dtype
     two = average_state_dicts([{"w": torch.zeros(2)}, {"w": torch.ones(2)}])
     assert torch.equal(two["w"], torch.full((2,), 0.5))
+
+
+def brute_force_climb(members, target, metric, rounds=50, tol=1e-5):
+    """The textbook climb: re-blend every member for every trial."""
+    from pipeline.ensemble import _improves, _objective
+
+    counts = np.zeros(len(members))
+    singles = [_objective(metric, target, p) for p in members]
+    first = max(range(len(members)), key=lambda i: singles[i])
+    counts[first], best = 1, singles[first]
+    for _ in range(rounds):
+        trials = []
+        for i in range(len(members)):
+            trial = counts.copy()
+            trial[i] += 1
+            trials.append((_objective(metric, target, combine("weighted", members, trial / trial.sum())), i))
+        score, i = max(trials)
+        if not _improves(score, best, tol):
+            break
+        best, counts[i] = score, counts[i] + 1
+    return counts / counts.sum()
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1_macro", "logloss"])
+def test_incremental_climb_chooses_what_re_blending_would(metric):
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        target = rng.integers(0, 7, 400)
+        members = noisy_members(rng, target, 7, list(rng.uniform(0.5, 3.0, 5)))
+        assert np.allclose(hill_climb("weighted", members, target, METRICS[metric]),
+                           brute_force_climb(members, target, METRICS[metric]))
