@@ -102,6 +102,8 @@ class TrainConfig:
     label_smoothing: float = 0.1  # cross-entropy smoothing; 0.1 is the usual default
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, bf16 (else fp16) on CUDA
     channels_last: bool = True  # NHWC memory format; faster for CNNs on CPU (~15%) and tensor cores
+    compile: bool = False  # torch.compile the training forward/backward; pays off on long GPU runs, the
+    # first steps compile for minutes (and need a C++ compiler on CPU); checkpoints stay plain state_dicts
     ema: bool = True  # keep an exponential moving average of weights and evaluate it every epoch
     ema_decay: float = 0.9998  # EMA decay ceiling; warmup makes it small for the first few hundred steps
     patience: int = 5  # stop after this many epochs without a better valid score; 0 never stops

@@ -110,6 +110,7 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
     # DDP averages gradients over ranks in backward; EMA, evaluation and checkpoints use the bare model.
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world.size > 1 else model
+    net = torch.compile(net) if t.compile else net  # compiled wrapper shares model's parameters
     steps_per_epoch = math.ceil(len(train_loader) / t.accum_steps)
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)

@@ -141,3 +141,12 @@ def test_top_epochs_keeps_only_the_best_n(tmp_path):
     for epoch, score in enumerate([0.5, 0.7, 0.6, 0.4, 0.9]):
         top.offer(epoch, score, model, None)
     assert [(s, p.name) for s, p in top.kept()] == [(0.9, "epoch004.pt"), (0.7, "epoch001.pt")]
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_plain_checkpoints(competition, make_config):
+    _, cfg = make_config(competition, train={"epochs": 1, "compile": True})
+    prepare.run(cfg)
+    train.run(cfg, fold=0)
+    state = checkpoint.load(cfg.run_dir / "fold0/best.pt")
+    assert not any(k.startswith("_orig_mod") for k in state["model"])  # loadable without torch.compile
