@@ -103,7 +103,9 @@ def run(task: str = "classification", root: str | None = None, runs_dir: str = "
     metric = cfg.train.metric
     for name, s in members.items():
         print(f"CV {metric} {name}: {s['cv']:.4f} (without TTA {s['cv_no_tta']:.4f})")
-    print(f"CV {metric} ensemble: {scores['cv']:.4f} (fitted on other folds: {scores['cv_held_out']:.4f})")
+    how = (f"fitted on other folds: {scores['cv_held_out']:.4f}" if scores["cv_held_out"] is not None else
+           "equal weights: fitted weights did not beat the mean on held-out folds")
+    print(f"CV {metric} ensemble: {scores['cv']:.4f} ({how})")
     print("held-back score (solution.csv): " + ", ".join(f"{k} {v:.4f}" for k, v in held_back.items()))
     print(f"submission: {path}")
     return {"members_cv": {n: s["cv"] for n, s in members.items()}, "ensemble_cv": scores["cv"],
