@@ -2,15 +2,14 @@
 
     pipeline bench --config configs/bench.yaml [--batch-sizes 32,64,128] [--steps 20]      (make bench)
 
-Each measurement runs in a fresh process, so its peak memory is its own, and reports the fastest of three
-timed chunks, the one least disturbed by the rest of the machine (runs vary by ~5% on a shared CPU). Parts: (a) bare loop on synthetic tensors in memory, (b) the
-pipeline's train_epoch on the real loader, (c) the loader alone, without and with the decoded cache,
-(d) prediction per TTA view set, (e) ensembling N members x rows x classes.
+Each measurement runs in a fresh process, so its peak memory is its own. Parts: (a) a bare loop on a
+synthetic batch in memory and (b) the pipeline's train_epoch on the real loader, timed in alternating
+chunks in one process (a shared CPU's speed drifts ~6% between processes); (c) the loader alone, without
+and with the decoded cache; (d) prediction per TTA view set; (e) `pipeline ensemble` on N members.
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing as mp
 import resource
 import time
@@ -22,8 +21,6 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
-
-log = logging.getLogger(__name__)
 
 
 def _peak_mb() -> float:
@@ -209,7 +206,6 @@ def write_members(cfg: Config, runs: Path, members: int, rows: int, classes: int
 
 
 def _child(queue, fn, args) -> None:
-    torch.set_num_threads(torch.get_num_threads())
     try:
         queue.put(("ok", fn(*args)))
     except Exception as e:  # reported in the table, the other parts still run

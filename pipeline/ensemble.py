@@ -34,7 +34,7 @@ def combine(method: str, members: list[np.ndarray], weights: np.ndarray) -> np.n
     else:  # mean, weighted: a float32 running sum, one member converted at a time
         out = None
         for wi, p in zip(w, members, strict=True):
-            term = as_float32([p])[0] * np.float32(wi)
+            term = float32(p) * np.float32(wi)
             out = term if out is None else np.add(out, term, out=out)
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -90,10 +90,16 @@ def hill_climb(method: str, members: list[np.ndarray], target: np.ndarray, metri
     return counts / counts.sum()
 
 
-def as_float32(arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """float32 views or copies; float16 (how predictions may be stored) converts through torch, ~20x numpy's speed."""
-    return [torch.from_numpy(np.ascontiguousarray(a)).float().numpy() if a.dtype == np.float16
-            else np.asarray(a, dtype=np.float32) for a in arrays]
+def float32(a: np.ndarray) -> np.ndarray:
+    """a as float32 (no copy when it already is); float16, how predictions may be stored, converts through
+    torch, ~20x numpy's speed."""
+    if a.dtype == np.float16:
+        return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
+    return np.asarray(a, dtype=np.float32)
+
+
+def as_float32(arrays) -> list[np.ndarray]:
+    return [float32(a) for a in arrays]
 
 
 def _logloss_true(p_true: np.ndarray) -> float:
@@ -109,9 +115,16 @@ def held_out_weights_score(method: str, members: list[np.ndarray], target: np.nd
                            metric: Metric) -> tuple[float, np.ndarray]:
     """Fit weights on K-1 folds, blend the held-out fold with them: the OOF score weights cannot flatter."""
     ks = list(np.unique(folds))
-    weights = _in_threads(lambda k: hill_climb(method, [p[folds != k] for p in members], target[folds != k], metric), ks)
+    weights = _in_threads(lambda k: _climb_without(k, method, members, target, folds, metric), ks)
     blended = _blend_held_out(method, members, folds, dict(zip(ks, weights, strict=True)))
     return metric(target, blended), blended
+
+
+def _climb_without(k, method: str, members: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
+                   metric: Metric) -> np.ndarray:
+    """Weights climbed on every row outside fold k (k=None: on every row)."""
+    rows = slice(None) if k is None else folds != k
+    return hill_climb(method, [p[rows] for p in members], target[rows], metric)
 
 
 def _blend_held_out(method: str, members: list[np.ndarray], folds: np.ndarray, weights: dict) -> np.ndarray:
@@ -176,34 +189,29 @@ def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence
     stream them, one member in memory at a time; fitting weights or a meta-model needs every OOF at once.
     """
     if method == "stack":
-        members = as_float32(list(oofs))
+        members = as_float32(oofs)
         oof, test = stack(members, target, folds, tests, members[0].shape[1])
         return Blend(oof, test, None, metric(target, oof))  # stacked OOF is already fitted on other folds
     weights, held_out, params = np.full(len(oofs), 1 / len(oofs)), None, {}
     if method == "weighted":
-        oofs = as_float32(list(oofs))
+        oofs = as_float32(oofs)  # in memory, converted once for all K+1 climbs and the blend
         weights, held_out, params = fit_weights(oofs, target, folds, metric)
     return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, held_out, params)
 
 
 def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
                 metric: Metric) -> tuple[np.ndarray, float | None, dict]:
-    """Hill-climbed weights, kept only when their held-out score beats the plain mean.
+    """Hill-climbed weights for float32 members, kept only when their held-out score beats the plain mean.
 
     When every member saturates the metric (BasicMotions: five members at CV 1.0), the climb is steered
     by log-loss alone and chose one member that scored 0.875 on test where the mean scored 1.0; so
     weights must earn their place on folds they were not fitted on, else every member counts equally.
     """
-    oofs = as_float32(oofs)  # once, not in each of the K+1 climbs
     uniform = np.full(len(oofs), 1 / len(oofs))
     mean_score = metric(target, combine("mean", oofs, uniform))
     ks = list(np.unique(folds))
-
-    def climb(k):  # None: on every row (the weights used); k: without fold k (for the honest score)
-        rows = slice(None) if k is None else folds != k
-        return hill_climb("weighted", [p[rows] for p in oofs], target[rows], metric)
-
-    *per_fold, weights = _in_threads(climb, [*ks, None])
+    # The K held-out climbs (the honest score) and the climb on every row (the weights used), two at a time.
+    *per_fold, weights = _in_threads(lambda k: _climb_without(k, "weighted", oofs, target, folds, metric), [*ks, None])
     held_out = metric(target, _blend_held_out("weighted", oofs, folds, dict(zip(ks, per_fold, strict=True))))
     if metric.better(held_out, mean_score):
         return weights, held_out, {"weights_from": "hill climbing"}
