@@ -39,7 +39,7 @@ def _setup(cfg: Config):
     """(task, model on device, device, dtype, fold-0 train rows, valid rows) as `pipeline train` builds them."""
     from pipeline.folds import load_folds
     from pipeline.loop import pick_device, resolve_precision
-    from pipeline.stages.train import seed_everything
+    from pipeline.seeding import seed_everything
     from pipeline.tasks import build_task
 
     seed_everything(cfg.seed)

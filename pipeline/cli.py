@@ -68,6 +68,8 @@ def train(
     fold: str = typer.Option("all", "--fold", "-f", help="fold number, or 'all' for each fold in turn"),
     set_: list[str] = SetOpt,
     force: bool = typer.Option(False, "--force", help="retrain finished folds from scratch"),
+    deterministic: bool = typer.Option(False, "--deterministic",
+                                       help="deterministic CUDA kernels, slower (same as --set train.deterministic=true)"),
 ) -> None:
     """Train fold K (resuming from last.pt) and write its OOF predictions -> runs/<exp>/fold{K}/.
 
@@ -75,7 +77,8 @@ def train(
     """
     from pipeline.stages import train as stage
 
-    stage.run(load_config(config, set_ or []), fold=fold, force=force)
+    cfg = load_config(config, [*(set_ or []), *(["train.deterministic=true"] if deterministic else [])])
+    stage.run(cfg, fold=fold, force=force)
 
 
 def _setup_logging() -> None:

@@ -110,6 +110,10 @@ class TrainConfig:
     num_workers: int = -1  # data-loading processes; -1 = min(8, CPUs) with a GPU, 0 on CPU (workers take the model's cores)
     keep_top: int = 3  # best epochs whose weights stay in fold{k}/top/ for averaging (avg.pt); 0 keeps none
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch for smoke runs; 0 = whole epoch
+    deterministic: bool = False  # deterministic CUDA kernels (slower: no cuDNN autotuning); CPU runs repeat anyway
+    on_nan: Literal["stop", "rollback"] = "stop"  # NaN/inf loss: stop the fold, or reload the last good epoch
+    rollback_lr_factor: float = 0.5  # on_nan=rollback: multiply the LR by this for every rollback
+    max_rollbacks: int = 3  # on_nan=rollback: give up (stop) after this many in one fold
     # valid score, also the CV score; detection: map50 (COCO AP at IoU 0.5) or map (AP averaged over 0.5:0.95)
     metric: Literal["accuracy", "logloss", "f1_macro", "map50", "map"] = "accuracy"
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.config import Config
 from pipeline.distributed import ShardSampler, world
 from pipeline.errors import UserError
+from pipeline.seeding import SeededSampler, seed_transform, unpack
 
 MAX_LISTED = 20  # bad rows printed one per line; the rest are counted
 
@@ -156,7 +157,9 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        i, seed = unpack(key)
+        seed_transform(self.transform, seed)
         image = self.transform(image=self.images[i])["image"]
         return image, int(self.labels[i])
 
@@ -169,12 +172,15 @@ def resolve_workers(requested: int) -> int:
     return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
 
 
-def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int) -> DataLoader:
-    """Training loaders shuffle through a seeded sampler (call set_epoch) so a resumed epoch sees the same order."""
+def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int, seed: int | None = None) -> DataLoader:
+    """Training loaders shuffle through a seeded sampler (call set_epoch) and hand every sample its own
+    augmentation seed, so an epoch repeats exactly: after a resume, and with any number of workers or ranks."""
     workers = resolve_workers(cfg.train.num_workers)
+    seed = cfg.seed if seed is None else seed
     w = world()  # under torchrun each rank trains on its share and evaluates one contiguous block
     if train:
-        sampler = DistributedSampler(dataset, num_replicas=w.size, rank=w.rank, shuffle=True, seed=cfg.seed)
+        shuffle = DistributedSampler(dataset, num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+        sampler = SeededSampler(shuffle, seed)
     else:
         sampler = ShardSampler(len(dataset), w.rank, w.size) if w.size > 1 else None
     return DataLoader(
@@ -187,6 +193,9 @@ def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int) ->
         persistent_workers=workers > 0,
         drop_last=train and len(dataset) > batch_size,  # mixup needs even, full batches
         worker_init_fn=_worker_init,
+        # Its own generator: starting the workers then draws nothing from torch's global RNG (dropout's), which a
+        # resumed run would otherwise consume once more than an uninterrupted one with persistent workers.
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=getattr(dataset, "collate", None),  # detection batches hold lists of boxes
     )
 

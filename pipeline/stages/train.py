@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import shutil
-
-import numpy as np
-import torch
 
 from pipeline import checkpoint, distributed
 from pipeline.config import Config, to_dict
@@ -26,6 +22,7 @@ from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import best_weights, fit, pick_device, predict, resolve_precision
 from pipeline.provenance import write_run_header
+from pipeline.seeding import seed_everything, set_deterministic
 from pipeline.tasks import build_task
 from pipeline.tracking import NullTracker, build_tracker
 
@@ -49,6 +46,7 @@ def parse_folds(fold: str | int, k: int) -> list[int]:
 def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
     """Train the folds asked for. Under torchrun every rank runs this; rank 0 alone writes and logs."""
     world = distributed.init()
+    set_deterministic(cfg.train.deterministic)
     if not world.main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     folds = load_folds(cfg)
@@ -80,6 +78,9 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
         shutil.rmtree(fold_dir / "top", ignore_errors=True)
     distributed.barrier()
     fold_dir.mkdir(parents=True, exist_ok=True)
+    if world.main:  # a killed writer leaves its temporary file; the fold lock says no one else is writing here
+        for stale in fold_dir.glob("**/.*.tmp"):
+            stale.unlink(missing_ok=True)
     state = checkpoint.load(fold_dir / "last.pt") if (fold_dir / "last.pt").is_file() else None
     done = bool(state and state["progress"]["done"])
     if done and (fold_dir / "oof.parquet").is_file():
@@ -95,9 +96,10 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     if preprocess and world.main:
         write_json(fold_dir / "preprocess.json", preprocess)
     model = task.build_model()
-    if world.size > 1:  # same initial weights on every rank (DDP checks), different augmentation draws
+    if world.size > 1:  # same initial weights on every rank (DDP checks), different dropout and mixup draws
         seed_everything(cfg.seed + k + 7919 * world.rank)
-    train_loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
+    train_loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size,
+                                seed=cfg.seed + k)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
 
@@ -156,9 +158,3 @@ def log_to_file(path):
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -28,6 +28,7 @@ from pipeline.detectors import build_detector
 from pipeline.ensemble import Blend
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
+from pipeline.seeding import seed_transform, unpack
 from pipeline.submission import check_boxes, decode_boxes, in_sample_order
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tta import View, build_views, stack_views
@@ -140,7 +141,9 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, seed = unpack(key)
+        seed_transform(self.transform, seed)
         image = load_image(self.paths[i])
         h, w = image.shape[:2]
         scale = self.side / max(h, w)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS
+from pipeline.seeding import sample_generator, unpack
 from pipeline.seqmodels import build_sequence_model
 from pipeline.sequences import (
     HFTokenizer,
@@ -53,23 +54,24 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
-        # torch's RNG: the loader seeds it per worker and per epoch, so augmentation is reproducible
+    def __getitem__(self, key):
+        i, seed = unpack(key)
+        g = sample_generator(seed)  # this sample's own draws (pipeline.seeding)
         x, s = self.items[i], self.s
         if self.train and s.crop > 0 and len(x) > 1:
-            keep = int(torch.randint(max(1, int(np.ceil(len(x) * (1 - s.crop)))), len(x) + 1, ()))
-            start = int(torch.randint(0, len(x) - keep + 1, ()))
+            keep = int(torch.randint(max(1, int(np.ceil(len(x) * (1 - s.crop)))), len(x) + 1, (), generator=g))
+            start = int(torch.randint(0, len(x) - keep + 1, (), generator=g))
             x = x[start:start + keep]
         if s.max_len and len(x) > s.max_len:
             start = (len(x) - s.max_len) // 2 if x.ndim == 2 else 0  # series: the centre; text: the start
             if self.train:
-                start = int(torch.randint(0, len(x) - s.max_len + 1, ()))
+                start = int(torch.randint(0, len(x) - s.max_len + 1, (), generator=g))
             x = x[start:start + s.max_len]
         if self.train and x.ndim == 2:
             if s.scaling > 0:
-                x = x * (1 + s.scaling * torch.randn(1, x.shape[1]))
+                x = x * (1 + s.scaling * torch.randn(1, x.shape[1], generator=g))
             if s.jitter > 0:
-                x = x + s.jitter * torch.randn(x.shape)
+                x = x + s.jitter * torch.randn(x.shape, generator=g)
         return x, int(self.labels[i])
 
     @staticmethod

@@ -1,0 +1,86 @@
+"""How a run repeats itself: global seeds, per-sample augmentation seeds, and deterministic kernels.
+
+A training sample's augmentation is drawn from its own generator, seeded by (seed, epoch, index). The draws
+are then the same with any number of loader workers, on any torchrun rank, and after a resume, because they
+depend on no process's RNG history. Global RNGs (dropout, mixup) live in the main process and are saved
+in every checkpoint (pipeline.checkpoint.rng_state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample in one epoch (SeedSequence mixes the three, so neighbours are unrelated)."""
+    return int(np.random.SeedSequence([seed % 2**63, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class SeededSampler(Sampler):
+    """Wraps an index sampler to yield (index, seed) keys; datasets seed their augmentation from the key."""
+
+    def __init__(self, sampler: Sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.sampler:
+            yield i, sample_seed(self.seed, self.epoch, i)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def unpack(key) -> tuple[int, int | None]:
+    """(index, seed) from a SeededSampler key; a plain index (validation, prediction) has no seed."""
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
+
+
+def seed_transform(transform, seed: int | None) -> None:
+    """Point an albumentations Compose (and every transform in it) at generators seeded for this sample.
+
+    Albumentations 2.x draws from its own generators, seeded from OS entropy unless told otherwise: global
+    seeds do not reach them, which is what made two identical runs differ before this.
+    """
+    if seed is not None:
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def sample_generator(seed: int | None) -> torch.Generator | None:
+    """A torch generator for one sample's draws; None (torch's global RNG) when the key carries no seed."""
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """--deterministic: bitwise-repeatable kernels on CUDA (on CPU the default kernels already repeat).
+
+    Costs speed on GPU: cuDNN may not pick its fastest convolution algorithms (benchmark mode off), and ops
+    with atomics-based backward passes (index_add, scatter_add, some poolings and interpolations) take slower
+    deterministic paths or raise an error that names the op.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable GEMMs
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    log.info("deterministic algorithms on (train.deterministic)")

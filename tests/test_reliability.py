@@ -1,0 +1,98 @@
+"""Crashes and repeats: a fold killed with SIGKILL resumes to exactly the weights of an uninterrupted run,
+and the same seed gives the same folds, OOF predictions and submission."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import checkpoint
+from pipeline.seeding import SeededSampler
+from pipeline.stages import predict, prepare, submit, train
+
+AUGMENTED = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.3, "scale_min": 0.5}
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_same_fold(run_a, run_b, k: int = 0) -> None:
+    a, b = checkpoint.load(run_a / f"fold{k}/last.pt"), checkpoint.load(run_b / f"fold{k}/last.pt")
+    assert same_tensors(a["model"], b["model"]) and same_tensors(a["ema"], b["ema"])
+    assert same_tensors(a["optimizer"]["state"][0], b["optimizer"]["state"][0])
+    assert a["progress"] == b["progress"]
+    pd.testing.assert_frame_equal(pd.read_parquet(run_a / f"fold{k}/oof.parquet"),
+                                  pd.read_parquet(run_b / f"fold{k}/oof.parquet"))
+
+
+def test_fold_killed_mid_training_resumes_to_the_uninterrupted_weights(competition, make_config):
+    sections = {"train": {"epochs": 3, "patience": 0}, "augment": AUGMENTED}
+    _, whole = make_config(competition, name="whole", **sections)
+    prepare.run(whole)
+    train.run(whole, fold=0)
+
+    path, cfg = make_config(competition, name="killed", **sections)
+    prepare.run(cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--config", str(path), "--fold", "0"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = cfg.run_dir / "fold0/metrics.csv"
+    deadline = time.monotonic() + 180
+    while not metrics.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # somewhere in epoch 2 (or while writing its files): no cleanup runs
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    interrupted = checkpoint.load(cfg.run_dir / "fold0/last.pt")["progress"]
+    assert not interrupted["done"] and not (cfg.run_dir / "fold0/oof.parquet").exists()
+
+    train.run(cfg, fold=0)  # the same command again finishes the fold
+    assert_same_fold(whole.run_dir, cfg.run_dir)
+    assert not list(cfg.run_dir.glob("**/.*.tmp"))  # the killed writer's temporary files are gone
+
+
+def test_same_seed_gives_the_same_folds_oof_and_submission(competition, make_config):
+    runs = []
+    for name in ("first", "second"):
+        _, cfg = make_config(competition, name=name, train={"epochs": 1, "patience": 0}, augment=AUGMENTED,
+                             predict={"tta": "flips"})
+        prepare.run(cfg)
+        train.run(cfg, fold="all")
+        predict.run(cfg)
+        runs.append((cfg, submit.run(cfg.name, runs_dir=cfg.runs_dir, message="determinism")))
+    (a, sub_a), (b, sub_b) = runs
+    assert (a.run_dir / "folds.csv").read_bytes() == (b.run_dir / "folds.csv").read_bytes()
+    for k in range(a.cv.folds):
+        assert_same_fold(a.run_dir, b.run_dir, k)
+    for name in ("oof.parquet", "test.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(a.run_dir / name), pd.read_parquet(b.run_dir / name))
+    assert sub_a.read_bytes() == sub_b.read_bytes()
+
+
+def test_augmentation_draws_depend_on_the_sample_not_the_process(competition, make_config):
+    """The same (seed, epoch, index) gives the same augmented image in a fresh dataset, in any order."""
+    from pipeline.folds import load_folds
+    from pipeline.tasks import build_task
+
+    _, cfg = make_config(competition, augment=AUGMENTED)
+    prepare.run(cfg)
+    folds = load_folds(cfg)
+    task = build_task(cfg, folds.classes)
+    task.build_model()
+    rows = folds.table.head(8)
+    sampler = SeededSampler(range(8), seed=7)
+    sampler.set_epoch(3)
+    keys = list(sampler)
+    first = [task.build_dataset(rows, train=True)[key][0] for key in keys]
+    again = task.build_dataset(rows, train=True)
+    assert all(torch.equal(again[key][0], x) for key, x in reversed(list(zip(keys, first, strict=True))))
+    sampler.set_epoch(4)
+    assert not all(torch.equal(again[key][0], x) for key, x in zip(sampler, first, strict=True))
