@@ -8,6 +8,7 @@ training images (predict.bn_batches).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ class TopEpochs:
         return sorted(found, key=lambda sp: -self.sign * sp[0])
 
     def offer(self, epoch: int, score: float, model: nn.Module, ema_module: nn.Module | None) -> None:
-        if self.n <= 0:
+        if self.n <= 0 or not math.isfinite(score):  # NaN-scored weights are never averaged in
             return
         kept = self.kept()
         if len(kept) >= self.n and self.sign * score <= self.sign * kept[-1][0]:

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,14 @@ class Progress:
     best_epoch: int = -1
     best_source: str = "model"  # which weights scored best: model | ema
     done: bool = False
+    rollbacks: int = 0  # NaN rollbacks so far (train.on_nan=rollback)
 
     def record(self, epoch: int, scores: dict[str, dict], metric, epochs: int, patience: int) -> tuple[bool, bool]:
-        """Take one epoch's valid scores (per weight source); return (improved, stop early)."""
+        """Take one epoch's valid scores (per weight source); return (improved, stop early).
+        A NaN score never counts as an improvement, so weights that broke are never saved as best."""
         best = metric.best(s["score"] for s in scores.values())
-        source = next(name for name, s in scores.items() if s["score"] == best)
-        improved = metric.better(scores[source]["score"], self.best_score)
+        source = next((name for name, s in scores.items() if s["score"] == best), None)  # None: all NaN
+        improved = source is not None and metric.better(best, self.best_score)
         if improved:
             self.best_score, self.best_epoch, self.best_source = scores[source]["score"], epoch, source
         self.epoch = epoch
@@ -123,11 +126,19 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
     log.info("device %s, precision %s, %s, %d steps/epoch", device, str(dtype).removeprefix("torch."), lr, steps_per_epoch)
     tracker.summary({"lr": lr.lr, "effective_batch": lr.effective_batch, "lr_rule": lr.rule})
 
-    for epoch in range(progress.epoch + 1, t.epochs):
+    start = _state(model, ema, optimizer, scheduler, scaler, progress, rows, tracker, cfg, copy=True) \
+        if t.on_nan == "rollback" and resume is None else None  # where a first-epoch NaN rolls back to
+    epoch = progress.epoch + 1
+    while epoch < t.epochs:
         train_loader.sampler.set_epoch(epoch)  # same order on a resumed epoch
         started = time.perf_counter()
-        train_loss, samples = train_epoch(task, net, train_loader, optimizer, scheduler, scaler, ema,
-                                           device, dtype, cfg, epoch, progress, steps_per_epoch)
+        try:
+            train_loss, samples = train_epoch(task, net, train_loader, optimizer, scheduler, scaler, ema,
+                                               device, dtype, cfg, epoch, progress, steps_per_epoch)
+        except Diverged as e:
+            progress, rows = roll_back(e, fold_dir, start, t, progress, model, ema, optimizer, scheduler, scaler)
+            epoch = progress.epoch + 1
+            continue
         seconds = time.perf_counter() - started
         scores = {name: evaluate(task, m, valid_loader, device, dtype)
                   for name, m in (("model", model), ("ema", ema.module)) if m is not None}
@@ -148,7 +159,29 @@ def fit(task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoad
                  "  early stop" if stop else "")
         if stop:
             break
+        epoch += 1
     return progress
+
+
+def roll_back(error: Diverged, fold_dir: Path, start: dict | None, t, progress: Progress, model, ema, optimizer,
+              scheduler, scaler) -> tuple[Progress, list]:
+    """train.on_nan=rollback: reload the last good epoch (last.pt, else the initial state) with a lower LR."""
+    if t.on_nan != "rollback":
+        raise error
+    if progress.rollbacks >= t.max_rollbacks:
+        raise Diverged(f"{error} Gave up after {progress.rollbacks} rollbacks (train.max_rollbacks).") from None
+    last = fold_dir / "last.pt"
+    state = checkpoint.load(last) if last.is_file() else start
+    rollbacks = progress.rollbacks + 1
+    restored, rows = _restore(state, model, ema, optimizer, scheduler, scaler)
+    restored.rollbacks = rollbacks
+    factor = t.rollback_lr_factor ** (rollbacks - state["progress"].get("rollbacks", 0))
+    scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    log.warning("%s\nrolling back to %s with the LR x%g (rollback %d of %d, train.max_rollbacks)", error,
+                f"epoch {restored.epoch + 1}" if restored.epoch >= 0 else "the start", factor, rollbacks, t.max_rollbacks)
+    return restored, rows
 
 
 def save_epoch(fold_dir: Path, top, epoch: int, score: float, improved: bool, state: dict, model, ema) -> None:
@@ -166,6 +199,7 @@ def train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, 
     t = cfg.train
     model.train()
     total = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, device=device)  # first step with a NaN/inf loss, tracked without a host sync
     batches = samples = 0
     started = time.perf_counter()
     bar = tqdm(total=max_steps, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
@@ -178,6 +212,7 @@ def train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, 
             loss = task.loss(model, batch)
         scaler.scale(loss / t.accum_steps).backward()
         total += loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~loss.detach().isfinite(), progress.step + 1, first_bad)
         batches += 1
         samples += len(batch[0])
         if (i + 1) % t.accum_steps and i + 1 < len(loader):
@@ -195,22 +230,26 @@ def train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, 
         bar.update()
         if steps % cfg.tracking.log_every == 0 or steps == max_steps:
             mean = distributed.mean((total / batches).item())  # every rank sees (and checks) the same loss
-            _check_finite(mean, epoch, progress.step)
+            _check_finite(mean, epoch, first_bad)
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             sps=f"{samples / (time.perf_counter() - started):.0f}")
         if steps == max_steps:
             break
     bar.close()
     mean = distributed.mean((total / max(batches, 1)).item())
-    _check_finite(mean, epoch, progress.step)
+    _check_finite(mean, epoch, first_bad)
+    if not all(bool(p.isfinite().all()) for p in model.parameters()):  # a last step can break them after the loss
+        raise Diverged(f"weights became NaN or infinite at epoch {epoch + 1}, step {progress.step}; lower "
+                       "train.base_lr or set train.clip_grad. The checkpoints on disk are from before it.")
     return mean, distributed.total(samples)
 
 
-def _check_finite(loss: float, epoch: int, step: int) -> None:
+def _check_finite(loss: float, epoch: int, first_bad: torch.Tensor) -> None:
     if not math.isfinite(loss):
         raise Diverged(
-            f"training loss is {loss} at epoch {epoch + 1}, step {step}; lower train.base_lr, set "
-            "train.clip_grad, or use train.precision=fp32/bf16. The checkpoints on disk are from before it."
+            f"training loss is {loss} at epoch {epoch + 1}, step {int(first_bad)}; lower train.base_lr, set "
+            "train.clip_grad, use train.precision=fp32/bf16, or set train.on_nan=rollback. "
+            "The checkpoints on disk are from before it."
         )
 
 
@@ -232,8 +271,10 @@ def evaluate(task, model: nn.Module, loader: DataLoader, device, dtype) -> dict[
     return task.evaluate(outputs, loader.dataset.labels)
 
 
-def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: list, tracker, cfg: Config) -> dict:
-    return {
+def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: list, tracker, cfg: Config,
+           copy: bool = False) -> dict:
+    """Everything a resume needs; copy=True detaches it from the live tensors (an in-memory snapshot)."""
+    state = {
         "model": model.state_dict(),
         "ema": ema.module.state_dict() if ema.module is not None else None,
         "optimizer": optimizer.state_dict(),
@@ -245,6 +286,7 @@ def _state(model, ema, optimizer, scheduler, scaler, progress: Progress, rows: l
         "rng": checkpoint.rng_state(),
         "config": to_dict(cfg),
     }
+    return deepcopy(state) if copy else state
 
 
 def _restore(state: dict, model, ema, optimizer, scheduler, scaler) -> tuple[Progress, list]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,9 +22,12 @@ class Metric:
     def __call__(self, target: np.ndarray, probs: np.ndarray) -> float:
         return float(self.fn(target, probs))
 
-    def best(self, scores):
-        """The best of several scores."""
-        return max(scores) if self.greater_is_better else min(scores)
+    def best(self, scores) -> float:
+        """The best of several scores; NaN (broken weights) is never best, and is the answer only when all are."""
+        finite = [s for s in scores if math.isfinite(s)]
+        if not finite:
+            return math.nan
+        return max(finite) if self.greater_is_better else min(finite)
 
     def better(self, a: float, b: float | None) -> bool:
         """Is score a an improvement on b (None = nothing yet)?"""

@@ -96,3 +96,62 @@ def test_augmentation_draws_depend_on_the_sample_not_the_process(competition, ma
     assert all(torch.equal(again[key][0], x) for key, x in reversed(list(zip(keys, first, strict=True))))
     sampler.set_epoch(4)
     assert not all(torch.equal(again[key][0], x) for key, x in zip(sampler, first, strict=True))
+
+
+def nan_after(monkeypatch, calls: int, times: int = 10**9) -> None:
+    """Make the training loss NaN from the `calls`-th training batch on, for `times` batches."""
+    from pipeline.tasks.classification import ClassificationTask
+
+    real, seen = ClassificationTask.loss, {"n": 0, "nan": 0}
+
+    def loss(self, model, batch):
+        out = real(self, model, batch)
+        if model.training:
+            seen["n"] += 1
+            if seen["n"] > calls and seen["nan"] < times:
+                seen["nan"] += 1
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(ClassificationTask, "loss", loss)
+
+
+def test_nan_loss_stops_the_fold_naming_epoch_and_step_and_keeps_the_good_checkpoints(competition, make_config, monkeypatch):
+    from pipeline.cli import app
+    from typer.testing import CliRunner
+
+    path, cfg = make_config(competition, train={"epochs": 3, "ema": False})
+    prepare.run(cfg)
+    nan_after(monkeypatch, calls=8)  # 6 batches per epoch: the NaN comes in epoch 2, step 9
+    result = CliRunner().invoke(app, ["train", "--config", str(path), "--fold", "0"])
+    assert result.exit_code == 2, result.output  # the CLI's exit code for errors the user can fix
+    assert "training loss is nan at epoch 2, step 9" in result.output and "Traceback" not in result.output
+    best, last = checkpoint.load(cfg.run_dir / "fold0/best.pt"), checkpoint.load(cfg.run_dir / "fold0/last.pt")
+    assert best["progress"]["epoch"] == last["progress"]["epoch"] == 0  # nothing from the broken epoch
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert sorted(p.name for p in (cfg.run_dir / "fold0/top").iterdir()) == ["epoch000.pt"]
+
+
+def test_nan_rollback_reloads_the_last_good_epoch_with_a_lower_lr(competition, make_config, monkeypatch, caplog):
+    _, cfg = make_config(competition, train={"epochs": 3, "on_nan": "rollback", "max_rollbacks": 2,
+                                             "warmup_epochs": 0, "min_lr_ratio": 1.0})  # constant LR: easy to read
+    prepare.run(cfg)
+    nan_after(monkeypatch, calls=8, times=1)  # one bad batch in epoch 2
+    train.run(cfg, fold=0)
+    state = checkpoint.load(cfg.run_dir / "fold0/last.pt")
+    assert state["progress"]["done"] and state["progress"]["rollbacks"] == 1
+    metrics = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1, 2]  # epoch 2 was trained again, once, and recorded once
+    assert metrics["lr"].iloc[1] == pytest.approx(metrics["lr"].iloc[0] * 0.5)
+    assert "rolling back to epoch 1 with the LR x0.5 (rollback 1 of 2" in caplog.text
+
+
+def test_nan_rollback_gives_up_after_max_rollbacks(competition, make_config, monkeypatch):
+    from pipeline.loop import Diverged
+
+    _, cfg = make_config(competition, train={"epochs": 2, "on_nan": "rollback", "max_rollbacks": 2})
+    prepare.run(cfg)
+    nan_after(monkeypatch, calls=2)  # every batch from the third on: the first epoch itself never finishes
+    with pytest.raises(Diverged, match="epoch 1, step 1;.* Gave up after 2 rollbacks"):  # step 3, then 1 and 1
+        train.run(cfg, fold=0)
+    assert not (cfg.run_dir / "fold0/last.pt").exists() and not (cfg.run_dir / "fold0/best.pt").exists()
