@@ -176,7 +176,7 @@ def write_members(cfg: Config, runs: Path, members: int, rows: int, classes: int
     import pandas as pd
 
     from pipeline.config import dump_yaml, load_config
-    from pipeline.files import write_json, write_parquet, write_text
+    from pipeline.files import write_csv, write_json, write_parquet, write_text
 
     rng = np.random.default_rng(0)
     labels = [f"class_{i:03d}" for i in range(classes)]
@@ -188,7 +188,7 @@ def write_members(cfg: Config, runs: Path, members: int, rows: int, classes: int
     for m, strength in enumerate(np.linspace(1.0, 3.0, members)):
         name, run = f"m{m:02d}", runs / f"m{m:02d}"
         run.mkdir(parents=True)
-        keys[["id", "fold"]].to_csv(run / "folds.csv", index=False)
+        write_csv(run / "folds.csv", keys[["id", "fold"]])
         write_json(run / "folds.json", {"classes": labels})
         member_cfg = load_config(None, [f"name={name}", f"runs_dir={runs}", f"predict.dtype={cfg.predict.dtype}",
                                         "tracking.wandb=disabled"])

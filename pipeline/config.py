@@ -33,6 +33,9 @@ class DataConfig:
     image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path
     image_ext: str = ""  # suffix appended to ids, e.g. ".jpg" when ids are bare names
     check_images: bool = True  # prepare decodes every image once; turn off only for huge sets you trust
+    allow_outside_root: bool = False  # let ids reach files outside root ('..', absolute paths): a CSV you did
+    # not write could otherwise make the pipeline read any file this user can
+    dedupe: bool = True  # prepare hashes every image: exact duplicates share a fold, and are reported
     # decode + resize every train/test image once into a uint8 memmap under runs/cache/ that the loader
     # reads: the loader then costs a memory read, not a PNG/JPEG decode (disk: N x side^2 x 3 bytes)
     cache: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ MAX_LISTED = 20  # bad rows printed one per line; the rest are counted
 
 
 def read_table(path: Path, what: str, id_col: str | None = None) -> pd.DataFrame:
-    """Read a competition CSV; a missing, empty or undecodable file is a UserError naming it."""
+    """Read a competition CSV; a missing, empty, malformed or non-UTF-8 file is a UserError naming its line."""
     if not path.is_file():
         raise UserError(f"{what} {path} not found; check data.root and data.{what} in the config")
     try:
@@ -32,13 +33,47 @@ def read_table(path: Path, what: str, id_col: str | None = None) -> pd.DataFrame
         df = pd.read_csv(path, dtype={id_col: str} if id_col else None)
     except pd.errors.EmptyDataError:
         raise UserError(f"{what} {path} is empty; expected a header row and data rows") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path}{_not_utf8(path)}") from None
     except pd.errors.ParserError as e:
-        raise UserError(f"{what} {path} is not a well-formed CSV: {str(e).strip()}") from None
+        raise UserError(f"{what} {path}: {_parser_problem(str(e))}") from None
+    except OSError as e:  # permissions, a folder named like the file
+        raise UserError(f"{what} {path} cannot be read ({e.strerror or e}); check its permissions") from None
+    if not isinstance(df.index, pd.RangeIndex):  # pandas makes the first column an index when rows outgrow the header
+        raise UserError(f"{what} {path}: line 2 has {len(df.columns) + 1} fields but the header has {len(df.columns)}; "
+                        "remove trailing commas or quote values that hold commas")
+    if any("\x00" in str(c) for c in df.columns):
+        raise UserError(f"{what} {path} has NUL bytes in its header: UTF-16 text or not a CSV; re-save it as UTF-8")
     if df.empty:
-        raise UserError(f"{what} {path} has a header but no rows")
+        raise UserError(f"{what} {path} has a header but no rows; it needs at least one data row")
     return df
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8, and how to convert it: UTF-8 never has a newline byte inside a
+    character, so decoding line by line finds the exact line."""
+    with open(path, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return " is UTF-16 text; re-save it as UTF-8 (e.g. iconv -f utf-16 -t utf-8)"
+        f.seek(0)
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (f": line {n} is not UTF-8 (byte 0x{line[e.start]:02x} at position {e.start + 1} of the line); "
+                        "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 for Latin-1 text)")
+    return " is not UTF-8 text; re-save it as UTF-8"
+
+
+def _parser_problem(error: str) -> str:
+    """pandas' tokenizer error as a line number and a fix."""
+    if m := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", error):
+        header, line, saw = m.groups()
+        return f"line {line} has {saw} fields but the header has {header}; quote values that hold commas (\"a,b\")"
+    if m := re.search(r"EOF inside string starting at row (\d+)", error):
+        return (f"the quote opened on line {int(m.group(1)) + 1} is never closed; close it, "
+                "or write a quote inside a value as \"\"")
+    return f"not a well-formed CSV ({error.strip()}); check its quotes and separators"
 
 
 def require_columns(df: pd.DataFrame, path: Path, columns: dict[str, str | None]) -> None:
@@ -48,26 +83,26 @@ def require_columns(df: pd.DataFrame, path: Path, columns: dict[str, str | None]
             continue
         close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        names = [short(c) for c in df.columns[:MAX_LISTED]] + (["..."] if len(df.columns) > MAX_LISTED else [])
         raise UserError(
-            f"{path}: column {col!r} (config {key}) not found; columns are {', '.join(map(str, df.columns))}; "
+            f"{path}: column {col!r} (config {key}) not found; columns are {', '.join(names)}; "
             f"{hint}set it with --set {key}=<column>"
         )
 
 
 def read_train(cfg: Config) -> pd.DataFrame:
+    """train.csv with unique, non-empty ids and a label on every row; other columns are kept and ignored."""
     path = cfg.data_path("train_csv")
     df = read_table(path, "train_csv", cfg.data.id_col)
     d = cfg.data
     require_columns(df, path, {"data.id_col": d.id_col, "data.target_col": d.target_col, "data.group_col": d.group_col})
     _require_clean_ids(df, path, d.id_col)
-    missing = df[d.target_col].isna()
-    if missing.any():
-        rows = _row_numbers(missing)
-        raise UserError(f"{path}: {missing.sum()} empty labels in column {d.target_col!r} (rows {rows}); fill or drop them")
+    _require_labels(df, path, d.target_col)
     return df
 
 
 def read_test(cfg: Config) -> pd.DataFrame:
+    """test.csv with unique, non-empty ids; other columns are kept and ignored."""
     path = cfg.data_path("test_csv")
     df = read_table(path, "test_csv", cfg.data.id_col)
     require_columns(df, path, {"data.id_col": cfg.data.id_col})
@@ -75,13 +110,32 @@ def read_test(cfg: Config) -> pd.DataFrame:
     return df
 
 
-def _require_clean_ids(df: pd.DataFrame, path: Path, col: str) -> None:
+def check_test_labels(test: pd.DataFrame, path: Path, col: str, classes: Sequence) -> None:
+    """A test table may carry the target column (a labelled hold-out); the model can only predict train's classes."""
+    if col not in test.columns:
+        return
+    unknown = test[col].notna() & ~test[col].astype(str).isin({str(c) for c in classes})
+    if unknown.any():
+        values = ", ".join(short(v) for v in test.loc[unknown, col].unique()[:5])
+        raise UserError(f"{path}: labels in column {col!r} that train never uses: {values} (rows {_row_numbers(unknown)}); "
+                        "fix these rows, or drop the column (test labels are not used)")
+
+
+def _require_clean_ids(df: pd.DataFrame, path: Path, col: str, unique: bool = True) -> None:
     empty = df[col].isna()
     if empty.any():
-        raise UserError(f"{path}: empty ids in column {col!r} (rows {_row_numbers(empty)})")
+        raise UserError(f"{path}: empty ids in column {col!r} (rows {_row_numbers(empty)}); fill or drop these rows")
     dup = df[col].duplicated(keep=False)
-    if dup.any():
+    if unique and dup.any():
         raise UserError(f"{path}: duplicate ids in column {col!r} (rows {_row_numbers(dup)}); ids must be unique")
+
+
+def _require_labels(df: pd.DataFrame, path: Path, col: str) -> None:
+    missing = df[col].isna()
+    if missing.any():
+        # pandas, like Kaggle's scorers, reads NA, NaN, None, null and blank cells as missing
+        raise UserError(f"{path}: {missing.sum()} empty labels in column {col!r} (rows {_row_numbers(missing)}; "
+                        "blank or NA/NaN/None/null); fill or drop these rows")
 
 
 def _row_numbers(mask: pd.Series) -> str:
@@ -90,9 +144,23 @@ def _row_numbers(mask: pd.Series) -> str:
     return ", ".join(rows[:MAX_LISTED]) + (f", ... {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else "")
 
 
+def short(value, limit: int = 40) -> str:
+    """repr() of a cell for a message, cut to `limit` characters (a cell can hold a whole file)."""
+    text = repr(value.item() if isinstance(value, np.generic) else value)  # 0, not np.int64(0)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 def image_paths(cfg: Config, ids: Sequence) -> list[Path]:
+    """root/image_dir/<id><image_ext> per id; an id that leads outside data.root is refused (allow_outside_root)."""
     base = Path(cfg.data.root) / cfg.data.image_dir
-    return [base / f"{i}{cfg.data.image_ext}" for i in ids]
+    paths = [base / f"{i}{cfg.data.image_ext}" for i in ids]
+    if not cfg.data.allow_outside_root:
+        root = os.path.abspath(cfg.data.root)
+        for n, (i, path) in enumerate(zip(ids, paths, strict=True)):
+            if os.path.commonpath([root, os.path.abspath(path)]) != root:  # abspath folds "..": no disk access
+                raise UserError(f"id {i!r} (row {n + 2}) leads to {path}, outside data.root {root}; ids are paths "
+                                "inside the competition folder (set data.allow_outside_root=true if you mean it)")
+    return paths
 
 
 def check_images(paths: Sequence[Path], table: Path, workers: int = 8) -> None:
@@ -120,17 +188,32 @@ def _image_problem(path: Path) -> str | None:
         with Image.open(path) as img:
             img.load()  # full decode: truncated files fail here, not in the middle of training
     except Exception as e:  # PIL raises many types for corrupt data
-        return f"does not decode: {type(e).__name__}"
+        return f"does not decode: {e}"
     return None
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 HxWx3 whatever the file holds (grayscale, RGBA, 16-bit are converted)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:  # cv2 cannot read some formats PIL can (e.g. a few TIFF/GIF variants)
+    """RGB uint8 HxWx3 whatever the file holds: gray is repeated, alpha dropped, 16-bit scaled (value >> 8)."""
+    if not Path(path).is_file():  # prepare checked it; it went missing since, or folds.csv names other images
+        raise UserError(f"image {path} not found; check data.root, or rerun `pipeline prepare --force`")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # IMREAD_COLOR: 3 channels, 8 bits, whatever the file
+    if img is not None:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:  # cv2 cannot read some formats PIL can (e.g. a few TIFF/GIF variants)
         with Image.open(path) as pil:
-            return np.asarray(pil.convert("RGB"))
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            return _pil_rgb(pil)
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise UserError(f"image {path} does not decode ({type(e).__name__}); replace it, or drop its row and "
+                        "rerun `pipeline prepare --force`") from None
+
+
+def _pil_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 from PIL; its convert("RGB") would clip 16- and 32-bit integer images at 255."""
+    if not img.mode.startswith("I"):
+        return np.asarray(img.convert("RGB"))
+    values = np.clip(np.asarray(img).astype(np.int64), 0, None)
+    bits = 16 if img.mode.startswith("I;16") or values.max() < 1 << 16 else 32  # 32-bit TIFFs mostly hold 16-bit data
+    return np.repeat((values >> (bits - 8)).astype(np.uint8)[..., None], 3, axis=2)
 
 
 class ImageFiles:

@@ -6,6 +6,7 @@ it was made from, the class list and the strategy. A stage refuses folds whose h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -17,8 +18,9 @@ from pandas.api.types import is_float_dtype
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.config import Config
+from pipeline.duplicates import merge_groups
 from pipeline.errors import UserError
-from pipeline.files import sha256_file, write_csv, write_json
+from pipeline.files import sha256_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,25 @@ def assign_folds(target: pd.Series, groups: pd.Series | None, k: int, strategy: 
     return fold
 
 
-def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None) -> Folds:
+def assign_folds_keeping_duplicates(target: pd.Series, groups: pd.Series | None, k: int, strategy: str, seed: int,
+                                    hashes: list[str] | None) -> np.ndarray:
+    """assign_folds, with each cluster of identical samples in one fold (the same folds when there are none)."""
+    if hashes is None or not pd.Series(hashes).duplicated().any():
+        return assign_folds(target, groups, k, strategy, seed)
+    units = merge_groups(hashes, groups)
+    if groups is not None:  # duplicates bridging groups merge them; otherwise the groups already hold them
+        merged = len(set(units)) < groups.nunique()
+        return assign_folds(target, pd.Series(units) if merged else groups, k, strategy, seed)
+    # One representative per cluster goes through the splitter (stratified on its label); copies follow it.
+    first = ~pd.Series(units).duplicated().to_numpy()
+    fold_of_unit = assign_folds(target[first].reset_index(drop=True), None, k, strategy, seed)
+    return fold_of_unit[units]
+
+
+def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None, hashes: list[str] | None = None) -> Folds:
     """Folds for one row per sample (id, target and group columns named by the config); `classes` defaults
-    to the sorted targets (detection passes its box classes and stratifies on a per-image key)."""
+    to the sorted targets (detection passes its box classes and stratifies on a per-image key). Rows with
+    the same content hash land in the same fold."""
     d = cfg.data
     target, groups = train[d.target_col], (train[d.group_col] if d.group_col else None)
     strategy = resolve_strategy(cfg, target)
@@ -91,22 +109,24 @@ def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None) ->
     table = pd.DataFrame({"id": train[d.id_col].to_numpy(), "target": target.to_numpy()})
     if groups is not None:
         table["group"] = groups.to_numpy()
-    table["fold"] = assign_folds(target, groups, cfg.cv.folds, strategy, cfg.seed)
+    table["fold"] = assign_folds_keeping_duplicates(target, groups, cfg.cv.folds, strategy, cfg.seed, hashes)
     return Folds(table=table, classes=classes if classes is not None else sorted(target.unique().tolist()))
 
 
 def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:
     """folds.json first, then folds.csv: a folds.csv on disk always has its hash beside it."""
     run = cfg.run_dir
+    text = folds.table.to_csv(index=False)
     write_json(run / "folds.json", {
         "train_sha256": sha256_file(cfg.data_path("train_csv")),
+        "folds_sha256": hashlib.sha256(text.encode()).hexdigest(),  # a folds.csv from elsewhere does not match
         "folds": cfg.cv.folds,
         "strategy": strategy,
         "seed": cfg.seed,
         "rows": len(folds.table),
         "classes": folds.classes,
     })
-    write_csv(run / "folds.csv", folds.table)
+    write_text(run / "folds.csv", text)
 
 
 def folds_current(cfg: Config) -> bool:
@@ -136,6 +156,9 @@ def load_folds(cfg: Config) -> Folds:
             f"{run / 'folds.csv'} was made from a different {train_csv}; rerun `pipeline prepare --force` "
             "(existing fold checkpoints will no longer match their folds)"
         )
+    if meta.get("folds_sha256", sha256_file(run / "folds.csv")) != sha256_file(run / "folds.csv"):
+        raise UserError(f"{run / 'folds.csv'} is not the file `pipeline prepare` wrote for {train_csv} (folds.json "
+                        "holds another hash); rerun `pipeline prepare --force`")
     table = pd.read_csv(run / "folds.csv", dtype={"id": str})
     classes = meta["classes"]
     # CSV round-trips labels as str/int; compare as the folds were written.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.config import ModelConfig
@@ -45,7 +46,7 @@ def load_backbone(model: nn.Module, path: Path) -> None:
         raise UserError(f"model.weights_file {path} not found")
     try:
         # weights_only: a pickled checkpoint can run code; a state_dict needs nothing else.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"model.weights_file {path} is not a loadable state_dict ({type(e).__name__}: {e})") from None
     for key in ("state_dict", "model", "model_state_dict"):

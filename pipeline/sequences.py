@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 
 from pipeline.config import Config
-from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns
+from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns, short
 from pipeline.errors import UserError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -24,11 +25,17 @@ WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def feature_columns(cfg: Config, df: pd.DataFrame) -> list[str]:
+    """data.feature_cols, else every column but id, step, group and target that holds numbers (a text column
+    such as a subject's name is left out; a numeric column with a stray word in it is an error, not left out)."""
     d = cfg.data
     if d.feature_cols:
         return list(d.feature_cols)
     skip = {d.id_col, d.step_col, d.group_col, d.target_col}
-    return [c for c in df.columns if c not in skip]
+    return [c for c in df.columns if c not in skip and not _is_text(df[c])]
+
+
+def _is_text(col: pd.Series) -> bool:
+    return not is_numeric_dtype(col) and col.notna().any() and pd.to_numeric(col, errors="coerce").isna().all()
 
 
 def read_series(cfg: Config, which: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -37,31 +44,45 @@ def read_series(cfg: Config, which: str) -> tuple[dict[str, np.ndarray], list[st
     path = cfg.data_path(which)
     df = read_table(path, which, d.id_col)
     require_columns(df, path, {"data.id_col": d.id_col, "data.step_col": d.step_col})
+    _require_clean_ids(df, path, d.id_col, unique=False)  # one row per step: ids repeat
     features = feature_columns(cfg, df)
     require_columns(df, path, {f"data.feature_cols[{i}]": c for i, c in enumerate(features)})
     if not features:
-        raise UserError(f"{path}: no feature columns besides {d.id_col!r}/{d.step_col!r}; set data.feature_cols")
+        raise UserError(f"{path}: no numeric feature columns besides {d.id_col!r}/{d.step_col!r}; set data.feature_cols")
     values = df[features].apply(pd.to_numeric, errors="coerce")
-    for what, bad in (("non-numeric", values.isna() & df[features].notna()), ("empty", df[features].isna())):
-        rows = bad.any(axis=1)
-        if rows.any():
-            i = int(np.flatnonzero(rows.to_numpy())[0])
-            col = bad.columns[bad.iloc[i].to_numpy()][0]
-            series = sorted(df.loc[rows, d.id_col].astype(str).unique())
-            value = f" {df[col].iloc[i]!r}" if what == "non-numeric" else ""
-            raise UserError(f"{path}: {what} value{value} in column {col!r} of series {df[d.id_col].iloc[i]!r} "
-                            f"(line {i + 2}; series {', '.join(series[:10])}{' ...' if len(series) > 10 else ''}); "
-                            "fill or drop these readings")
+    _require_readings(df, values, path, d.id_col)
     ids = df[d.id_col].astype(str)
     order = np.argsort(pd.factorize(ids)[0], kind="stable")
     if d.step_col:
         keys = pd.DataFrame({"id": pd.factorize(ids)[0], "step": pd.to_numeric(df[d.step_col], errors="coerce")})
         if keys["step"].isna().any():
-            raise UserError(f"{path}: non-numeric steps in column {d.step_col!r} (rows {_row_numbers(keys['step'].isna())})")
+            raise UserError(f"{path}: non-numeric or empty steps in column {d.step_col!r} "
+                            f"(rows {_row_numbers(keys['step'].isna())})")
+        twice = keys.duplicated(keep=False)
+        if twice.any():
+            first = np.flatnonzero(twice.to_numpy())[0]
+            raise UserError(f"{path}: series {short(ids.iloc[first])} has step {short(df[d.step_col].iloc[first])} "
+                            f"more than once (rows {_row_numbers(twice)}); each (series, step) is one row")
         order = keys.sort_values(["id", "step"], kind="stable").index.to_numpy()
     ids, array = ids.to_numpy()[order], values.to_numpy(np.float32)[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     return dict(zip(ids[starts], np.split(array, starts[1:]), strict=True)), features
+
+
+def _require_readings(df: pd.DataFrame, values: pd.DataFrame, path, id_col: str) -> None:
+    """Every reading a finite number: the first bad one named by line, column and series."""
+    raw = df[values.columns]
+    for what, bad in (("non-numeric", values.isna() & raw.notna()), ("empty", raw.isna()),
+                      ("infinite or too large", values.abs() > np.finfo(np.float32).max)):  # read as float32
+        rows = bad.any(axis=1)
+        if rows.any():
+            i = int(np.flatnonzero(rows.to_numpy())[0])
+            col = bad.columns[bad.iloc[i].to_numpy()][0]
+            series = sorted(df.loc[rows, id_col].astype(str).unique())
+            value = f" {short(raw[col].iloc[i])}" if what != "empty" else ""
+            raise UserError(f"{path}: {what} value{value} in column {col!r} of series {short(df[id_col].iloc[i])} "
+                            f"(line {i + 2}; series {', '.join(series[:10])}{' ...' if len(series) > 10 else ''}); "
+                            "fill or drop these readings, or leave the column out of data.feature_cols")
 
 
 def read_series_labels(cfg: Config, series: Iterable[str]) -> pd.DataFrame:
@@ -78,8 +99,8 @@ def read_series_labels(cfg: Config, series: Iterable[str]) -> pd.DataFrame:
     if missing.any():
         raise UserError(f"{path}: series {', '.join(labels.loc[missing, d.id_col].astype(str)[:10])} have no label in "
                         f"column {d.target_col!r} (rows {_row_numbers(missing)}); fill or drop them")
-    have = set(series)
-    unlabelled = [s for s in series if s not in set(labels[d.id_col].astype(str))]
+    have, labelled = set(series), set(labels[d.id_col].astype(str))
+    unlabelled = [s for s in series if s not in labelled]
     if unlabelled:
         raise UserError(f"{cfg.data_path('train_csv')}: series {', '.join(unlabelled[:10])} have no row in {path}; "
                         "add their labels or drop their readings")

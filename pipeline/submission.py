@@ -12,32 +12,46 @@ import pandas as pd
 
 from pipeline.boxes import Detections
 from pipeline.config import Config
+from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns, short
 from pipeline.errors import UserError
 
 
+def read_sample(cfg: Config) -> pd.DataFrame:
+    """sample_submission.csv: the id column, unique and non-empty; it fixes the rows, order and columns to submit."""
+    path = cfg.data_path("sample_submission")
+    sample = read_table(path, "sample_submission", cfg.data.id_col)
+    require_columns(sample, path, {"data.id_col": cfg.data.id_col})
+    _require_clean_ids(sample, path, cfg.data.id_col)
+    return sample
+
+
 def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, classes: list) -> pd.DataFrame:
-    """Rows in sample_submission order: the top class per id, or per-class probabilities when the
-    sample submission has one column per class."""
+    """Rows in sample_submission order: the top class per id (in the sample's own label column when it has one
+    besides the id), or per-class probabilities when the sample has one column per class."""
     id_col = cfg.data.id_col
     class_cols = [str(c) for c in classes]
-    probs = in_sample_order(test, sample, id_col)[class_cols]
+    probs = in_sample_order(test, sample, cfg)[class_cols]
     out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
     if set(class_cols) <= {str(c) for c in sample.columns}:
         for col in sample.columns[1:]:
-            out[col] = probs[str(col)].to_numpy()
+            if str(col) in probs:  # other columns are left for check_rows to name
+                out[col] = probs[str(col)].to_numpy()
     else:
-        out[cfg.data.target_col] = np.asarray(classes, dtype=object)[probs.to_numpy().argmax(axis=1)]
+        column = sample.columns[1] if len(sample.columns) == 2 and sample.columns[0] == id_col else cfg.data.target_col
+        out[column] = np.asarray(classes, dtype=object)[probs.to_numpy().argmax(axis=1)]
     return out
 
 
-def in_sample_order(test: pd.DataFrame, sample: pd.DataFrame, id_col: str) -> pd.DataFrame:
+def in_sample_order(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Prediction rows (indexed by id) in sample_submission's order; every sample id must have one."""
     by_id = test.set_index("id")
-    missing = pd.Index(sample[id_col]).difference(by_id.index)
-    if len(missing):
-        raise UserError(f"{len(missing)} ids of sample_submission have no prediction (e.g. {missing[0]!r}); "
-                        "does test.csv list the same ids? rerun `pipeline predict`")
-    return by_id.loc[sample[id_col]]
+    missing = ~sample[cfg.data.id_col].isin(by_id.index)
+    if missing.any():
+        first = short(sample.loc[missing, cfg.data.id_col].iloc[0])
+        raise UserError(f"{missing.sum()} ids of sample_submission have no prediction "
+                        f"({cfg.data_path('sample_submission')} rows {_row_numbers(missing)}; first {first}); "
+                        "sample_submission and test.csv must list the same ids: fix the files, then rerun `pipeline predict`")
+    return by_id.loc[sample[cfg.data.id_col]]
 
 
 def validate(sub: pd.DataFrame, sample: pd.DataFrame, classes: list, cfg: Config) -> None:
@@ -48,37 +62,60 @@ def validate(sub: pd.DataFrame, sample: pd.DataFrame, classes: list, cfg: Config
 
 def check_rows(sub: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> None:
     """Same columns, rows and ids in the same order as sample_submission: what every competition checks."""
-    where = "submission"
-    if list(sub.columns) != list(sample.columns):
-        raise UserError(f"{where} columns {list(sub.columns)} differ from sample_submission's {list(sample.columns)}")
+    where, sample_path = "submission", cfg.data_path("sample_submission")
+    check_columns(sub, sample, sample_path)
     if len(sub) != len(sample):
-        raise UserError(f"{where} has {len(sub)} rows, sample_submission {len(sample)}")
+        raise UserError(f"{where} has {len(sub)} rows, sample_submission {len(sample)} ({sample_path})")
     id_col = cfg.data.id_col
+    if id_col not in sample.columns:
+        raise UserError(f"{sample_path}: column {id_col!r} (config data.id_col) not found; "
+                        "set it with --set data.id_col=<column>")
     mismatch = np.flatnonzero(sub[id_col].astype(str).to_numpy() != sample[id_col].astype(str).to_numpy())
     if len(mismatch):
         i = mismatch[0]
         what = ("ids in a different order than" if set(sub[id_col]) == set(sample[id_col])
                 else "ids that are not in")
-        raise UserError(f"{where} has {what} sample_submission: row {i + 2} is {sub[id_col].iloc[i]!r}, "
-                        f"expected {sample[id_col].iloc[i]!r}")
+        raise UserError(f"{where} has {what} sample_submission: row {i + 2} is {short(sub[id_col].iloc[i])}, "
+                        f"expected {short(sample[id_col].iloc[i])} ({sample_path})")
+
+
+def check_columns(sub: pd.DataFrame, sample: pd.DataFrame, sample_path) -> None:
+    """The submission's columns are the sample's, in its order; a missing or extra one is named."""
+    if list(sub.columns) == list(sample.columns):
+        return
+    missing = [short(c) for c in sample.columns if c not in sub.columns]
+    extra = [short(c) for c in sub.columns if c not in sample.columns]
+    problems = ([f"missing column {', '.join(missing)}"] if missing else []) + \
+               ([f"extra column {', '.join(extra)}"] if extra else [])
+    raise UserError(f"submission columns {list(sub.columns)} differ from sample_submission's {list(sample.columns)} "
+                    f"({sample_path}): {'; '.join(problems) or 'same columns, another order'}; a label submission has "
+                    "the id and one label column, a probability one the id and one column per class train.csv uses")
 
 
 def check_labels(sub: pd.DataFrame, classes: list, cfg: Config) -> None:
-    """No empty cells; labels that train.csv uses, or probabilities in [0, 1]."""
+    """No empty cells; labels that train.csv uses, or probabilities in [0, 1] (one column per class)."""
     where = "submission"
-    nan = sub.isna().any(axis=1).to_numpy()
-    if nan.any():
-        raise UserError(f"{where} has empty values in {nan.sum()} rows (first: row {np.flatnonzero(nan)[0] + 2})")
-    target = cfg.data.target_col
-    if target in sub.columns and target != cfg.data.id_col:
-        unknown = ~sub[target].astype(str).isin({str(c) for c in classes})
+    nan = sub.isna()
+    if nan.any().any():
+        rows = nan.any(axis=1)
+        raise UserError(f"{where} has empty values in {rows.sum()} rows (first: row {np.flatnonzero(rows)[0] + 2}) "
+                        f"in column {short(nan.columns[nan.any()][0])}")
+    known = {str(c) for c in classes}
+    values = sub[[c for c in sub.columns if c != cfg.data.id_col]]
+    if len(values.columns) and {str(c) for c in values.columns} <= known:  # one probability column per class
+        numbers = values.apply(pd.to_numeric, errors="coerce")
+        bad = numbers.isna() | (numbers < 0) | (numbers > 1)
+        if bad.any().any():
+            i, col = int(np.flatnonzero(bad.any(axis=1))[0]), bad.columns[bad.any()][0]
+            raise UserError(f"{where} row {i + 2}, column {short(col)}: {short(values[col].iloc[i])} is not a "
+                            "probability in [0, 1]")
+        return
+    for col in values.columns:
+        unknown = ~values[col].astype(str).isin(known)
         if unknown.any():
-            i = np.flatnonzero(unknown.to_numpy())[0]
-            raise UserError(f"{where} row {i + 2} has label {sub[target].iloc[i]!r}, which train.csv never uses")
-    else:
-        values = sub.iloc[:, 1:].to_numpy(dtype=np.float64)
-        if ((values < 0) | (values > 1)).any():
-            raise UserError(f"{where} has probabilities outside [0, 1]")
+            i = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise UserError(f"{where} row {i + 2} has label {short(values[col].iloc[i])}, which train.csv never uses "
+                            f"(column {short(col)})")
 
 
 def box_fields(template: str) -> list[str]:

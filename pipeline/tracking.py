@@ -11,6 +11,7 @@ import logging
 import netrc
 import os
 import socket
+import threading
 from typing import Any
 from urllib.parse import urlparse
 
@@ -41,19 +42,20 @@ class WandbTracker:
         self.run_id = run.id
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        self._safely(self.run.log, metrics, step=step)
+        self._safely(lambda run: run.log(metrics, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
-        self._safely(self.run.summary.update, values)
+        self._safely(lambda run: run.summary.update(values))
 
     def finish(self) -> None:
-        self._safely(self.run.finish)
+        self._safely(lambda run: run.finish())
 
-    def _safely(self, fn, *args, **kwargs) -> None:
+    def _safely(self, call) -> None:
+        """call(run), unless an earlier call failed; the first failure is logged and ends tracking."""
         if self.run is None:
             return
         try:
-            fn(*args, **kwargs)
+            call(self.run)
         except Exception as e:  # tracking must never end a training run
             log.warning("W&B call failed (%s: %s); continuing without W&B", type(e).__name__, e)
             self.run = None
@@ -78,11 +80,24 @@ def _has_key(host: str) -> bool:
 
 
 def _reachable(host: str) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
-        return True
-    except OSError:
-        return False
+    """Can we open a TCP connection to host:443 within PROBE_SECONDS, name lookup included?
+
+    The connect timeout does not cover DNS, which can hang for tens of seconds on a machine without
+    network, so the probe runs in a daemon thread that is simply abandoned at the deadline.
+    """
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    return bool(answer and answer[0])
 
 
 def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = None):

@@ -33,8 +33,9 @@ def assert_same_fold(run_a, run_b, k: int = 0) -> None:
                                   pd.read_parquet(run_b / f"fold{k}/oof.parquet"))
 
 
-def test_fold_killed_mid_training_resumes_to_the_uninterrupted_weights(competition, make_config):
-    sections = {"train": {"epochs": 3, "patience": 0}, "augment": AUGMENTED}
+@pytest.mark.parametrize("workers", [0, 2])  # 2: persistent loader processes, seeded the same after a resume
+def test_fold_killed_mid_training_resumes_to_the_uninterrupted_weights(competition, make_config, workers):
+    sections = {"train": {"epochs": 3, "patience": 0, "num_workers": workers}, "augment": AUGMENTED}
     _, whole = make_config(competition, name="whole", **sections)
     prepare.run(whole)
     train.run(whole, fold=0)
@@ -117,8 +118,9 @@ def nan_after(monkeypatch, calls: int, times: int = 10**9) -> None:
 
 
 def test_nan_loss_stops_the_fold_naming_epoch_and_step_and_keeps_the_good_checkpoints(competition, make_config, monkeypatch):
-    from pipeline.cli import app
     from typer.testing import CliRunner
+
+    from pipeline.cli import app
 
     path, cfg = make_config(competition, train={"epochs": 3, "ema": False})
     prepare.run(cfg)
@@ -155,3 +157,86 @@ def test_nan_rollback_gives_up_after_max_rollbacks(competition, make_config, mon
     with pytest.raises(Diverged, match="epoch 1, step 1;.* Gave up after 2 rollbacks"):  # step 3, then 1 and 1
         train.run(cfg, fold=0)
     assert not (cfg.run_dir / "fold0/last.pt").exists() and not (cfg.run_dir / "fold0/best.pt").exists()
+
+
+def test_a_prediction_file_from_an_interrupted_run_is_refused_not_submitted(competition, make_config):
+    """Each file is replaced atomically; a kill between test.parquet and scores.json pairs files of two runs."""
+    from pipeline.errors import UserError
+    from pipeline.files import new_stamp, write_parquet
+
+    _, cfg = make_config(competition, train={"epochs": 1}, cv={"folds": 2})
+    prepare.run(cfg)
+    train.run(cfg)
+    predict.run(cfg)
+    submit.run(cfg.name, runs_dir=cfg.runs_dir)  # a consistent run submits
+    test = cfg.run_dir / "test.parquet"
+    write_parquet(test, pd.read_parquet(test), new_stamp())  # a later predict, killed before its scores.json
+    with pytest.raises(UserError, match="test.parquet is not the file .*scores.json describes.*rerun it"):
+        submit.run(cfg.name, runs_dir=cfg.runs_dir)
+    predict.run(cfg)  # rerunning the command heals it
+    submit.run(cfg.name, runs_dir=cfg.runs_dir)
+
+
+@pytest.mark.slow
+def test_predict_and_ensemble_killed_at_any_moment_finish_on_rerun(competition, make_config):
+    """SIGKILL `pipeline predict` and `pipeline ensemble` at spread-out moments; whatever is on disk stays
+    readable, submit never takes a mismatched pair, and rerunning gives the uninterrupted outputs."""
+    from pipeline.errors import UserError
+    from pipeline.stages import ensemble
+
+    names = []
+    for name in ("a", "b"):
+        path, cfg = make_config(competition, name=name, train={"epochs": 1}, cv={"folds": 2})
+        prepare.run(cfg)
+        train.run(cfg)
+        names.append((path, cfg))
+    (path_a, a), (_, b) = names
+    predict.run(b)
+    predict.run(a)
+    reference = {n: pd.read_parquet(a.run_dir / n) for n in ("oof.parquet", "test.parquet")}
+    ensemble.run([a.name, b.name], method="weighted", name="blend", runs_dir=a.runs_dir)
+    blended = pd.read_parquet(a.runs_dir + "/blend/test.parquet")
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    commands = {
+        "predict": ["predict", "--config", str(path_a)],
+        "ensemble": ["ensemble", a.name, b.name, "--method", "weighted", "--name", "blend", "--runs-dir", a.runs_dir],
+    }
+    for stage, args in commands.items():
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-m", "pipeline", *args], env=env, check=True, capture_output=True)
+        whole = time.monotonic() - started
+        for share in (0.5, 0.7, 0.85, 0.95):
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(whole * share)
+            proc.kill()
+            proc.wait()
+            run = a.run_dir if stage == "predict" else a.runs_dir + "/blend"
+            for p in pd.io.common.Path(run).rglob("*.parquet"):
+                pd.read_parquet(p)  # every file on disk is whole
+            try:
+                submit.run(str(run), runs_dir=a.runs_dir, out=str(a.run_dir.parent / f"{stage}-{share}.csv"))
+            except UserError as e:  # a detected mismatch is fine; a wrong submission is not
+                assert "is not the file" in str(e)
+    predict.run(a)
+    for n, frame in reference.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(a.run_dir / n), frame)
+    ensemble.run([a.name, b.name], method="weighted", name="blend", runs_dir=a.runs_dir)
+    pd.testing.assert_frame_equal(pd.read_parquet(a.runs_dir + "/blend/test.parquet"), blended)
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels(competition, make_config):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    path, cfg = make_config(competition, train={"epochs": 1})
+    prepare.run(cfg)
+    try:
+        result = CliRunner().invoke(app, ["train", "--config", str(path), "--fold", "0", "--deterministic"])
+        assert result.exit_code == 0, result.output
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert "deterministic: true" in (cfg.run_dir / "config.yaml").read_text()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False

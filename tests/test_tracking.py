@@ -40,3 +40,27 @@ def test_offline_wandb_run_per_fold_resumes_its_id(competition, make_config, mon
     run_id = checkpoint.load(cfg.run_dir / "fold0/last.pt")["wandb_id"]
     assert runs[0].name.endswith(run_id)
     assert len(pd.read_csv(cfg.run_dir / "fold0/metrics.csv")) == 1
+
+
+def test_auto_does_not_wait_for_a_name_lookup_that_hangs(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(tracking.socket, "create_connection", lambda *a, **k: time.sleep(60))  # DNS that never answers
+    started = time.perf_counter()
+    assert tracking.resolve_mode("auto") == "offline"
+    assert time.perf_counter() - started < tracking.PROBE_SECONDS + 1
+
+
+def test_a_wandb_failure_mid_run_is_logged_and_tracking_stops(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    from pipeline.config import Config
+
+    cfg = Config(name="broken", runs_dir=str(tmp_path))
+    cfg.tracking.wandb = "offline"
+    tracker = tracking.build_tracker(cfg, "fold0", "train")
+    assert isinstance(tracker, tracking.WandbTracker)
+    tracker.run.finish()  # the run is gone: W&B raises on the next call
+    tracker.log({"loss": 1.0}, step=1)
+    tracker.summary({"score": 0.5})
+    tracker.finish()
+    assert "W&B call failed" in caplog.text and tracker.run is None

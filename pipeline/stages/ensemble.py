@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config, dump_yaml, load_config
 from pipeline.errors import UserError
-from pipeline.files import write_json, write_parquet, write_text
+from pipeline.files import atomic_path, check_stamps, new_stamp, write_json, write_parquet, write_text
 from pipeline.provenance import collect_meta
 from pipeline.stages.predict import score_frame
 from pipeline.tasks import build_task
@@ -49,6 +49,7 @@ def load_member(ref: str, runs_dir: str) -> Member:
             raise UserError(f"ensemble member {ref}: {run / name} missing; run `pipeline predict` for it first")
     cfg = load_config(run / "config.yaml")
     scores = json.loads((run / "scores.json").read_text())
+    check_stamps(run / "scores.json", scores, [run / "oof.parquet", run / "test.parquet"])
     outputs = [c for c in pq.read_schema(run / "test.parquet").names if c != "id"]
     key_columns = [c for c in pq.read_schema(run / "oof.parquet").names if c not in outputs]  # id, target, fold, truths
     keys = pd.read_parquet(run / "oof.parquet", columns=key_columns).sort_values("id", ignore_index=True)
@@ -123,17 +124,19 @@ def write_ensemble(base: Member, members, name, method, oof, test, blend, metric
     cfg = load_config(base.run / "config.yaml", [f"name={name}"])
     run = cfg.run_dir
     run.mkdir(parents=True, exist_ok=True)
+    write_text(run / "config.yaml", dump_yaml(cfg))
+    write_json(run / "meta.json", {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})
     for f in ("folds.csv", "folds.json"):
-        shutil.copyfile(base.run / f, run / f)
-    write_parquet(run / "oof.parquet", oof)
-    write_parquet(run / "test.parquet", test)
+        with atomic_path(run / f) as tmp:
+            shutil.copyfile(base.run / f, tmp)
+    stamp = new_stamp()
+    write_parquet(run / "oof.parquet", oof, stamp)
+    write_parquet(run / "test.parquet", test, stamp)
     scores = {"metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
               "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
-              "rows": len(oof), **blend.params}
+              "rows": len(oof), **blend.params, "stamp": stamp}
     write_json(run / "members.json", [{"name": m.name, "run": str(m.run), "cv": m.cv} for m in members])
     write_json(run / "weights.json", {"method": method, **blend.params, "weights": None if blend.weights is None else
                                       {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)}})
-    write_json(run / "scores.json", scores)
-    write_text(run / "config.yaml", dump_yaml(cfg))
-    write_json(run / "meta.json", {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})
+    write_json(run / "scores.json", scores)  # last: what it describes is on disk
     return scores

@@ -17,7 +17,7 @@ from pipeline.averaging import averaged_weights
 from pipeline.config import Config
 from pipeline.data import build_loader
 from pipeline.errors import UserError
-from pipeline.files import write_json, write_parquet
+from pipeline.files import new_stamp, write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import pick_device, predict, resolve_precision
 from pipeline.stages.train import parse_folds
@@ -110,9 +110,10 @@ def combine_folds(cfg: Config) -> dict:
         "weights": cfg.predict.weights,
         "rows": len(oof),
     }
-    write_parquet(run / "oof.parquet", oof)
-    write_parquet(run / "test.parquet", test)
-    write_json(run / "scores.json", scores)
+    scores["stamp"] = stamp = new_stamp()
+    write_parquet(run / "oof.parquet", oof, stamp)
+    write_parquet(run / "test.parquet", test, stamp)
+    write_json(run / "scores.json", scores)  # last: what it describes is on disk
     if len(done) < cfg.cv.folds:
         log.warning("CV covers folds %s only (%d of %d rows)", done, len(oof), len(folds.table))
     log.info("CV %s %.4f ± %.4f over %d folds (%.4f without TTA) -> %s", cfg.train.metric, scores["cv"],

@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config, load_config
-from pipeline.data import read_table
 from pipeline.errors import UserError
-from pipeline.files import write_csv
-from pipeline.submission import check_rows, decode, validate  # noqa: F401  (decode, validate: the API tests use)
+from pipeline.files import check_stamps, write_csv
+from pipeline.submission import check_rows, decode, read_sample, validate  # noqa: F401  (decode, validate: the API tests use)
 from pipeline.tasks import build_task
 from pipeline.tracking import build_tracker
 
@@ -44,7 +43,8 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
             raise UserError(f"{run_dir / name} missing; run `pipeline predict` (or `pipeline ensemble`) first")
     classes = json.loads((run_dir / "folds.json").read_text())["classes"]
     scores = json.loads((run_dir / "scores.json").read_text())
-    sample = read_table(cfg.data_path("sample_submission"), "sample_submission", cfg.data.id_col)
+    check_stamps(run_dir / "scores.json", scores, [run_dir / "test.parquet"])
+    sample = read_sample(cfg)
     task = build_task(cfg, classes)
     sub = task.submission(pd.read_parquet(run_dir / "test.parquet"), sample)
     check_rows(sub, sample, cfg)

@@ -14,7 +14,16 @@ from torch import nn
 
 from pipeline.cache import cached_images, cached_side
 from pipeline.config import Config
-from pipeline.data import ImageDataset, ImageFiles, check_images, image_paths, read_test, read_train
+from pipeline.data import (
+    ImageDataset,
+    ImageFiles,
+    check_images,
+    check_test_labels,
+    image_paths,
+    read_test,
+    read_train,
+)
+from pipeline.duplicates import file_hashes
 from pipeline.ensemble import Blend, blend_probabilities
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS, logloss
@@ -34,6 +43,15 @@ def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
     every = image_paths(cfg, pd.concat([read_train(cfg)[cfg.data.id_col], read_test(cfg)[cfg.data.id_col]]))
     side = cached_side(cfg.image.size, cfg.image.cache_margin)
     return cached_images(paths, every, side, Path(cfg.runs_dir) / "cache")
+
+
+def read_test_images(cfg: Config, check: bool = False) -> pd.DataFrame:
+    """test.csv, one row per image; check=True decodes every image (prepare does)."""
+    test = read_test(cfg)
+    paths = image_paths(cfg, test[cfg.data.id_col])
+    if check and cfg.data.check_images:
+        check_images(paths, cfg.data_path("test_csv"))
+    return test
 
 
 class ClassificationTask:
@@ -60,19 +78,26 @@ class ClassificationTask:
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
         """train.csv (one row per image) and its sorted labels, after checking every image decodes."""
         train = read_train(cfg)
+        paths = image_paths(cfg, train[cfg.data.id_col])  # refuses ids that leave data.root, even unchecked
         if cfg.data.check_images:
-            check_images(image_paths(cfg, train[cfg.data.id_col]), cfg.data_path("train_csv"))
+            check_images(paths, cfg.data_path("train_csv"))
         if cfg.data.cache:
             build_images(cfg, [])  # decode every train and test image into the cache now, not in fold 0's epoch 1
         return train, sorted(train[cfg.data.target_col].unique().tolist())
 
     @staticmethod
     def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
-        """test.csv, one row per image; check=True decodes every image (prepare does)."""
-        test = read_test(cfg)
-        if check and cfg.data.check_images:
-            check_images(image_paths(cfg, test[cfg.data.id_col]), cfg.data_path("test_csv"))
+        """test.csv (read_test_images); a label column in it (a labelled hold-out) may only hold train's labels."""
+        test = read_test_images(cfg, check)
+        target = cfg.data.target_col
+        if target in test.columns:
+            check_test_labels(test, cfg.data_path("test_csv"), target, read_train(cfg)[target].unique())
         return test
+
+    @staticmethod
+    def fingerprints(cfg: Config, table: pd.DataFrame) -> list[str] | None:
+        """A content hash per row (its image file's bytes), for duplicate detection at prepare."""
+        return file_hashes(image_paths(cfg, table[cfg.data.id_col]))
 
     def fit_fold(self, train_rows: pd.DataFrame) -> dict:
         """Preprocessing fitted on a fold's training rows, saved as fold{k}/preprocess.json: none for images."""

@@ -23,14 +23,22 @@ from torch.utils.data import Dataset
 
 from pipeline.boxes import Detections, check_box_views, fuse, mean_average_precision, to_xyxy, unview_boxes
 from pipeline.config import Config
-from pipeline.data import _row_numbers, check_images, image_paths, load_image, read_table, require_columns
+from pipeline.data import (
+    _require_clean_ids,
+    _row_numbers,
+    check_images,
+    image_paths,
+    load_image,
+    read_table,
+    require_columns,
+)
 from pipeline.detectors import build_detector
 from pipeline.ensemble import Blend
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
 from pipeline.seeding import seed_transform, unpack
 from pipeline.submission import check_boxes, decode_boxes, in_sample_order
-from pipeline.tasks.classification import ClassificationTask
+from pipeline.tasks.classification import ClassificationTask, read_test_images
 from pipeline.tta import View, build_views, stack_views
 
 EDGE_TOLERANCE = 2.0  # pixels a box may stick out of its image (annotation tools round outwards); clipped
@@ -48,6 +56,7 @@ def read_box_table(cfg: Config) -> pd.DataFrame:
                                **{f"data.box_cols[{i}]": c for i, c in enumerate(d.box_cols)}})
     if len(d.box_cols) != 4:
         raise UserError(f"data.box_cols needs four columns in {d.box_format} order, got {d.box_cols}")
+    _require_clean_ids(df, path, d.id_col, unique=False)  # one row per box: ids repeat
     raw = df[d.box_cols].apply(pd.to_numeric, errors="coerce")
     text = df[d.box_cols].notna() & raw.isna()
     if text.any().any():
@@ -210,7 +219,8 @@ class DetectionTask:
             samples[cfg.data.group_col] = table.groupby("id", sort=False)["group"].first().to_numpy()
         return samples.reset_index(drop=True), classes
 
-    test_table = staticmethod(ClassificationTask.test_table)  # test.csv: one row per image
+    test_table = staticmethod(read_test_images)  # test.csv: one row per image; other columns (a class too) ignored
+    fingerprints = staticmethod(ClassificationTask.fingerprints)  # image file hashes
 
     def fit_fold(self, train_rows: pd.DataFrame) -> dict:
         return {}
@@ -343,7 +353,7 @@ class DetectionTask:
         if len(sample.columns) != 2:
             raise UserError(f"sample_submission has columns {list(sample.columns)}; detection expects an id and "
                             "one prediction-string column")
-        rows = in_sample_order(test, sample, self.cfg.data.id_col).reset_index()
+        rows = in_sample_order(test, sample, self.cfg).reset_index()
         return decode_boxes(self.read_outputs(rows), rows["id"], self.cfg, self.classes, sample.columns[1])
 
     def check_submission(self, sub: pd.DataFrame) -> None:

@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.config import Config
+from pipeline.data import check_test_labels
+from pipeline.duplicates import text_hashes
 from pipeline.errors import UserError
 from pipeline.metrics import METRICS
 from pipeline.seeding import sample_generator, unpack
@@ -115,10 +117,19 @@ class SequenceTask(ClassificationTask):
         return samples, sorted(samples[cfg.data.target_col].unique().tolist())
 
     @staticmethod
+    def fingerprints(cfg: Config, table: pd.DataFrame) -> list[str] | None:
+        """Texts are hashed for duplicate detection; series are not (yet): None."""
+        return text_hashes(table[cfg.data.text_col]) if cfg.data.text_col in table else None
+
+    @staticmethod
     def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
-        """Test ids (one row per series or text); reading checks every value."""
+        """Test ids (one row per series or text); reading checks every value (and test labels, if any)."""
         if cfg.data.text_col:
-            return read_texts(cfg, "test_csv", labelled=False)
+            test, target = read_texts(cfg, "test_csv", labelled=False), cfg.data.target_col
+            if target in test.columns:
+                train_labels = read_texts(cfg, "train_csv", labelled=True)[target].unique()
+                check_test_labels(test, cfg.data_path("test_csv"), target, train_labels)
+            return test
         series, _ = read_series(cfg, "test_csv")
         return pd.DataFrame({cfg.data.id_col: list(series)})
 
