@@ -18,7 +18,7 @@ GPUS ?= 1
 BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/bench.yaml,configs/bench-demo.yaml)
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
+.PHONY: setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+fuzz: setup  # fresh random CSVs for every reader (make test replays a fixed set)
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 lint: setup
 	$(BIN)/ruff check pipeline tests
