@@ -180,3 +180,41 @@ def bench(
     except ValueError:
         raise UserError("--batch-sizes is a comma list of integers, --ensemble is MEMBERSxROWSxCLASSES") from None
     stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape)
+
+
+@app.command()
+@user_errors
+def runs(
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+    submissions_dir: str = typer.Option("submissions", "--submissions-dir", help="where submit wrote log.csv"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON for scripts"),
+) -> None:
+    """Every experiment, best CV first: model, image size, folds done, TTA, CV ± std, public LB, submission.
+
+    Example: pipeline runs      pipeline runs --json | jq '.[0].exp'
+    """
+    from pipeline import leaderboard
+
+    table = leaderboard.experiments(runs_dir, submissions_dir)
+    if as_json:
+        typer.echo(table.astype(object).where(table.notna(), None).to_json(orient="records", indent=2))
+    else:
+        typer.echo(leaderboard.render(table))
+
+
+@app.command()
+@user_errors
+def report(
+    exp: str = typer.Argument(..., help="experiment name under --runs-dir, or a run directory"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+    screenshot: bool = typer.Option(False, "--screenshot", help="also render the page to report.png (needs pymupdf)"),
+) -> None:
+    """An HTML page of one experiment: learning curves, OOF confusion matrix and per-class scores, the
+    highest-loss OOF images, CV vs public LB -> runs/<exp>/report.html (PNGs in runs/<exp>/report/).
+
+    Example: pipeline report leaves-effnet-lite0 --screenshot
+    """
+    from pipeline import report as stage
+
+    path = stage.run(exp, runs_dir, screenshot=screenshot)
+    typer.echo(str(path))

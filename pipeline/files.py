@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
+UMASK = os.umask(0o022)  # reading the umask means setting it: put it straight back
+os.umask(UMASK)
 STAMP_KEY = b"pipeline.stamp"
 
 
@@ -30,6 +32,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private (0600); give it the mode open() would have
     try:
         yield Path(tmp)
         os.replace(tmp, path)

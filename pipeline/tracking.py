@@ -32,6 +32,9 @@ class NullTracker:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
+    def media(self, images: dict[str, Any], tables: dict[str, Any]) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -46,6 +49,13 @@ class WandbTracker:
 
     def summary(self, values: dict[str, Any]) -> None:
         self._safely(lambda run: run.summary.update(values))
+
+    def media(self, images: dict[str, Any], tables: dict[str, Any]) -> None:
+        """PNG files as W&B images and DataFrames as W&B tables, under the given keys."""
+        import wandb
+
+        self._safely(lambda run: run.log({**{k: wandb.Image(str(p)) for k, p in images.items()},
+                                          **{k: wandb.Table(dataframe=t) for k, t in tables.items()}}))
 
     def finish(self) -> None:
         self._safely(lambda run: run.finish())

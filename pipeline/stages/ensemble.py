@@ -25,6 +25,7 @@ from pipeline.files import atomic_path, check_stamps, new_stamp, write_json, wri
 from pipeline.provenance import collect_meta
 from pipeline.stages.predict import score_frame
 from pipeline.tasks import build_task
+from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 METHODS = ("mean", "weighted", "rank", "geometric", "stack", "wbf")  # wbf: detection, = weighted
@@ -139,4 +140,7 @@ def write_ensemble(base: Member, members, name, method, oof, test, blend, metric
     write_json(run / "weights.json", {"method": method, **blend.params, "weights": None if blend.weights is None else
                                       {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)}})
     write_json(run / "scores.json", scores)  # last: what it describes is on disk
+    tracker = build_tracker(cfg, "ensemble", "ensemble")
+    tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
+    tracker.finish()
     return scores

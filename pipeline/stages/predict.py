@@ -22,6 +22,7 @@ from pipeline.folds import Folds, load_folds
 from pipeline.loop import pick_device, predict, resolve_precision
 from pipeline.stages.train import parse_folds
 from pipeline.tasks import TASKS, build_task
+from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ def combine_folds(cfg: Config) -> dict:
     write_parquet(run / "oof.parquet", oof, stamp)
     write_parquet(run / "test.parquet", test, stamp)
     write_json(run / "scores.json", scores)  # last: what it describes is on disk
+    tracker = build_tracker(cfg, "predict", "predict")
+    tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
+    tracker.finish()
     if len(done) < cfg.cv.folds:
         log.warning("CV covers folds %s only (%d of %d rows)", done, len(oof), len(folds.table))
     log.info("CV %s %.4f ± %.4f over %d folds (%.4f without TTA) -> %s", cfg.train.metric, scores["cv"],

@@ -1,0 +1,229 @@
+"""One experiment as a self-contained HTML page: `pipeline report EXP` -> runs/<exp>/report.html.
+
+Learning curves per fold, the OOF confusion matrix and per-class scores, the highest-loss OOF images, and
+CV against the public LB of every submission. The PNGs are also written to runs/<exp>/report/; the page
+embeds them, so it can be mailed or uploaded as one file. --screenshot renders the page to report.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from pipeline import plots
+from pipeline.config import Config
+from pipeline.data import image_paths, load_image
+from pipeline.errors import UserError
+from pipeline.files import write_text
+from pipeline.stages.submit import load_run
+from pipeline.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+GRID = 18  # highest-loss OOF samples shown
+LISTED = 15  # rows of the per-class and confused-pairs tables
+
+
+@dataclass
+class Section:
+    title: str
+    body: str = ""  # HTML; figures go between the title and the body
+    figures: list[Path] = field(default_factory=list)
+
+
+def run(exp: str, runs_dir: str = "runs", screenshot: bool = False) -> Path:
+    """Write runs/<exp>/report.html (and report.png with screenshot=True); return the page's path."""
+    cfg = load_run(exp, runs_dir)
+    run_dir, out = cfg.run_dir, cfg.run_dir / "report"
+    scores = _json(run_dir / "scores.json")
+    sections = [summary(cfg, scores), learning_section(cfg, out)]
+    oof = read_oof(run_dir)
+    if oof is not None and cfg.task != "detection":
+        classes = [str(c) for c in _json(run_dir / "folds.json")["classes"]]
+        sections += oof_sections(cfg, oof, classes, out)
+    sections.append(leaderboard_section(cfg, scores, out))
+    page = render(cfg.name, sections, embed=True)
+    write_text(run_dir / "report.html", page)
+    track(cfg, scores, sections)
+    log.info("report -> %s (%d figures in %s)", run_dir / "report.html", sum(len(s.figures) for s in sections), out)
+    if screenshot:
+        write_screenshot(render(cfg.name, sections, embed=False), run_dir, run_dir / "report.png")
+        log.info("screenshot -> %s", run_dir / "report.png")
+    return run_dir / "report.html"
+
+
+def track(cfg: Config, scores: dict, sections: list[Section]) -> None:
+    """The report's figures and the submissions log as one W&B run (job type `report`) in the experiment's group;
+    its summary holds cv and public_lb, the two columns a dashboard sorts experiments by."""
+    log_path = Path(cfg.submissions_dir) / "log.csv"
+    subs = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame(columns=["exp", "cv", "public_lb"])
+    mine = subs[subs["exp"] == cfg.name].dropna(subset=["public_lb"])
+    tracker = build_tracker(cfg, "report", "report")
+    tracker.summary({"cv": scores.get("cv"), "cv_std": scores.get("cv_std"), "metric": scores.get("metric"),
+                     "public_lb": float(mine["public_lb"].iloc[-1]) if len(mine) else None})
+    tracker.media({f"report/{f.stem}": f for s in sections for f in s.figures}, {"submissions": subs.astype(str)})
+    tracker.finish()
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_oof(run_dir: Path) -> pd.DataFrame | None:
+    """The predicted OOF (runs/<exp>/oof.parquet), else what training wrote per fold, else None."""
+    if (run_dir / "oof.parquet").is_file():
+        return pd.read_parquet(run_dir / "oof.parquet")
+    parts = sorted(run_dir.glob("fold*/oof.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
+
+
+def summary(cfg: Config, scores: dict) -> Section:
+    meta = _json(cfg.run_dir / "meta.json")
+    cv = scores.get("cv")
+    facts = {
+        "task": cfg.task, "model": cfg.model.name, "image size": cfg.image.size if cfg.task != "sequence" else "-",
+        "folds": cfg.cv.folds, "epochs": cfg.train.epochs, "TTA": scores.get("tta", "-"),
+        "weights": scores.get("weights", scores.get("method", "-")),
+        f"CV {scores.get('metric', cfg.train.metric)}": "-" if cv is None else f"{cv:.4f} ± {scores.get('cv_std', 0):.4f}",
+        "CV without TTA": f"{scores['cv_no_tta']:.4f}" if "cv_no_tta" in scores else "-",
+        "per fold": ", ".join(f"{k}: {v:.4f}" for k, v in scores.get("folds", {}).items()) or "-",
+        "git": (meta.get("git") or {}).get("sha") or "-",
+    }
+    return Section("Summary", table(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]})))
+
+
+def learning_section(cfg: Config, out: Path) -> Section:
+    metrics = {int(p.parent.name.removeprefix("fold")): pd.read_csv(p)
+               for p in sorted(cfg.run_dir.glob("fold*/metrics.csv"))}
+    if not metrics:
+        return Section("Learning curves", "<p>No fold has trained yet.</p>")
+    figure = plots.learning_curves(metrics, cfg.train.metric, out / "learning_curves.png")
+    best = pd.DataFrame([{"fold": k, "epochs": len(m), "best valid score": m["valid/score"].max()
+                          if "valid_ema/score" not in m else max(m["valid/score"].max(), m["valid_ema/score"].max()),
+                          "last train loss": m["train/loss"].iloc[-1]} for k, m in sorted(metrics.items())])
+    return Section("Learning curves", table(best.round(4)), [figure])
+
+
+def oof_sections(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) -> list[Section]:
+    """Confusion matrix + per-class scores; and, for images, the OOF samples the model got most wrong."""
+    probs = oof[classes].to_numpy(dtype=np.float64)
+    index = {c: i for i, c in enumerate(classes)}
+    truth = oof["target"].astype(str).map(index).to_numpy()
+    pred = probs.argmax(axis=1)
+    matrix = confusion_matrix(truth, pred, labels=range(len(classes)))
+    per_class = per_class_scores(truth, pred, classes)
+    body = (f"<p>{len(oof)} OOF rows, accuracy {(pred == truth).mean():.4f}. Worst classes by F1:</p>"
+            + table(per_class.head(LISTED)) + "<p>Most confused pairs (true → predicted):</p>"
+            + table(confused_pairs(matrix, classes).head(LISTED)))
+    sections = [Section("Out-of-fold predictions", body, [plots.confusion(matrix, classes, out / "confusion.png")])]
+    if cfg.task == "classification":
+        sections.append(hardest_images(cfg, oof, probs, truth, classes, out))
+    return sections
+
+
+def per_class_scores(truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, worst F1 first."""
+    p, r, f1, n = precision_recall_fscore_support(truth, pred, labels=range(len(classes)), zero_division=0)
+    frame = pd.DataFrame({"class": classes, "precision": p, "recall": r, "f1": f1, "support": n})
+    return frame.sort_values(["f1", "support"], ascending=[True, False]).round(4).reset_index(drop=True)
+
+
+def confused_pairs(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """Off-diagonal cells of the confusion matrix, most frequent first."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    i, j = np.nonzero(off)
+    frame = pd.DataFrame({"true": np.asarray(classes)[i], "predicted": np.asarray(classes)[j], "count": off[i, j],
+                          "share of true class": (off[i, j] / matrix.sum(axis=1)[i]).round(4)})
+    return frame.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def hardest_images(cfg: Config, oof: pd.DataFrame, probs: np.ndarray, truth: np.ndarray, classes: list[str],
+                   out: Path) -> Section:
+    """The OOF images with the highest log-loss: label noise and look-alike classes show up here first."""
+    loss = -np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-15, 1))
+    worst = np.argsort(-loss, kind="stable")[:GRID]
+    paths = image_paths(cfg, oof["id"].iloc[worst])
+    images = [_thumbnail(load_image(p)) for p in paths]
+    titles = [f"{_short(str(oof['id'].iloc[i]))}\ntrue {_short(classes[truth[i]])}\n"
+              f"pred {_short(classes[probs[i].argmax()])} {probs[i].max():.2f}" for i in worst]
+    figure = plots.image_grid(images, titles, out / "highest_loss.png")
+    return Section("Highest-loss OOF images", f"<p>The {len(worst)} OOF images with the highest log-loss, worst first "
+                   "(the predicted class with its probability).</p>", [figure])
+
+
+def _thumbnail(image: np.ndarray, side: int = 160) -> np.ndarray:
+    scale = side / max(image.shape[:2])
+    return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+
+
+def _short(text: str, n: int = 22) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def leaderboard_section(cfg: Config, scores: dict, out: Path) -> Section:
+    """Every logged submission; with public LB scores, CV against LB (a gap that grows means CV overfits)."""
+    path = Path(cfg.submissions_dir) / "log.csv"
+    if not path.is_file():
+        return Section("CV vs public LB", f"<p>No submissions yet ({html.escape(str(path))}).</p>")
+    log_table = pd.read_csv(path)
+    scored = log_table.dropna(subset=["public_lb", "cv"])
+    scored = scored[scored["metric"] == scores.get("metric", cfg.train.metric)]  # one metric per axis
+    figures = [plots.cv_vs_lb(scored, cfg.name, scores.get("metric", cfg.train.metric), out / "cv_vs_lb.png")] \
+        if len(scored) else []
+    shown = log_table[["created", "exp", "cv", "public_lb", "message", "file"]].tail(LISTED)
+    note = "" if figures else "<p>No public LB recorded yet: <code>pipeline submit EXP --lb SCORE</code>.</p>"
+    return Section("CV vs public LB", note + table(shown.round(5)), figures)
+
+
+def table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, classes="t", na_rep="-", escape=True)
+
+
+def _src(path: Path, embed: bool) -> str:
+    if embed:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return f"report/{path.name}"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222}
+h1{font-size:24px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}
+table.t{border-collapse:collapse;font-size:13px;margin:6px 0}table.t td,table.t th{border:1px solid #ddd;
+padding:3px 8px;text-align:left}table.t th{background:#f3f3f3}img{max-width:100%;display:block;margin:8px 0}"""
+
+
+def render(name: str, sections: list[Section], embed: bool) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>",
+             f"<style>{CSS}</style></head><body><h1>Experiment {html.escape(name)}</h1>"]
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        parts += [f"<img src='{_src(f, embed)}' alt='{html.escape(f.stem)}'>" for f in s.figures]
+        parts.append(s.body)
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def write_screenshot(page: str, base: Path, png: Path, width: int = 1240, height: int = 20000) -> None:
+    """Render the page headless with MuPDF (a wheel: no browser needed) on one tall page, cropped to its content."""
+    try:
+        import pymupdf
+    except ImportError:
+        raise UserError("--screenshot needs PyMuPDF: pip install pymupdf (it is in the dev extras)") from None
+    story, buffer = pymupdf.Story(html=page, archive=str(base)), io.BytesIO()
+    writer, rect = pymupdf.DocumentWriter(buffer), pymupdf.Rect(0, 0, width, height)
+    device = writer.begin_page(rect)
+    _, filled = story.place(rect + (24, 24, -24, -24))
+    story.draw(device)
+    writer.end_page()
+    writer.close()
+    pdf = pymupdf.open("pdf", buffer.getvalue())
+    pdf[0].get_pixmap(clip=pymupdf.Rect(0, 0, width, min(height, pymupdf.Rect(filled).y1 + 24)), dpi=96).save(str(png))
