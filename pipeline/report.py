@@ -18,9 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from pipeline import plots
+from pipeline import analysis, plots
 from pipeline.config import Config
 from pipeline.data import image_paths, load_image
 from pipeline.errors import UserError
@@ -119,43 +118,27 @@ def oof_sections(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) 
     index = {c: i for i, c in enumerate(classes)}
     truth = oof["target"].astype(str).map(index).to_numpy()
     pred = probs.argmax(axis=1)
-    matrix = confusion_matrix(truth, pred, labels=range(len(classes)))
-    per_class = per_class_scores(truth, pred, classes)
+    matrix = analysis.confusion_frame(truth, pred, classes).to_numpy()
+    per_class = (analysis.per_class_report(truth, pred, classes).iloc[:len(classes)]  # without the average rows
+                 .rename_axis("class").reset_index()
+                 .sort_values(["f1-score", "support"], ascending=[True, False], kind="stable"))
     body = (f"<p>{len(oof)} OOF rows, accuracy {(pred == truth).mean():.4f}. Worst classes by F1:</p>"
-            + table(per_class.head(LISTED)) + "<p>Most confused pairs (true → predicted):</p>"
-            + table(confused_pairs(matrix, classes).head(LISTED)))
+            + table(per_class.head(LISTED).round(4)) + "<p>Most confused pairs (true → predicted):</p>"
+            + table(analysis.confused_pairs(truth, pred, classes, top=LISTED).round(4)))
     sections = [Section("Out-of-fold predictions", body, [plots.confusion(matrix, classes, out / "confusion.png")])]
     if cfg.task == "classification":
         sections.append(hardest_images(cfg, oof, probs, truth, classes, out))
     return sections
 
 
-def per_class_scores(truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class, worst F1 first."""
-    p, r, f1, n = precision_recall_fscore_support(truth, pred, labels=range(len(classes)), zero_division=0)
-    frame = pd.DataFrame({"class": classes, "precision": p, "recall": r, "f1": f1, "support": n})
-    return frame.sort_values(["f1", "support"], ascending=[True, False]).round(4).reset_index(drop=True)
-
-
-def confused_pairs(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """Off-diagonal cells of the confusion matrix, most frequent first."""
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    i, j = np.nonzero(off)
-    frame = pd.DataFrame({"true": np.asarray(classes)[i], "predicted": np.asarray(classes)[j], "count": off[i, j],
-                          "share of true class": (off[i, j] / matrix.sum(axis=1)[i]).round(4)})
-    return frame.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
-
-
 def hardest_images(cfg: Config, oof: pd.DataFrame, probs: np.ndarray, truth: np.ndarray, classes: list[str],
                    out: Path) -> Section:
     """The OOF images with the highest log-loss: label noise and look-alike classes show up here first."""
-    loss = -np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-15, 1))
-    worst = np.argsort(-loss, kind="stable")[:GRID]
-    paths = image_paths(cfg, oof["id"].iloc[worst])
+    worst = analysis.highest_loss(truth, probs, n=GRID)
+    paths = image_paths(cfg, oof["id"].iloc[worst.index])
     images = [_thumbnail(load_image(p)) for p in paths]
-    titles = [f"{_short(str(oof['id'].iloc[i]))}\ntrue {_short(classes[truth[i]])}\n"
-              f"pred {_short(classes[probs[i].argmax()])} {probs[i].max():.2f}" for i in worst]
+    titles = [f"{_short(str(oof['id'].iloc[row.Index]))}\ntrue {_short(classes[row.truth])}\n"
+              f"pred {_short(classes[row.pred])} {row.p_pred:.2f}" for row in worst.itertuples()]
     figure = plots.image_grid(images, titles, out / "highest_loss.png")
     return Section("Highest-loss OOF images", f"<p>The {len(worst)} OOF images with the highest log-loss, worst first "
                    "(the predicted class with its probability).</p>", [figure])
