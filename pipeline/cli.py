@@ -184,6 +184,33 @@ def bench(
 
 @app.command()
 @user_errors
+def tune(
+    config: Path = ConfigOpt,
+    trials: int = typer.Option(None, "--trials", "-n", help="random draws (default: tune.trials, 16)"),
+    param: list[str] = typer.Option(None, "--param", "-p", help="searched key, repeatable: train.base_lr=log:1e-4:1e-2, "
+                                    "model.drop_rate=uniform:0:0.5, int:LOW:HIGH, choice:A|B (default: LR, weight "
+                                    "decay, dropout, label smoothing around the config)"),
+    stages: str = typer.Option(None, "--stages", help="EPOCHSxFOLDS per stage, coarse to fine (default: 1x1,fullx1)"),
+    set_: list[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="delete runs/<exp>/tune and start the search again"),
+) -> None:
+    """Random search, coarse to fine: every trial trains a short run, the best third goes on -> runs/<exp>/tune/.
+
+    Example: pipeline tune --config configs/leaves.yaml --trials 16 --param train.base_lr=log:1e-4:1e-2
+    """
+    import json
+
+    from pipeline import tune as stage
+
+    overrides = [*(set_ or []), *([f"tune.trials={trials}"] if trials is not None else []),
+                 *([f"tune.space={json.dumps(param)}"] if param else []),
+                 *([f"tune.stages={json.dumps(stages.split(','))}"] if stages else [])]
+    table = stage.run(config, overrides, force=force)
+    typer.echo(stage.render(table, load_config(config, overrides).train.metric))
+
+
+@app.command()
+@user_errors
 def runs(
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
     submissions_dir: str = typer.Option("submissions", "--submissions-dir", help="where submit wrote log.csv"),

@@ -169,9 +169,26 @@ class SequenceConfig:
 class TrackingConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online only with a key and a reachable server
     project: str = "kaggle-pipeline"  # W&B project; the experiment name is the group
+    group: str = ""  # W&B group instead of the experiment name ("" = name); `pipeline tune` puts its trials in <exp>-tune
     entity: str | None = None  # W&B team or user; null = the key's default
     quiet: bool = False  # no progress bars, one line per epoch (CI logs)
     log_every: int = 20  # optimizer steps between progress-bar refreshes (each one syncs the device)
+
+
+@dataclass
+class TuneConfig:
+    """`pipeline tune`: random search, coarse to fine. Every trial is an experiment under runs/<exp>/tune/."""
+
+    trials: int = 16  # random draws; every one trains the first stage
+    # one "key=kind:low:high" per searched value. kind: log (log-uniform: LR, weight decay), uniform
+    # (dropout-like values), int, or choice:a|b|c. Empty: the default space of the task, centred on the config
+    # (train.base_lr and train.weight_decay x/÷ 10, model.drop_rate 0-0.5, train.label_smoothing 0-0.2)
+    space: list[str] = field(default_factory=list)
+    # coarse to fine, EPOCHSxFOLDS each ("full" = train.epochs, "all" = cv.folds; the LR warmup shrinks with
+    # the epochs); each stage trains the best `promote` share of the trials of the stage before it
+    stages: list[str] = field(default_factory=lambda: ["1x1", "fullx1"])
+    promote: float = 0.33  # share of a stage's trials that go on to the next, rounded (at least one)
+    edge: float = 0.1  # warn when the best value sits in the outer 10% of its range: the best may lie beyond it
 
 
 @dataclass
@@ -191,6 +208,7 @@ class Config:
     detect: DetectConfig = field(default_factory=DetectConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -53,6 +54,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_csv(path: str | Path, df: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def copy_file(source: str | Path, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_parquet(path: str | Path, df: pd.DataFrame, stamp: str | None = None) -> None:

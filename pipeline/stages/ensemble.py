@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config, dump_yaml, load_config
 from pipeline.errors import UserError
-from pipeline.files import atomic_path, check_stamps, new_stamp, write_json, write_parquet, write_text
+from pipeline.files import check_stamps, copy_file, new_stamp, write_json, write_parquet, write_text
 from pipeline.provenance import collect_meta
 from pipeline.stages.predict import score_frame
 from pipeline.tasks import build_task
@@ -128,8 +127,7 @@ def write_ensemble(base: Member, members, name, method, oof, test, blend, metric
     write_text(run / "config.yaml", dump_yaml(cfg))
     write_json(run / "meta.json", {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})
     for f in ("folds.csv", "folds.json"):
-        with atomic_path(run / f) as tmp:
-            shutil.copyfile(base.run / f, tmp)
+        copy_file(base.run / f, run / f)
     stamp = new_stamp()
     write_parquet(run / "oof.parquet", oof, stamp)
     write_parquet(run / "test.parquet", test, stamp)
