@@ -25,11 +25,13 @@ from pipeline.data import image_paths, load_image
 from pipeline.errors import UserError
 from pipeline.files import write_text
 from pipeline.stages.submit import load_run
+from pipeline.tasks import build_task
 from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 GRID = 18  # highest-loss OOF samples shown
 LISTED = 15  # rows of the per-class and confused-pairs tables
+DRAWN_SCORE = 0.5  # detections drawn and counted in the boxes section; lower ones only add clutter
 
 
 @dataclass
@@ -46,9 +48,10 @@ def run(exp: str, runs_dir: str = "runs", screenshot: bool = False) -> Path:
     scores = _json(run_dir / "scores.json")
     sections = [summary(cfg, scores), learning_section(cfg, out)]
     oof = read_oof(run_dir)
-    if oof is not None and cfg.task != "detection":
+    if oof is not None:
         classes = [str(c) for c in _json(run_dir / "folds.json")["classes"]]
-        sections += oof_sections(cfg, oof, classes, out)
+        sections += [detection_section(cfg, oof, classes, out)] if cfg.task == "detection" else \
+            oof_sections(cfg, oof, classes, out)
     sections.append(leaderboard_section(cfg, scores, out))
     page = render(cfg.name, sections, embed=True)
     write_text(run_dir / "report.html", page)
@@ -142,6 +145,42 @@ def hardest_images(cfg: Config, oof: pd.DataFrame, probs: np.ndarray, truth: np.
     figure = plots.image_grid(images, titles, out / "highest_loss.png")
     return Section("Highest-loss OOF images", f"<p>The {len(worst)} OOF images with the highest log-loss, worst first "
                    "(the predicted class with its probability).</p>", [figure])
+
+
+def detection_section(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) -> Section:
+    """Predicted against true boxes on the OOF images with the most mistakes (objects missed + false detections)."""
+    task = build_task(cfg, classes)
+    outputs, truths = task.read_outputs(oof), task.targets(oof)
+    errors = analysis.detection_errors(outputs, truths, score_thr=DRAWN_SCORE)
+    worst = (errors["missed"] + errors["false"]).sort_values(ascending=False, kind="stable").index[:GRID]
+    paths = image_paths(cfg, oof["id"].iloc[worst])
+    images = [_thumbnail(draw_boxes(load_image(p), outputs[i], truths[i], classes), side=240)
+              for i, p in zip(worst, paths, strict=True)]
+    titles = [f"{_short(str(oof['id'].iloc[i]))}\n{errors.at[i, 'missed']} missed, {errors.at[i, 'false']} false"
+              for i in worst]
+    figure = plots.image_grid(images, titles, out / "boxes.png")
+    n = errors.sum()
+    body = (f"<p>{len(oof)} OOF images with {n['true']} true boxes. At score ≥ {DRAWN_SCORE} and IoU ≥ 0.5 (same "
+            f"class): {n['missed']} missed ({n['missed'] / max(1, n['true']):.1%}), {n['false']} false detections. "
+            f"The {len(worst)} images with the most mistakes, worst first: true boxes green, detections red with "
+            "class and score.</p>")
+    return Section("Out-of-fold boxes", body, [figure])
+
+
+def draw_boxes(image: np.ndarray, det, truth: tuple[np.ndarray, np.ndarray], classes: list[str]) -> np.ndarray:
+    """True boxes (green) and detections with score >= DRAWN_SCORE (red, labelled), on a copy of the image."""
+    image = np.ascontiguousarray(image.copy())
+    h, w = image.shape[:2]
+    scale, width = np.array([w, h, w, h]), max(1, round(max(h, w) / 150))
+    for box in np.asarray(truth[0], np.float64).reshape(-1, 4) * scale:
+        cv2.rectangle(image, tuple(map(round, box[:2])), tuple(map(round, box[2:])), (0, 200, 0), width)
+    for box, score, label in zip(det.boxes * scale, det.scores, det.labels, strict=True):
+        if score >= DRAWN_SCORE:
+            x1, y1, x2, y2 = map(round, box)
+            cv2.rectangle(image, (x1, y1), (x2, y2), (230, 0, 0), width)
+            cv2.putText(image, f"{_short(classes[label], 12)} {score:.2f}", (x1 + 2, max(y1 - 3, 10)),
+                        cv2.FONT_HERSHEY_SIMPLEX, max(0.35, max(h, w) / 700), (230, 0, 0), width)
+    return image
 
 
 def _thumbnail(image: np.ndarray, side: int = 160) -> np.ndarray:

@@ -7,6 +7,7 @@ from pipeline.analysis import (
     calibration_bins,
     confused_pairs,
     confusion_frame,
+    detection_errors,
     expected_calibration_error,
     fold_metrics,
     highest_loss,
@@ -81,3 +82,18 @@ def test_fold_metrics_joins_folds_in_numeric_order(tmp_path):
         pd.DataFrame({"epoch": [0, 1], "valid/score": [0.5, 0.6]}).to_csv(tmp_path / f"fold{k}" / "metrics.csv", index=False)
     metrics = fold_metrics(tmp_path)
     assert metrics["fold"].tolist() == [2, 2, 10, 10] and metrics["epoch"].tolist() == [0, 1, 0, 1]
+
+
+def test_detection_errors_count_missed_objects_and_false_detections():
+    from pipeline.boxes import Detections
+
+    truth = (np.array([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]), np.array([0, 1]))
+    det = Detections(boxes=np.array([[0.1, 0.1, 0.4, 0.42], [0.5, 0.5, 0.9, 0.9], [0.12, 0.1, 0.4, 0.4],
+                                     [0.0, 0.0, 0.05, 0.05]], np.float32),
+                     scores=np.array([0.9, 0.8, 0.7, 0.3], np.float32), labels=np.array([0, 0, 0, 0]), size=(100, 100))
+    # box 0 matches the class-0 object; box 1 sits on the class-1 object with the wrong class; box 2 is a second
+    # detection of the taken object; box 3 is below the score threshold
+    row = detection_errors([det], [truth], score_thr=0.5).iloc[0].to_dict()
+    assert row == {"true": 2, "detected": 3, "missed": 1, "false": 2}
+    empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), (10, 10))
+    assert detection_errors([empty], [truth]).iloc[0].to_dict() == {"true": 2, "detected": 0, "missed": 2, "false": 0}

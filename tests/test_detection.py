@@ -159,3 +159,7 @@ def test_detection_through_the_cli(box_competition, tmp_path):
     sub = pd.read_csv(tmp_path / "subs/fused.csv")
     sample = pd.read_csv(box_competition / "sample_submission.csv")
     assert sub["image"].tolist() == sample["image"].tolist() and list(sub.columns) == ["image", "PredictionString"]
+    cli("report", "a", "--runs-dir", runs)  # predicted against true boxes on the worst OOF images
+    page = (cfg_a.run_dir / "report.html").read_text()
+    assert "<h2>Out-of-fold boxes</h2>" in page and "true boxes" in page
+    assert (cfg_a.run_dir / "report/boxes.png").stat().st_size > 10_000
