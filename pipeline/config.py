@@ -39,6 +39,7 @@ class DataConfig:
     # decode + resize every train/test image once into a uint8 memmap under runs/cache/ that the loader
     # reads: the loader then costs a memory read, not a PNG/JPEG decode (disk: N x side^2 x 3 bytes)
     cache: bool = False
+    cache_dir: str = ""  # where data.cache keeps its files; "" = <runs_dir>/cache (tune trials share their experiment's)
     # detection: train.csv has one row per box (id, class in target_col, four box columns); an image with
     # no boxes is a row whose box columns are empty
     box_cols: list[str] = field(default_factory=lambda: ["xmin", "ymin", "xmax", "ymax"])  # in box_format order

@@ -125,7 +125,9 @@ def oof_sections(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) 
     per_class = (analysis.per_class_report(truth, pred, classes).iloc[:len(classes)]  # without the average rows
                  .rename_axis("class").reset_index()
                  .sort_values(["f1-score", "support"], ascending=[True, False], kind="stable"))
-    body = (f"<p>{len(oof)} OOF rows, accuracy {(pred == truth).mean():.4f}. Worst classes by F1:</p>"
+    never = int(((per_class["f1-score"] == 0) & (per_class["support"] > 0)).sum())
+    body = (f"<p>{len(oof)} OOF rows, accuracy {(pred == truth).mean():.4f}; {never} of {len(classes)} classes never "
+            "predicted right. Worst classes by F1:</p>"
             + table(per_class.head(LISTED).round(4)) + "<p>Most confused pairs (true → predicted):</p>"
             + table(analysis.confused_pairs(truth, pred, classes, top=LISTED).round(4)))
     sections = [Section("Out-of-fold predictions", body, [plots.confusion(matrix, classes, out / "confusion.png")])]

@@ -187,6 +187,7 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
         *overrides, f"name={cfg.name}-s{s}-t{i:02d}", f"runs_dir={cfg.run_dir / 'tune'}",
         f"tracking.group={cfg.tracking.group or cfg.name}-tune", f"train.epochs={stage.epochs}",
         f"train.warmup_epochs={cfg.train.warmup_epochs * shorter:.4g}", "train.keep_top=0",
+        f"data.cache_dir={cfg.data.cache_dir or Path(cfg.runs_dir) / 'cache'}",  # decoded once for every trial
         *(f"{key}={value}" for key, value in draw.items())])
     for name in ("folds.json", "folds.csv"):  # the experiment's folds, folds.csv last as prepare writes them
         if not (trial.run_dir / name).is_file():

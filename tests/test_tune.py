@@ -61,7 +61,7 @@ def test_border_warning_names_the_side_and_a_wider_range():
 
 
 def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_config, tmp_path):
-    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 2})
+    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 2}, data={"cache": True})
     args = ["tune", "--config", str(path), "--trials", "3", "--stages", "1x1,fullxall",
             "--param", "train.base_lr=log:3e-2:3e-1", "--param", "model.drop_rate=uniform:0:0.3"]
     result = CliRunner().invoke(app, args)
@@ -81,6 +81,7 @@ def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_con
     assert {p.name for p in trial_dir.glob("fold*/oof.parquet")} == {"oof.parquet"} and len(
         list(trial_dir.glob("fold*/oof.parquet"))) == 2
     assert "t0" in result.output and "accuracy" in result.output  # the table
+    assert list((tmp_path / "runs/cache").glob("*.npy")) and not (root / "cache").exists()  # one decoded cache
 
     stamp = (trial_dir / "fold0" / "best.pt").stat().st_mtime_ns
     again = CliRunner().invoke(app, args)  # resumes: same draws, finished folds skipped
