@@ -62,10 +62,10 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     return save(fig, path)
 
 
-def image_grid(images: list[np.ndarray], titles: list[str], path: Path, columns: int = 6) -> Path:
-    """Thumbnails with a caption each (true / predicted labels of the highest-loss OOF samples)."""
+def image_grid(images: list[np.ndarray], titles: list[str], path: Path, columns: int = 6, cell: float = 2.3) -> Path:
+    """Thumbnails with a caption each, `cell` inches wide (true / predicted labels, or boxes drawn on images)."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, (cell + 0.3) * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles, strict=False):

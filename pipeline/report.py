@@ -156,11 +156,11 @@ def detection_section(cfg: Config, oof: pd.DataFrame, classes: list[str], out: P
     errors = analysis.detection_errors(outputs, truths, score_thr=DRAWN_SCORE)
     worst = (errors["missed"] + errors["false"]).sort_values(ascending=False, kind="stable").index[:GRID]
     paths = image_paths(cfg, oof["id"].iloc[worst])
-    images = [_thumbnail(draw_boxes(load_image(p), outputs[i], truths[i], classes), side=240)
+    images = [draw_boxes(load_image(p), outputs[i], truths[i], classes)
               for i, p in zip(worst, paths, strict=True)]
     titles = [f"{_short(str(oof['id'].iloc[i]))}\n{errors.at[i, 'missed']} missed, {errors.at[i, 'false']} false"
               for i in worst]
-    figure = plots.image_grid(images, titles, out / "boxes.png")
+    figure = plots.image_grid(images, titles, out / "boxes.png", columns=4, cell=320 / plots.DPI)  # 1:1 pixels
     n = errors.sum()
     body = (f"<p>{len(oof)} OOF images with {n['true']} true boxes. At score ≥ {DRAWN_SCORE} and IoU ≥ 0.5 (same "
             f"class): {n['missed']} missed ({n['missed'] / max(1, n['true']):.1%}), {n['false']} false detections. "
@@ -169,20 +169,32 @@ def detection_section(cfg: Config, oof: pd.DataFrame, classes: list[str], out: P
     return Section("Out-of-fold boxes", body, [figure])
 
 
-def draw_boxes(image: np.ndarray, det, truth: tuple[np.ndarray, np.ndarray], classes: list[str]) -> np.ndarray:
-    """True boxes (green) and detections with score >= DRAWN_SCORE (red, labelled), on a copy of the image."""
-    image = np.ascontiguousarray(image.copy())
+def draw_boxes(image: np.ndarray, det, truth: tuple[np.ndarray, np.ndarray], classes: list[str],
+               side: int = 320) -> np.ndarray:
+    """The image resized to `side` px, with the true boxes (green, class below the top edge) and detections with
+    score >= DRAWN_SCORE (red, class and score above it). Drawn after resizing, so labels read the same on every
+    image size."""
+    image = _thumbnail(image, side)
     h, w = image.shape[:2]
-    scale, width = np.array([w, h, w, h]), max(1, round(max(h, w) / 150))
-    for box in np.asarray(truth[0], np.float64).reshape(-1, 4) * scale:
-        cv2.rectangle(image, tuple(map(round, box[:2])), tuple(map(round, box[2:])), (0, 200, 0), width)
+    scale = np.array([w, h, w, h])
+    for box, label in zip(np.asarray(truth[0], np.float64).reshape(-1, 4) * scale, truth[1], strict=True):
+        _labelled_box(image, box, _short(classes[label], 14), (0, 170, 0), inside=True)
     for box, score, label in zip(det.boxes * scale, det.scores, det.labels, strict=True):
         if score >= DRAWN_SCORE:
-            x1, y1, x2, y2 = map(round, box)
-            cv2.rectangle(image, (x1, y1), (x2, y2), (230, 0, 0), width)
-            cv2.putText(image, f"{_short(classes[label], 12)} {score:.2f}", (x1 + 2, max(y1 - 3, 10)),
-                        cv2.FONT_HERSHEY_SIMPLEX, max(0.35, max(h, w) / 700), (230, 0, 0), width)
+            _labelled_box(image, box, f"{_short(classes[label], 14)} {score:.2f}", (220, 0, 0), inside=False)
     return image
+
+
+def _labelled_box(image: np.ndarray, box: np.ndarray, text: str, colour: tuple, inside: bool) -> None:
+    """A rectangle with its text on a filled tag, kept inside the image."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    cv2.rectangle(image, (x1, y1), (x2, y2), colour, 1)
+    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.35
+    (tw, th), _ = cv2.getTextSize(text, font, size, 1)
+    left = min(max(x1, 0), max(0, image.shape[1] - tw - 2))
+    top = min(max(y1 if inside else y1 - th - 4, 0), image.shape[0] - th - 4)
+    cv2.rectangle(image, (left, top), (left + tw + 2, top + th + 4), colour, -1)
+    cv2.putText(image, text, (left + 1, top + th + 1), font, size, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def _thumbnail(image: np.ndarray, side: int = 160) -> np.ndarray:
