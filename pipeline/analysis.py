@@ -96,10 +96,15 @@ def expected_calibration_error(truth: np.ndarray, probs: np.ndarray, bins: int =
     return float((table["rows"] * (table["accuracy"] - table["confidence"]).abs()).sum() / table["rows"].sum())
 
 
-def fold_metrics(run_dir: Path) -> pd.DataFrame:
-    """Every fold's metrics.csv (one row per epoch) in one frame with a fold column; empty before training."""
+def fold_metrics_by_fold(run_dir: Path) -> dict[int, pd.DataFrame]:
+    """Every fold's metrics.csv (one row per epoch), by fold number in order (fold10 after fold9)."""
     paths = {int(p.parent.name.removeprefix("fold")): p for p in Path(run_dir).glob("fold*/metrics.csv")}
-    frames = [pd.read_csv(paths[k]).assign(fold=k) for k in sorted(paths)]  # fold10 after fold9
+    return {k: pd.read_csv(paths[k]) for k in sorted(paths)}
+
+
+def fold_metrics(run_dir: Path) -> pd.DataFrame:
+    """Every fold's metrics.csv in one frame with a fold column; empty before training."""
+    frames = [m.assign(fold=k) for k, m in fold_metrics_by_fold(run_dir).items()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fold", "epoch"])
 
 

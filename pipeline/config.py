@@ -215,6 +215,11 @@ class Config:
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where data.cache keeps decoded images: data.cache_dir, else <runs_dir>/cache."""
+        return Path(self.data.cache_dir or Path(self.runs_dir) / "cache")
+
     def data_path(self, name: str) -> Path:
         """A data.* file as a path: absolute paths stay, relative ones are inside data.root."""
         return Path(self.data.root) / getattr(self.data, name)

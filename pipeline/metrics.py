@@ -29,6 +29,10 @@ class Metric:
             return math.nan
         return max(finite) if self.greater_is_better else min(finite)
 
+    def rank(self, score: float) -> tuple[bool, float]:
+        """Sort key, best score first and NaN (a failed run) last."""
+        return (not math.isfinite(score), -score if self.greater_is_better else score)
+
     def better(self, a: float, b: float | None) -> bool:
         """Is score a an improvement on b (None = nothing yet)?"""
         return b is None or (a > b if self.greater_is_better else a < b)

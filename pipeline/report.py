@@ -104,8 +104,7 @@ def summary(cfg: Config, scores: dict) -> Section:
 
 
 def learning_section(cfg: Config, out: Path) -> Section:
-    metrics = {int(p.parent.name.removeprefix("fold")): pd.read_csv(p)
-               for p in sorted(cfg.run_dir.glob("fold*/metrics.csv"))}
+    metrics = analysis.fold_metrics_by_fold(cfg.run_dir)
     if not metrics:
         return Section("Learning curves", "<p>No fold has trained yet.</p>")
     figure = plots.learning_curves(metrics, cfg.train.metric, out / "learning_curves.png")

@@ -185,9 +185,9 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
     shorter = stage.epochs / cfg.train.epochs  # the whole schedule, compressed: warmup shrinks with it
     trial = load_config(config, [
         *overrides, f"name={cfg.name}-s{s}-t{i:02d}", f"runs_dir={cfg.run_dir / 'tune'}",
-        f"tracking.group={cfg.tracking.group or cfg.name}-tune", f"train.epochs={stage.epochs}",
+        f"tracking.group={tune_group(cfg)}", f"train.epochs={stage.epochs}",
         f"train.warmup_epochs={cfg.train.warmup_epochs * shorter:.4g}", "train.keep_top=0",
-        f"data.cache_dir={cfg.data.cache_dir or Path(cfg.runs_dir) / 'cache'}",  # decoded once for every trial
+        f"data.cache_dir={cfg.cache_dir}",  # decoded once for every trial
         *(f"{key}={value}" for key, value in draw.items())])
     for name in ("folds.json", "folds.csv"):  # the experiment's folds, folds.csv last as prepare writes them
         if not (trial.run_dir / name).is_file():
@@ -198,20 +198,25 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
     try:
         for k in range(stage.folds):
             train.run(trial, fold=k)
+        folds = load_folds(trial)
+        oof = pd.concat([pd.read_parquet(trial.run_dir / f"fold{k}" / "oof.parquet") for k in range(stage.folds)])
+        score, status = predict.score_frame(build_task(trial, folds.classes), oof)[0], "ok"
+        log.info("trial t%02d stage %d: %s %.4f", i, s, cfg.train.metric, score)
     except UserError as e:  # e.g. a NaN loss at a high LR: that trial is out, the search goes on
+        score, status = math.nan, str(e)
         log.warning("trial t%02d stage %d failed: %s", i, s, e)
-        return {**row, "score": math.nan, "minutes": round((time.perf_counter() - began) / 60, 2), "status": str(e)}
-    folds = load_folds(trial)
-    oof = pd.concat([pd.read_parquet(trial.run_dir / f"fold{k}" / "oof.parquet") for k in range(stage.folds)])
-    score = predict.score_frame(build_task(trial, folds.classes), oof)[0]
-    log.info("trial t%02d stage %d: %s %.4f", i, s, cfg.train.metric, score)
-    return {**row, "score": score, "minutes": round((time.perf_counter() - began) / 60, 2), "status": "ok"}
+    return {**row, "score": score, "minutes": round((time.perf_counter() - began) / 60, 2), "status": status}
 
 
 def rank_key(rows: list[dict], s: int, i: int, metric) -> tuple:
     """Sort key, best first: failed (NaN) trials last, ties by trial number."""
     score = next(r["score"] for r in rows if r["stage"] == s and r["trial"] == i)
-    return (not math.isfinite(score), -score if metric.greater_is_better else score, i)
+    return (*metric.rank(score), i)
+
+
+def tune_group(cfg: Config) -> str:
+    """The W&B group of a search's trials and its result run."""
+    return f"{cfg.tracking.group or cfg.name}-tune"
 
 
 def warn_edges(best: pd.Series, space: list[Param], edge: float) -> list[str]:
@@ -250,8 +255,7 @@ def write_best(root: Path, config, overrides: list[str], best: pd.Series, space:
 
 def track(cfg: Config, table: pd.DataFrame, best: pd.Series, space: list[Param]) -> None:
     """One W&B run `<exp>/tune` (job type tune) in the trials' group: the trials table and the best values."""
-    group = f"{cfg.tracking.group or cfg.name}-tune"
-    tracker = build_tracker(dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=group)),
+    tracker = build_tracker(dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=tune_group(cfg))),
                             "tune", "tune")
     tracker.media({}, {"trials": table})
     tracker.summary({"best/score": float(best["score"]), "best/trial": int(best["trial"]),
@@ -261,9 +265,9 @@ def track(cfg: Config, table: pd.DataFrame, best: pd.Series, space: list[Param])
 
 def render(table: pd.DataFrame, metric: str) -> str:
     """The trials as aligned text, stage by stage, best first within a stage."""
-    sign = 1 if METRICS[metric].greater_is_better else -1
-    shown = table.assign(_order=table["score"].fillna(-math.inf * sign) * sign)
-    shown = shown.sort_values(["stage", "_order"], ascending=[True, False]).drop(columns="_order")
+    rank = METRICS[metric].rank
+    order = sorted(range(len(table)), key=lambda r: (table["stage"].iloc[r], *rank(table["score"].iloc[r])))
+    shown = table.iloc[order].copy()
     shown["trial"] = [f"t{i:02d}" for i in shown["trial"]]
     shown["score"] = [f"{v:.4f}" if math.isfinite(v) else "failed" for v in shown["score"]]
     shown["status"] = [s if len(s) <= 40 else s[:39] + "…" for s in shown["status"]]

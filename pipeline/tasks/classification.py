@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -42,7 +41,7 @@ def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
         return ImageFiles(paths)
     every = image_paths(cfg, pd.concat([read_train(cfg)[cfg.data.id_col], read_test(cfg)[cfg.data.id_col]]))
     side = cached_side(cfg.image.size, cfg.image.cache_margin)
-    return cached_images(paths, every, side, Path(cfg.data.cache_dir or Path(cfg.runs_dir) / "cache"))
+    return cached_images(paths, every, side, cfg.cache_dir)
 
 
 def read_test_images(cfg: Config, check: bool = False) -> pd.DataFrame:
