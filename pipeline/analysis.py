@@ -15,7 +15,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix
 
-from pipeline.boxes import Detections, iou_matrix
+from pipeline.rundir import RunDir
 
 
 def image_sizes(paths: Sequence[Path], workers: int = 8) -> pd.DataFrame:
@@ -98,33 +98,10 @@ def expected_calibration_error(truth: np.ndarray, probs: np.ndarray, bins: int =
 
 def fold_metrics_by_fold(run_dir: Path) -> dict[int, pd.DataFrame]:
     """Every fold's metrics.csv (one row per epoch), by fold number in order (fold10 after fold9)."""
-    paths = {int(p.parent.name.removeprefix("fold")): p for p in Path(run_dir).glob("fold*/metrics.csv")}
-    return {k: pd.read_csv(paths[k]) for k in sorted(paths)}
+    return {f.k: pd.read_csv(f.metrics) for f in RunDir(run_dir).fold_dirs() if f.metrics.is_file()}
 
 
 def fold_metrics(run_dir: Path) -> pd.DataFrame:
     """Every fold's metrics.csv in one frame with a fold column; empty before training."""
     frames = [m.assign(fold=k) for k, m in fold_metrics_by_fold(run_dir).items()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["fold", "epoch"])
-
-
-def detection_errors(outputs: Sequence[Detections], truths: Sequence[tuple[np.ndarray, np.ndarray]],
-                     score_thr: float = 0.5, iou_thr: float = 0.5) -> pd.DataFrame:
-    """Per image: true boxes, detections with score >= score_thr, and how many of each found no partner: a
-    detection matches the free true box of its class with the highest IoU >= iou_thr, best score first (as COCO)."""
-    rows = []
-    for det, (true_boxes, true_labels) in zip(outputs, truths, strict=True):
-        true_boxes, true_labels = np.asarray(true_boxes, np.float64).reshape(-1, 4), np.asarray(true_labels)
-        kept = np.flatnonzero(det.scores >= score_thr)
-        kept = kept[np.argsort(-det.scores[kept], kind="stable")]
-        iou = iou_matrix(det.boxes[kept].astype(np.float64), true_boxes) if len(kept) and len(true_boxes) else None
-        taken = np.zeros(len(true_boxes), dtype=bool)
-        for row, d in enumerate(kept):
-            if iou is None:
-                break
-            free = np.where(taken | (true_labels != det.labels[d]), -1.0, iou[row])
-            if free.max() >= iou_thr:
-                taken[int(free.argmax())] = True
-        rows.append({"true": len(true_boxes), "detected": len(kept), "missed": int((~taken).sum()),
-                     "false": len(kept) - int(taken.sum())})
-    return pd.DataFrame(rows, columns=["true", "detected", "missed", "false"])

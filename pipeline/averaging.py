@@ -17,15 +17,16 @@ from torch import nn
 from pipeline import checkpoint
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 
 class TopEpochs:
-    """fold{k}/top/epoch{e}.pt for the n best epochs so far (raw and EMA weights, and the epoch's score)."""
+    """top/epoch{e}.pt (in a fold's folder) for the n best epochs so far: raw and EMA weights, the epoch's score."""
 
-    def __init__(self, fold_dir: Path, n: int, greater_is_better: bool):
-        self.dir, self.n, self.sign = fold_dir / "top", n, 1 if greater_is_better else -1
+    def __init__(self, top: Path, n: int, greater_is_better: bool):
+        self.dir, self.n, self.sign = top, n, 1 if greater_is_better else -1
 
     def kept(self) -> list[tuple[float, Path]]:
         """(score, path) of the kept epochs, best first."""
@@ -85,17 +86,17 @@ def averaged_weights(cfg: Config, task, model: nn.Module, folds, k: int) -> dict
     from pipeline.data import build_loader
     from pipeline.loop import pick_device
 
-    fold_dir = cfg.run_dir / f"fold{k}"
-    avg_path = fold_dir / "avg.pt"
+    fold = RunDir(cfg.run_dir).fold(k)
+    avg_path = fold.avg
     source = "ema" if cfg.predict.avg_ema else "model"
     if avg_path.is_file():
         saved = checkpoint.load(avg_path)
         if saved["source"] == source and saved["bn_batches"] == cfg.predict.bn_batches:
             return saved["model"]
-    kept = TopEpochs(fold_dir, cfg.train.keep_top, task.metric.greater_is_better).kept()
+    kept = TopEpochs(fold.top, cfg.train.keep_top, task.metric.greater_is_better).kept()
     states = [checkpoint.load(p)[source] for _, p in kept]
     if not states or any(s is None for s in states):
-        raise UserError(f"{fold_dir / 'top'} holds no {source} epoch weights to average; train with "
+        raise UserError(f"{fold.top} holds no {source} epoch weights to average; train with "
                         "train.keep_top>=2 (and train.ema=true for predict.avg_ema) or use --weights best")
     model.load_state_dict(average_state_dicts(states))
     device = pick_device()

@@ -80,16 +80,15 @@ def bare_runner(cfg: Config, task, device, dtype):
 def pipeline_runner(cfg: Config, task, model, device, dtype, train_rows):
     """(b) `pipeline train`'s own train_epoch (EMA, clipping, schedule, augmentation) on the real loader."""
     from pipeline.data import build_loader
-    from pipeline.loop import Progress, build_training, train_epoch
+    from pipeline.loop import train_epoch
+    from pipeline.state import TrainingState
 
     loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
-    _, optimizer, scheduler, scaler, ema = build_training(model, cfg.train, len(loader), 1, device, dtype)
-    progress = Progress()
+    state = TrainingState.build(model, cfg, len(loader), device, dtype, task.memory_format)
 
     def run(n: int) -> int:
-        samples = train_epoch(task, model, loader, optimizer, scheduler, scaler, ema, device, dtype, cfg,
-                              progress.epoch + 1, progress, n)[1]
-        progress.epoch += 1
+        samples = train_epoch(task, state, loader, cfg, state.progress.epoch + 1, max_steps=n)[1]
+        state.progress.epoch += 1
         _sync(device)
         return samples
 
@@ -134,18 +133,18 @@ def loader_only(cfg: Config, batches: int, warmup: int) -> dict:
 
 
 def predict_views(cfg: Config, batches: int, spec: str) -> dict:
-    """(d) inference with a TTA view set: samples/s and view-images/s through loop.predict."""
+    """(d) inference with a TTA view set: samples/s and view-images/s through loop.infer."""
     from pipeline.data import build_loader
-    from pipeline.loop import predict
+    from pipeline.loop import infer
 
     task, model, device, dtype, _, valid_rows = _setup(cfg)
     rows = valid_rows.iloc[: batches * cfg.predict.batch_size]
     loader = build_loader(task.build_dataset(rows, train=False), cfg, False, cfg.predict.batch_size)
     views = task.views(spec)
-    predict(task, model, loader, device, dtype, views)  # warm: worker start, first-call allocations
+    infer(task, model, loader, device, dtype, views)  # warm: worker start, first-call allocations
     _sync(device)
     started = time.perf_counter()
-    predict(task, model, loader, device, dtype, views)
+    infer(task, model, loader, device, dtype, views)
     _sync(device)
     seconds = time.perf_counter() - started
     return {"samples/s": len(rows) / seconds, "views": len(views), "view images/s": len(rows) * len(views) / seconds,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.config import Config
 from pipeline.distributed import ShardSampler, world
+from pipeline.duplicates import file_hashes
 from pipeline.errors import UserError
 from pipeline.seeding import SeededSampler, seed_transform, unpack
 
@@ -161,6 +162,20 @@ def image_paths(cfg: Config, ids: Sequence) -> list[Path]:
                 raise UserError(f"id {i!r} (row {n + 2}) leads to {path}, outside data.root {root}; ids are paths "
                                 "inside the competition folder (set data.allow_outside_root=true if you mean it)")
     return paths
+
+
+def read_test_images(cfg: Config, check: bool = False) -> pd.DataFrame:
+    """test.csv, one row per image; check=True decodes every image (prepare does)."""
+    test = read_test(cfg)
+    paths = image_paths(cfg, test[cfg.data.id_col])
+    if check and cfg.data.check_images:
+        check_images(paths, cfg.data_path("test_csv"))
+    return test
+
+
+def image_hashes(cfg: Config, table: pd.DataFrame) -> list[str]:
+    """A content hash per row (its image file's bytes), for duplicate detection at prepare."""
+    return file_hashes(image_paths(cfg, table[cfg.data.id_col]))
 
 
 def check_images(paths: Sequence[Path], table: Path, workers: int = 8) -> None:

@@ -110,14 +110,14 @@ def gather_chunks(chunks: list, loader) -> list:
 
 
 class FoldLock:
-    """fold{k}/train.lock, created exclusively: a second worker on the same runs/ sees it and moves on.
+    """A fold's train.lock, created exclusively: a second worker on the same runs/ sees it and moves on.
 
     A lock whose process is gone (same host, dead pid) is stale and taken over; on another host it is
     trusted until removed by hand, since its pid cannot be checked from here.
     """
 
-    def __init__(self, fold_dir: Path):
-        self.path = fold_dir / "train.lock"
+    def __init__(self, path: Path):
+        self.path = path
         self.held = False
 
     def acquire(self) -> bool:

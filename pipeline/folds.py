@@ -21,6 +21,7 @@ from pipeline.config import Config
 from pipeline.duplicates import merge_groups
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, write_json, write_text
+from pipeline.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,9 @@ def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None, ha
 
 def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:
     """folds.json first, then folds.csv: a folds.csv on disk always has its hash beside it."""
-    run = cfg.run_dir
+    run = RunDir(cfg.run_dir)
     text = folds.table.to_csv(index=False)
-    write_json(run / "folds.json", {
+    write_json(run.folds_json, {
         "train_sha256": sha256_file(cfg.data_path("train_csv")),
         "folds_sha256": hashlib.sha256(text.encode()).hexdigest(),  # a folds.csv from elsewhere does not match
         "folds": cfg.cv.folds,
@@ -126,15 +127,15 @@ def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:
         "rows": len(folds.table),
         "classes": folds.classes,
     })
-    write_text(run / "folds.csv", text)
+    write_text(run.folds_csv, text)
 
 
 def folds_current(cfg: Config) -> bool:
     """True when folds exist for this train.csv and these CV settings (prepare can skip)."""
-    meta_path = cfg.run_dir / "folds.json"
-    if not (meta_path.is_file() and (cfg.run_dir / "folds.csv").is_file()):
+    run = RunDir(cfg.run_dir)
+    if not (run.folds_json.is_file() and run.folds_csv.is_file()):
         return False
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(run.folds_json.read_text())
     return (
         meta.get("train_sha256") == sha256_file(cfg.data_path("train_csv"))
         and meta.get("folds") == cfg.cv.folds
@@ -144,22 +145,22 @@ def folds_current(cfg: Config) -> bool:
 
 def load_folds(cfg: Config) -> Folds:
     """The experiment's folds, refused if train.csv changed since `pipeline prepare` made them."""
-    run = cfg.run_dir
-    if not (run / "folds.csv").is_file() or not (run / "folds.json").is_file():
+    run = RunDir(cfg.run_dir)
+    if not run.folds_csv.is_file() or not run.folds_json.is_file():
         raise UserError(f"no folds in {run}; run `pipeline prepare --config <config>` first")
-    meta = json.loads((run / "folds.json").read_text())
+    meta = json.loads(run.folds_json.read_text())
     train_csv = cfg.data_path("train_csv")
     if not train_csv.is_file():
         raise UserError(f"train_csv {train_csv} not found; check data.root in the config")
     if meta["train_sha256"] != sha256_file(train_csv):
         raise UserError(
-            f"{run / 'folds.csv'} was made from a different {train_csv}; rerun `pipeline prepare --force` "
+            f"{run.folds_csv} was made from a different {train_csv}; rerun `pipeline prepare --force` "
             "(existing fold checkpoints will no longer match their folds)"
         )
-    if meta.get("folds_sha256", sha256_file(run / "folds.csv")) != sha256_file(run / "folds.csv"):
-        raise UserError(f"{run / 'folds.csv'} is not the file `pipeline prepare` wrote for {train_csv} (folds.json "
+    if meta.get("folds_sha256", sha256_file(run.folds_csv)) != sha256_file(run.folds_csv):
+        raise UserError(f"{run.folds_csv} is not the file `pipeline prepare` wrote for {train_csv} (folds.json "
                         "holds another hash); rerun `pipeline prepare --force`")
-    table = pd.read_csv(run / "folds.csv", dtype={"id": str})
+    table = pd.read_csv(run.folds_csv, dtype={"id": str})
     classes = meta["classes"]
     # CSV round-trips labels as str/int; compare as the folds were written.
     table["target"] = table["target"].astype(type(classes[0])) if classes else table["target"]

@@ -11,9 +11,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from pipeline.config import load_config
 from pipeline.metrics import METRICS
+from pipeline.rundir import RunDir
+from pipeline.tasks import TASKS
 
 COLUMNS = ["exp", "model", "size", "folds", "tta", "metric", "cv", "cv_std", "public_lb", "submission"]
 
@@ -33,19 +35,19 @@ def experiments(runs_dir: str | Path, submissions_dir: str | Path) -> pd.DataFra
         .reset_index(drop=True)
 
 
-def _row(run: Path) -> dict:
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    scores = json.loads((run / "scores.json").read_text()) if (run / "scores.json").is_file() else {}
-    members = json.loads((run / "members.json").read_text()) if (run / "members.json").is_file() else None
-    folds = cfg.get("cv", {}).get("folds")
-    done = sum(1 for d in run.glob("fold*") if (d / "oof.parquet").is_file())
+def _row(path: Path) -> dict:
+    run = RunDir(path)
+    cfg = load_config(run.config)
+    scores = json.loads(run.scores.read_text()) if run.scores.is_file() else {}
+    members = json.loads(run.members.read_text()) if run.members.is_file() else None
+    done = sum(1 for f in run.fold_dirs() if f.oof.is_file())
     return {
         "exp": run.name,
-        "model": f"ensemble of {len(members)}" if members else cfg.get("model", {}).get("name"),
-        "size": None if members else cfg.get("image", {}).get("size") if cfg.get("task") != "sequence" else None,
-        "folds": f"{len(scores.get('folds', {}))}/{folds}" if members else f"{done}/{folds}",
+        "model": f"ensemble of {len(members)}" if members else cfg.model.name,
+        "size": None if members else TASKS[cfg.task].input_size(cfg),
+        "folds": f"{len(scores.get('folds', {}))}/{cfg.cv.folds}" if members else f"{done}/{cfg.cv.folds}",
         "tta": scores.get("method") if members else scores.get("tta"),
-        "metric": scores.get("metric", cfg.get("train", {}).get("metric")),
+        "metric": scores.get("metric", cfg.train.metric),
         "cv": scores.get("cv"),
         "cv_std": scores.get("cv_std"),
         "public_lb": None,

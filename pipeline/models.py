@@ -1,4 +1,4 @@
-"""Models from timm by name, with an optional local weights file for offline fine-tuning."""
+"""timm models by name for the image tasks (classifiers, detection backbones), offline from local weights files."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def build_classifier(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """A timm classifier; `weights_file` fills the backbone and leaves the new head freshly initialised."""
     check_model_name(cfg.name)
     kwargs = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)

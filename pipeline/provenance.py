@@ -14,15 +14,16 @@ import torch
 
 from pipeline.config import Config, dump_yaml
 from pipeline.files import write_json, write_text
+from pipeline.rundir import RunDir
 
 PACKAGES = ("torch", "torchvision", "timm", "albumentations", "numpy", "pandas", "scikit-learn", "wandb", "pipeline")
 
 
 def write_run_header(cfg: Config, stage: str) -> None:
     """Write runs/<exp>/config.yaml and meta.json before a stage does its work."""
-    run = cfg.run_dir
-    write_text(run / "config.yaml", dump_yaml(cfg))
-    write_json(run / "meta.json", collect_meta(cfg, stage))
+    run = RunDir(cfg.run_dir)
+    write_text(run.config, dump_yaml(cfg))
+    write_json(run.meta, collect_meta(cfg, stage))
 
 
 def collect_meta(cfg: Config, stage: str) -> dict:

@@ -21,17 +21,16 @@ import pandas as pd
 
 from pipeline import analysis, plots
 from pipeline.config import Config
-from pipeline.data import image_paths, load_image
 from pipeline.errors import UserError
 from pipeline.files import write_text
+from pipeline.rundir import RunDir
 from pipeline.stages.submit import load_run
-from pipeline.tasks import build_task
+from pipeline.tasks import TASKS, build_task
 from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 GRID = 18  # highest-loss OOF samples shown
 LISTED = 15  # rows of the per-class and confused-pairs tables
-DRAWN_SCORE = 0.5  # detections drawn and counted in the boxes section; lower ones only add clutter
 
 
 @dataclass
@@ -44,23 +43,24 @@ class Section:
 def run(exp: str, runs_dir: str = "runs", screenshot: bool = False) -> Path:
     """Write runs/<exp>/report.html (and report.png with screenshot=True); return the page's path."""
     cfg = load_run(exp, runs_dir)
-    run_dir, out = cfg.run_dir, cfg.run_dir / "report"
-    scores = _json(run_dir / "scores.json")
+    run = RunDir(cfg.run_dir)
+    out = run.figures
+    scores = _json(run.scores)
     sections = [summary(cfg, scores), learning_section(cfg, out)]
-    oof = read_oof(run_dir)
+    oof = read_oof(run)
     if oof is not None:
-        classes = [str(c) for c in _json(run_dir / "folds.json")["classes"]]
-        sections += [detection_section(cfg, oof, classes, out)] if cfg.task == "detection" else \
-            oof_sections(cfg, oof, classes, out)
+        task = build_task(cfg, run.classes())
+        sections += task.report_sections(oof, out)  # confusion matrix, per-class scores; boxes for detection
     sections.append(leaderboard_section(cfg, scores, out))
     page = render(cfg.name, sections, embed=True)
-    write_text(run_dir / "report.html", page)
+    write_text(run.report, page)
     track(cfg, scores, sections)
-    log.info("report -> %s (%d figures in %s)", run_dir / "report.html", sum(len(s.figures) for s in sections), out)
+    log.info("report -> %s (%d figures in %s)", run.report, sum(len(s.figures) for s in sections), out)
     if screenshot:
-        write_screenshot(render(cfg.name, sections, embed=False), run_dir, run_dir / "report.png")
-        log.info("screenshot -> %s", run_dir / "report.png")
-    return run_dir / "report.html"
+        png = run.report.with_suffix(".png")
+        write_screenshot(render(cfg.name, sections, embed=False), run.path, png)
+        log.info("screenshot -> %s", png)
+    return run.report
 
 
 def track(cfg: Config, scores: dict, sections: list[Section]) -> None:
@@ -80,19 +80,19 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def read_oof(run_dir: Path) -> pd.DataFrame | None:
+def read_oof(run: RunDir) -> pd.DataFrame | None:
     """The predicted OOF (runs/<exp>/oof.parquet), else what training wrote per fold, else None."""
-    if (run_dir / "oof.parquet").is_file():
-        return pd.read_parquet(run_dir / "oof.parquet")
-    parts = sorted(run_dir.glob("fold*/oof.parquet"))
+    if run.oof.is_file():
+        return pd.read_parquet(run.oof)
+    parts = [f.oof for f in run.fold_dirs() if f.oof.is_file()]
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
 
 
 def summary(cfg: Config, scores: dict) -> Section:
-    meta = _json(cfg.run_dir / "meta.json")
+    meta = _json(RunDir(cfg.run_dir).meta)
     cv = scores.get("cv")
     facts = {
-        "task": cfg.task, "model": cfg.model.name, "image size": cfg.image.size if cfg.task != "sequence" else "-",
+        "task": cfg.task, "model": cfg.model.name, "image size": TASKS[cfg.task].input_size(cfg) or "-",
         "folds": cfg.cv.folds, "epochs": cfg.train.epochs, "TTA": scores.get("tta", "-"),
         "weights": scores.get("weights", scores.get("method", "-")),
         f"CV {scores.get('metric', cfg.train.metric)}": "-" if cv is None else f"{cv:.4f} ± {scores.get('cv_std', 0):.4f}",
@@ -114,11 +114,8 @@ def learning_section(cfg: Config, out: Path) -> Section:
     return Section("Learning curves", table(best.round(4)), [figure])
 
 
-def oof_sections(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) -> list[Section]:
-    """Confusion matrix + per-class scores; and, for images, the OOF samples the model got most wrong."""
-    probs = oof[classes].to_numpy(dtype=np.float64)
-    index = {c: i for i, c in enumerate(classes)}
-    truth = oof["target"].astype(str).map(index).to_numpy()
+def oof_sections(oof: pd.DataFrame, truth: np.ndarray, probs: np.ndarray, classes: list[str], out: Path) -> list[Section]:
+    """Confusion matrix, per-class scores and the most confused pairs of class-probability OOF predictions."""
     pred = probs.argmax(axis=1)
     matrix = analysis.confusion_frame(truth, pred, classes).to_numpy()
     per_class = (analysis.per_class_report(truth, pred, classes).iloc[:len(classes)]  # without the average rows
@@ -129,80 +126,16 @@ def oof_sections(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) 
             "predicted right. Worst classes by F1:</p>"
             + table(per_class.head(LISTED).round(4)) + "<p>Most confused pairs (true → predicted):</p>"
             + table(analysis.confused_pairs(truth, pred, classes, top=LISTED).round(4)))
-    sections = [Section("Out-of-fold predictions", body, [plots.confusion(matrix, classes, out / "confusion.png")])]
-    if cfg.task == "classification":
-        sections.append(hardest_images(cfg, oof, probs, truth, classes, out))
-    return sections
+    return [Section("Out-of-fold predictions", body, [plots.confusion(matrix, classes, out / "confusion.png")])]
 
 
-def hardest_images(cfg: Config, oof: pd.DataFrame, probs: np.ndarray, truth: np.ndarray, classes: list[str],
-                   out: Path) -> Section:
-    """The OOF images with the highest log-loss: label noise and look-alike classes show up here first."""
-    worst = analysis.highest_loss(truth, probs, n=GRID)
-    paths = image_paths(cfg, oof["id"].iloc[worst.index])
-    images = [_thumbnail(load_image(p)) for p in paths]
-    titles = [f"{_short(str(oof['id'].iloc[row.Index]))}\ntrue {_short(classes[row.truth])}\n"
-              f"pred {_short(classes[row.pred])} {row.p_pred:.2f}" for row in worst.itertuples()]
-    figure = plots.image_grid(images, titles, out / "highest_loss.png")
-    return Section("Highest-loss OOF images", f"<p>The {len(worst)} OOF images with the highest log-loss, worst first "
-                   "(the predicted class with its probability).</p>", [figure])
-
-
-def detection_section(cfg: Config, oof: pd.DataFrame, classes: list[str], out: Path) -> Section:
-    """Predicted against true boxes on the OOF images with the most mistakes (objects missed + false detections)."""
-    task = build_task(cfg, classes)
-    outputs, truths = task.read_outputs(oof), task.targets(oof)
-    errors = analysis.detection_errors(outputs, truths, score_thr=DRAWN_SCORE)
-    worst = (errors["missed"] + errors["false"]).sort_values(ascending=False, kind="stable").index[:GRID]
-    paths = image_paths(cfg, oof["id"].iloc[worst])
-    images = [draw_boxes(load_image(p), outputs[i], truths[i], classes)
-              for i, p in zip(worst, paths, strict=True)]
-    titles = [f"{_short(str(oof['id'].iloc[i]))}\n{errors.at[i, 'missed']} missed, {errors.at[i, 'false']} false"
-              for i in worst]
-    figure = plots.image_grid(images, titles, out / "boxes.png", columns=4, cell=320 / plots.DPI)  # 1:1 pixels
-    n = errors.sum()
-    body = (f"<p>{len(oof)} OOF images with {n['true']} true boxes. At score ≥ {DRAWN_SCORE} and IoU ≥ 0.5 (same "
-            f"class): {n['missed']} missed ({n['missed'] / max(1, n['true']):.1%}), {n['false']} false detections. "
-            f"The {len(worst)} images with the most mistakes, worst first: true boxes green, detections red with "
-            "class and score.</p>")
-    return Section("Out-of-fold boxes", body, [figure])
-
-
-def draw_boxes(image: np.ndarray, det, truth: tuple[np.ndarray, np.ndarray], classes: list[str],
-               side: int = 320) -> np.ndarray:
-    """The image resized to `side` px, with the true boxes (green, class below the top edge) and detections with
-    score >= DRAWN_SCORE (red, class and score above it). Drawn after resizing, so labels read the same on every
-    image size."""
-    image = _thumbnail(image, side)
-    h, w = image.shape[:2]
-    scale = np.array([w, h, w, h])
-    for box, label in zip(np.asarray(truth[0], np.float64).reshape(-1, 4) * scale, truth[1], strict=True):
-        _labelled_box(image, box, _short(classes[label], 14), (0, 170, 0), inside=True)
-    for box, score, label in zip(det.boxes * scale, det.scores, det.labels, strict=True):
-        if score >= DRAWN_SCORE:
-            _labelled_box(image, box, f"{_short(classes[label], 14)} {score:.2f}", (220, 0, 0), inside=False)
-    return image
-
-
-def _labelled_box(image: np.ndarray, box: np.ndarray, text: str, colour: tuple, inside: bool) -> None:
-    """A rectangle with its text on a filled tag, kept inside the image."""
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    cv2.rectangle(image, (x1, y1), (x2, y2), colour, 1)
-    font, size = cv2.FONT_HERSHEY_SIMPLEX, 0.35
-    (tw, th), _ = cv2.getTextSize(text, font, size, 1)
-    left = min(max(x1, 0), max(0, image.shape[1] - tw - 2))
-    top = min(max(y1 if inside else y1 - th - 4, 0), image.shape[0] - th - 4)
-    cv2.rectangle(image, (left, top), (left + tw + 2, top + th + 4), colour, -1)
-    cv2.putText(image, text, (left + 1, top + th + 1), font, size, (255, 255, 255), 1, cv2.LINE_AA)
-
-
-def _thumbnail(image: np.ndarray, side: int = 160) -> np.ndarray:
+def thumbnail(image: np.ndarray, side: int = 160) -> np.ndarray:
     scale = side / max(image.shape[:2])
     return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
 
 
-def _short(text: str, n: int = 22) -> str:
+def shorten(text: str, n: int = 22) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 

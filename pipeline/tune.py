@@ -30,7 +30,8 @@ from pipeline.errors import UserError
 from pipeline.files import copy_file, write_csv, write_json, write_text
 from pipeline.folds import load_folds
 from pipeline.metrics import METRICS
-from pipeline.tasks import build_task
+from pipeline.rundir import RunDir
+from pipeline.tasks import TASKS, build_task
 from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def default_space(cfg: Config) -> list[Param]:
     space = [Param("train.base_lr", "log", t.base_lr / 10, t.base_lr * 10),
              Param("train.weight_decay", "log", *((t.weight_decay / 10, t.weight_decay * 10) if t.weight_decay > 0
                                                   else (1e-4, 1e-1)))]
-    if cfg.task != "detection":  # torchvision detectors take neither
+    if TASKS[cfg.task].tunes_head:  # not detection: torchvision detectors take neither
         space += [Param("model.drop_rate", "uniform", 0.0, 0.5), Param("train.label_smoothing", "uniform", 0.0, 0.2)]
     return space
 
@@ -189,9 +190,10 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
         f"train.warmup_epochs={cfg.train.warmup_epochs * shorter:.4g}", "train.keep_top=0",
         f"data.cache_dir={cfg.cache_dir}",  # decoded once for every trial
         *(f"{key}={value}" for key, value in draw.items())])
-    for name in ("folds.json", "folds.csv"):  # the experiment's folds, folds.csv last as prepare writes them
-        if not (trial.run_dir / name).is_file():
-            copy_file(cfg.run_dir / name, trial.run_dir / name)
+    ours, theirs = RunDir(cfg.run_dir), RunDir(trial.run_dir)
+    for source, target in ((ours.folds_json, theirs.folds_json), (ours.folds_csv, theirs.folds_csv)):
+        if not target.is_file():  # the experiment's folds, folds.csv last as prepare writes them
+            copy_file(source, target)
     row = {"trial": i, "stage": s, "epochs": stage.epochs, "folds": stage.folds, **draw}
     log.info("trial t%02d stage %d: %s", i, s, " ".join(f"{k}={v}" for k, v in draw.items()))
     began = time.perf_counter()
@@ -199,7 +201,7 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
         for k in range(stage.folds):
             train.run(trial, fold=k)
         folds = load_folds(trial)
-        oof = pd.concat([pd.read_parquet(trial.run_dir / f"fold{k}" / "oof.parquet") for k in range(stage.folds)])
+        oof = pd.concat([pd.read_parquet(RunDir(trial.run_dir).fold(k).oof) for k in range(stage.folds)])
         score, status = predict.score_frame(build_task(trial, folds.classes), oof)[0], "ok"
         log.info("trial t%02d stage %d: %s %.4f", i, s, cfg.train.metric, score)
     except UserError as e:  # e.g. a NaN loss at a high LR: that trial is out, the search goes on

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from pipeline.config import load_config
-from pipeline.demo import write_digits_competition
+from pipeline.tasks.classification.demo_data import write_digits_competition
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

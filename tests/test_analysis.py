@@ -7,13 +7,13 @@ from pipeline.analysis import (
     calibration_bins,
     confused_pairs,
     confusion_frame,
-    detection_errors,
     expected_calibration_error,
     fold_metrics,
     highest_loss,
     image_sizes,
     per_class_report,
 )
+from pipeline.tasks.detection.report import detection_errors
 
 CLASSES = ["cat", "dog", "eel"]
 TRUTH = np.array([0, 0, 0, 0, 1, 1, 2, 2])
@@ -85,7 +85,7 @@ def test_fold_metrics_joins_folds_in_numeric_order(tmp_path):
 
 
 def test_detection_errors_count_missed_objects_and_false_detections():
-    from pipeline.boxes import Detections
+    from pipeline.tasks.detection.boxes import Detections
 
     truth = (np.array([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]), np.array([0, 1]))
     det = Detections(boxes=np.array([[0.1, 0.1, 0.4, 0.42], [0.5, 0.5, 0.9, 0.9], [0.12, 0.1, 0.4, 0.4],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.boxes import (
+from pipeline.tasks.detection.boxes import (
     Detections,
     fuse,
     iou_matrix,

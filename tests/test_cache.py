@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.cache import build_cache, cached_images, cached_side
 from pipeline.data import image_paths, load_image, read_test, read_train
 from pipeline.stages import predict, prepare, train
-from pipeline.tasks.classification import build_images
+from pipeline.tasks.classification.task import build_images
 
 
 def test_cache_holds_each_image_resized_and_is_reused(competition, tmp_path):

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_config
-from pipeline.demo import write_digit_boxes_competition
 from pipeline.errors import UserError
 from pipeline.stages import prepare
-from pipeline.submission import check_boxes, parse_boxes
 from pipeline.tasks import build_task
 from pipeline.tasks.detection import DetectionTask
+from pipeline.tasks.detection.demo_data import write_digit_boxes_competition
+from pipeline.tasks.detection.submission import check_boxes, parse_boxes
 
 runner = CliRunner()
 DETECT = {

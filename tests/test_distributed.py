@@ -69,4 +69,4 @@ def test_a_held_fold_is_skipped_by_other_workers_and_a_dead_holders_lock_is_take
     finally:
         holder.kill()
         holder.wait()
-    assert FoldLock(fold0).acquire()  # its process is gone: the lock is stale
+    assert FoldLock(fold0 / "train.lock").acquire()  # its process is gone: the lock is stale

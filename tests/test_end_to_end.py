@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.stages.demo import score_against_solution
+from pipeline.submission import score_against_solution
 
 runner = CliRunner()
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.averaging import average_state_dicts
-from pipeline.ensemble import combine, fit_weights, held_out_weights_score, hill_climb, stack
+from pipeline.blend import combine, fit_weights, held_out_weights_score, hill_climb, stack
 from pipeline.metrics import METRICS
 
 ACC = METRICS["accuracy"]
@@ -94,7 +94,7 @@ def test_averaging_identical_checkpoints_returns_them():
 
 def brute_force_climb(members, target, metric, rounds=50, tol=1e-5):
     """The textbook climb: re-blend every member for every trial."""
-    from pipeline.ensemble import _improves, _objective
+    from pipeline.blend import _improves, _objective
 
     counts = np.zeros(len(members))
     singles = [_objective(metric, target, p) for p in members]

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from pipeline.config import load_config
 from pipeline.data import read_table, read_test, read_train
 from pipeline.errors import UserError
-from pipeline.sequences import read_series, read_series_labels, read_texts
-from pipeline.submission import check_boxes, parse_boxes, read_sample, validate
-from pipeline.tasks.detection import read_box_table
+from pipeline.submission import read_sample, validate
+from pipeline.tasks.detection.data import read_box_table
+from pipeline.tasks.detection.submission import check_boxes, parse_boxes
+from pipeline.tasks.sequence.data import read_series, read_series_labels, read_texts
 
 # `make test` replays the same 100 inputs per reader (derandomized: CI never goes red on a new draw);
 # `make fuzz` draws fresh ones, many more: run it after touching a reader, and keep what it finds as @example.

@@ -77,12 +77,12 @@ class Payload:
 
 def test_pickled_weights_file_is_refused_not_executed(tmp_path, capsys):
     from pipeline.config import ModelConfig
-    from pipeline.models import build_model
+    from pipeline.models import build_classifier
 
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": Payload()}, path)
     with pytest.raises(UserError, match="is not a loadable state_dict"):
-        build_model(ModelConfig(name="test_resnet", weights_file=str(path)), 10)
+        build_classifier(ModelConfig(name="test_resnet", weights_file=str(path)), 10)
     assert "pwned" not in capsys.readouterr().out
 
 

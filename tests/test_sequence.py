@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.seqmodels import SEQUENCE_MODELS, build_sequence_model
 from pipeline.stages import prepare
-from pipeline.tasks.sequence import SequenceDataset, SequenceTask, pad
+from pipeline.tasks.sequence.models import SEQUENCE_MODELS, build_sequence_model
+from pipeline.tasks.sequence.task import SequenceDataset, SequenceTask, pad
 
 runner = CliRunner()
 

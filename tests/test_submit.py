@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.stages.submit import decode, validate
+from pipeline.submission import decode, validate
 
 CFG = load_config(None, ["data.id_col=image", "data.target_col=label"])
 CLASSES = ["cat", "dog", "owl"]

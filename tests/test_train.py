@@ -6,6 +6,7 @@ import torch
 
 from pipeline import checkpoint, loop
 from pipeline.stages import prepare, train
+from pipeline.state import Progress
 
 
 def fold_files(cfg, k=0):
@@ -40,7 +41,7 @@ def test_interrupted_fold_resumes_from_last_and_finished_fold_is_not_retrained(c
     real_epoch = loop.train_epoch
 
     def interrupted(*args, **kwargs):
-        if args[-3] == 1:  # epoch index: die at the start of the second epoch, as a kill would
+        if args[4] == 1:  # epoch index: die at the start of the second epoch, as a kill would
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
@@ -53,7 +54,7 @@ def test_interrupted_fold_resumes_from_last_and_finished_fold_is_not_retrained(c
 
     monkeypatch.setattr(loop, "train_epoch", real_epoch)
     started = []
-    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: started.append(a[-3]) or real_epoch(*a, **k))
+    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: started.append(a[4]) or real_epoch(*a, **k))
     train.run(cfg, fold=0)
     assert started == [1, 2]  # continued after epoch 0, did not start over
     metrics = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
@@ -107,7 +108,7 @@ def test_resume_warns_when_the_config_changed(competition, make_config, monkeypa
     _, cfg = make_config(competition, train={"epochs": 2})
     prepare.run(cfg)
     real_epoch = loop.train_epoch
-    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[-3] == 1 else real_epoch(*a, **k))
+    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[4] == 1 else real_epoch(*a, **k))
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fold=0)
     monkeypatch.setattr(loop, "train_epoch", real_epoch)
@@ -119,14 +120,14 @@ def test_resume_warns_when_the_config_changed(competition, make_config, monkeypa
 def test_progress_picks_the_better_weights_and_stops_after_patience():
     from pipeline.metrics import METRICS
 
-    p = loop.Progress()
+    p = Progress()
     acc, loss = METRICS["accuracy"], METRICS["logloss"]
     assert p.record(0, {"model": {"score": 0.5}, "ema": {"score": 0.6}}, acc, epochs=10, patience=2) == (True, False)
     assert (p.best_source, p.best_score) == ("ema", 0.6)
     assert p.record(1, {"model": {"score": 0.55}}, acc, 10, 2) == (False, False)
     assert p.record(2, {"model": {"score": 0.6}}, acc, 10, 2) == (False, True)  # a tie is not an improvement
     assert p.done and p.best_epoch == 0
-    q = loop.Progress()
+    q = Progress()
     q.record(0, {"model": {"score": 0.9}, "ema": {"score": 0.7}}, loss, epochs=1, patience=0)
     assert (q.best_source, q.done) == ("ema", True)  # lower log-loss is better
 

@@ -8,11 +8,9 @@ is reported fitted-on-other-folds, so a blend cannot flatter itself.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,10 +18,11 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config, dump_yaml, load_config
 from pipeline.errors import UserError
-from pipeline.files import check_stamps, copy_file, new_stamp, write_json, write_parquet, write_text
+from pipeline.files import copy_file, write_json, write_text
 from pipeline.provenance import collect_meta
+from pipeline.rundir import RunDir, resolve
 from pipeline.stages.predict import score_frame
-from pipeline.tasks import build_task
+from pipeline.tasks import Task, build_task
 from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ METHODS = ("mean", "weighted", "rank", "geometric", "stack", "wbf")  # wbf: dete
 @dataclass
 class Member:
     name: str
-    run: Path
+    run: RunDir
     cfg: Config
     keys: pd.DataFrame  # the OOF rows' columns that are not predictions (id, target, fold...); sorted by id
     test_ids: pd.Series  # sorted
@@ -43,17 +42,16 @@ class Member:
 
 def load_member(ref: str, runs_dir: str) -> Member:
     """A member by experiment name (runs/<name>) or by run-directory path; its predictions stay on disk."""
-    run = Path(ref) if Path(ref).is_dir() and (Path(ref) / "config.yaml").is_file() else Path(runs_dir) / ref
-    for name in ("config.yaml", "folds.csv", "oof.parquet", "test.parquet", "scores.json"):
-        if not (run / name).is_file():
-            raise UserError(f"ensemble member {ref}: {run / name} missing; run `pipeline predict` for it first")
-    cfg = load_config(run / "config.yaml")
-    scores = json.loads((run / "scores.json").read_text())
-    check_stamps(run / "scores.json", scores, [run / "oof.parquet", run / "test.parquet"])
-    outputs = [c for c in pq.read_schema(run / "test.parquet").names if c != "id"]
-    key_columns = [c for c in pq.read_schema(run / "oof.parquet").names if c not in outputs]  # id, target, fold, truths
-    keys = pd.read_parquet(run / "oof.parquet", columns=key_columns).sort_values("id", ignore_index=True)
-    test_ids = pd.read_parquet(run / "test.parquet", columns=["id"])["id"].sort_values(ignore_index=True)
+    run = resolve(ref, runs_dir)
+    for path in (run.folds_csv, run.oof, run.test, run.scores):
+        if not path.is_file():
+            raise UserError(f"ensemble member {ref}: {path} missing; run `pipeline predict` for it first")
+    cfg = load_config(run.config)
+    scores = run.read_scores("oof", "test")
+    outputs = [c for c in pq.read_schema(run.test).names if c != "id"]
+    key_columns = [c for c in pq.read_schema(run.oof).names if c not in outputs]  # id, target, fold, truths
+    keys = pd.read_parquet(run.oof, columns=key_columns).sort_values("id", ignore_index=True)
+    test_ids = pd.read_parquet(run.test, columns=["id"])["id"].sort_values(ignore_index=True)
     return Member(ref, run, cfg, keys, test_ids, outputs, scores["cv"])
 
 
@@ -61,8 +59,8 @@ class Outputs(Sequence):
     """The members' outputs for one part (oof or test), read from disk one member at a time when iterated:
     a mean over 20 members x 100k rows x 176 classes holds one member and the running sum, not twenty."""
 
-    def __init__(self, task, members: list[Member], part: str):
-        self.task, self.paths = task, [m.run / f"{part}.parquet" for m in members]
+    def __init__(self, task: Task, members: list[Member], part: str):
+        self.task, self.paths = task, [getattr(m.run, part) for m in members]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -76,11 +74,11 @@ class Outputs(Sequence):
 def check_compatible(members: list[Member]) -> list[str]:
     """Same folds, same OOF and test ids, same classes; returns the class columns."""
     first = members[0]
-    folds = pd.read_csv(first.run / "folds.csv", dtype={"id": str})[["id", "fold"]]
+    folds = pd.read_csv(first.run.folds_csv, dtype={"id": str})[["id", "fold"]]
     for m in members[1:]:
-        other = pd.read_csv(m.run / "folds.csv", dtype={"id": str})[["id", "fold"]]
+        other = pd.read_csv(m.run.folds_csv, dtype={"id": str})[["id", "fold"]]
         if not folds.equals(other):
-            raise UserError(f"{m.name} was trained on different folds than {first.name} ({m.run / 'folds.csv'}); "
+            raise UserError(f"{m.name} was trained on different folds than {first.name} ({m.run.folds_csv}); "
                             "an ensemble needs one folds file (same data, cv.folds and seed)")
         if m.classes != first.classes:
             raise UserError(f"{m.name} predicts other classes than {first.name}")
@@ -99,8 +97,7 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     members = [load_member(r, runs_dir) for r in refs]
     check_compatible(members)
     base = members[0]
-    classes = json.loads((base.run / "folds.json").read_text())["classes"]
-    task = build_task(base.cfg, classes)
+    task = build_task(base.cfg, base.run.classes())
     folds = base.keys["fold"].to_numpy()
     blend = task.blend(method, Outputs(task, members, "oof"), Outputs(task, members, "test"),
                        task.targets(base.keys), folds)
@@ -121,23 +118,20 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
 
 
 def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold) -> dict:
-    cfg = load_config(base.run / "config.yaml", [f"name={name}"])
-    run = cfg.run_dir
-    run.mkdir(parents=True, exist_ok=True)
-    write_text(run / "config.yaml", dump_yaml(cfg))
-    write_json(run / "meta.json", {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})
-    for f in ("folds.csv", "folds.json"):
-        copy_file(base.run / f, run / f)
-    stamp = new_stamp()
-    write_parquet(run / "oof.parquet", oof, stamp)
-    write_parquet(run / "test.parquet", test, stamp)
-    scores = {"metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
-              "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
-              "rows": len(oof), **blend.params, "stamp": stamp}
-    write_json(run / "members.json", [{"name": m.name, "run": str(m.run), "cv": m.cv} for m in members])
-    write_json(run / "weights.json", {"method": method, **blend.params, "weights": None if blend.weights is None else
-                                      {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)}})
-    write_json(run / "scores.json", scores)  # last: what it describes is on disk
+    cfg = load_config(base.run.config, [f"name={name}"])
+    run = RunDir(cfg.run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    write_text(run.config, dump_yaml(cfg))
+    write_json(run.meta, {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})
+    copy_file(base.run.folds_json, run.folds_json)
+    copy_file(base.run.folds_csv, run.folds_csv)
+    write_json(run.members, [{"name": m.name, "run": str(m.run.path), "cv": m.cv} for m in members])
+    write_json(run.weights, {"method": method, **blend.params, "weights": None if blend.weights is None else
+                             {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)}})
+    scores = run.write_predictions(oof, test, {
+        "metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
+        "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
+        "rows": len(oof), **blend.params})
     tracker = build_tracker(cfg, "ensemble", "ensemble")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
     tracker.finish()

@@ -14,6 +14,7 @@ from pipeline.config import Config
 from pipeline.files import write_csv
 from pipeline.folds import folds_current, make_folds, resolve_strategy, save_folds
 from pipeline.provenance import write_run_header
+from pipeline.rundir import RunDir
 from pipeline.submission import read_sample
 from pipeline.tasks import TASKS
 
@@ -38,11 +39,11 @@ def run(cfg: Config, force: bool = False) -> None:
     folds = make_folds(cfg, samples, classes, hashes)
     strategy = resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")
-    write_csv(cfg.run_dir / "duplicates.csv", found)  # before folds.csv, which marks a finished prepare
+    write_csv(RunDir(cfg.run_dir).duplicates, found)  # before folds.csv, which marks a finished prepare
     save_folds(cfg, folds, strategy)
     sizes = folds.table["fold"].value_counts().sort_index().tolist()
     log.info("%d rows, %d classes, %s %d-fold (sizes %s) -> %s", len(samples), len(folds.classes), strategy,
-             cfg.cv.folds, sizes, cfg.run_dir / "folds.csv")
+             cfg.cv.folds, sizes, RunDir(cfg.run_dir).folds_csv)
 
 
 def find_duplicates(cfg: Config, task, samples: pd.DataFrame, test: pd.DataFrame) -> tuple[list | None, pd.DataFrame]:
@@ -55,5 +56,5 @@ def find_duplicates(cfg: Config, task, samples: pd.DataFrame, test: pd.DataFrame
     found = duplicates.report(samples[d.id_col], train_hashes, samples[d.target_col],
                               test[d.id_col], task.fingerprints(cfg, test))
     for line in duplicates.summarise(found):
-        log.warning("%s (%s)", line, cfg.run_dir / "duplicates.csv")
+        log.warning("%s (%s)", line, RunDir(cfg.run_dir).duplicates)
     return train_hashes, found

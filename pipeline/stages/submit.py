@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,8 +15,9 @@ import pandas as pd
 
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
-from pipeline.files import check_stamps, write_csv
-from pipeline.submission import check_rows, decode, read_sample, validate  # noqa: F401  (decode, validate: the API tests use)
+from pipeline.files import write_csv
+from pipeline.rundir import RunDir, resolve
+from pipeline.submission import check_rows, read_sample
 from pipeline.tasks import build_task
 from pipeline.tracking import build_tracker
 
@@ -26,10 +26,8 @@ LOG_COLUMNS = ["exp", "cv", "metric", "file", "created", "message", "public_lb"]
 
 
 def load_run(exp: str, runs_dir: str = "runs") -> Config:
-    run = Path(exp) if (Path(exp) / "config.yaml").is_file() else Path(runs_dir) / exp
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"no experiment {exp!r}: {run / 'config.yaml'} not found")
-    return load_config(run / "config.yaml")
+    """The config of an experiment (by name under runs_dir, or its run directory's path)."""
+    return load_config(resolve(exp, runs_dir).config)
 
 
 def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs") -> Path:
@@ -37,16 +35,14 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
     log_path = Path(cfg.submissions_dir) / "log.csv"
     if lb is not None:
         return record_lb(log_path, cfg.name, lb)
-    run_dir = cfg.run_dir
-    for name in ("test.parquet", "scores.json", "folds.json"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir / name} missing; run `pipeline predict` (or `pipeline ensemble`) first")
-    classes = json.loads((run_dir / "folds.json").read_text())["classes"]
-    scores = json.loads((run_dir / "scores.json").read_text())
-    check_stamps(run_dir / "scores.json", scores, [run_dir / "test.parquet"])
+    run = RunDir(cfg.run_dir)
+    for path in (run.test, run.scores, run.folds_json):
+        if not path.is_file():
+            raise UserError(f"{path} missing; run `pipeline predict` (or `pipeline ensemble`) first")
+    scores = run.read_scores("test")
     sample = read_sample(cfg)
-    task = build_task(cfg, classes)
-    sub = task.submission(pd.read_parquet(run_dir / "test.parquet"), sample)
+    task = build_task(cfg, run.classes())
+    sub = task.submission(pd.read_parquet(run.test), sample)
     check_rows(sub, sample, cfg)
     task.check_submission(sub)
     path = Path(out) if out else Path(cfg.submissions_dir) / f"{cfg.name}.csv"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 
 from pipeline import checkpoint, distributed
 from pipeline.config import Config, to_dict
@@ -20,15 +19,14 @@ from pipeline.distributed import FoldLock
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
-from pipeline.loop import best_weights, fit, pick_device, predict, resolve_precision
+from pipeline.loop import fit, infer, pick_device, resolve_precision
 from pipeline.provenance import write_run_header
+from pipeline.rundir import FoldDir, RunDir, best_weights
 from pipeline.seeding import seed_everything, set_deterministic
-from pipeline.tasks import build_task
+from pipeline.tasks import Task, build_task
 from pipeline.tracking import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
-FOLD_FILES = ("last.pt", "best.pt", "avg.pt", "metrics.csv", "oof.parquet", "oof_no_tta.parquet", "test.parquet",
-              "predict.json", "train.log", "preprocess.json")
 
 
 def parse_folds(fold: str | int, k: int) -> list[int]:
@@ -53,9 +51,10 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
     which = parse_folds(fold, folds.table["fold"].nunique())
     if world.main:
         write_run_header(cfg, "train")
+    run_dir = RunDir(cfg.run_dir)
     for k in which:
-        lock = FoldLock(cfg.run_dir / f"fold{k}")
-        (cfg.run_dir / f"fold{k}").mkdir(parents=True, exist_ok=True)
+        run_dir.fold(k).path.mkdir(parents=True, exist_ok=True)
+        lock = FoldLock(run_dir.fold(k).lock)
         if not distributed.broadcast(lock.acquire() if world.main else None):
             if len(which) == 1:
                 raise UserError(f"fold {k} is being trained by {lock.owner()} ({lock.path}); wait for it, "
@@ -71,19 +70,17 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
 def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     """Train fold k unless it is finished; a half-trained fold continues from its last.pt."""
     world = distributed.world()
-    fold_dir = cfg.run_dir / f"fold{k}"
+    fold = RunDir(cfg.run_dir).fold(k)
     if force and world.main:
-        for name in FOLD_FILES:
-            (fold_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(fold_dir / "top", ignore_errors=True)
+        fold.clear()
     distributed.barrier()
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    fold.path.mkdir(parents=True, exist_ok=True)
     if world.main:  # a killed writer leaves its temporary file; the fold lock says no one else is writing here
-        for stale in fold_dir.glob("**/.*.tmp"):
+        for stale in fold.path.glob("**/.*.tmp"):
             stale.unlink(missing_ok=True)
-    state = checkpoint.load(fold_dir / "last.pt") if (fold_dir / "last.pt").is_file() else None
+    state = checkpoint.load(fold.last) if fold.last.is_file() else None
     done = bool(state and state["progress"]["done"])
-    if done and (fold_dir / "oof.parquet").is_file():
+    if done and fold.oof.is_file():
         p = state["progress"]
         log.info("fold %d is finished (best %s %.4f at epoch %d); --force retrains it",
                  k, cfg.train.metric, p["best_score"], p["best_epoch"] + 1)
@@ -94,7 +91,7 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     train_rows, valid_rows = folds.split(k)
     preprocess = task.fit_fold(train_rows)  # e.g. channel statistics or a vocabulary, from training rows only
     if preprocess and world.main:
-        write_json(fold_dir / "preprocess.json", preprocess)
+        write_json(fold.preprocess, preprocess)
     model = task.build_model()
     if world.size > 1:  # same initial weights on every rank (DDP checks), different dropout and mixup draws
         seed_everything(cfg.seed + k + 7919 * world.rank)
@@ -107,29 +104,29 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
         warn_config_changes(state.get("config", {}), to_dict(cfg))
     tracker = NullTracker() if done or not world.main else \
         build_tracker(cfg, f"fold{k}", "train", state and state["wandb_id"])
-    with log_to_file(fold_dir / "train.log") if world.main else contextlib.nullcontext():
+    with log_to_file(fold.log) if world.main else contextlib.nullcontext():
         try:
             if not done:
-                fit(task, model, train_loader, valid_loader, cfg, fold_dir, tracker, resume=state)
+                fit(task, model, train_loader, valid_loader, cfg, fold, tracker, resume=state)
             distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
-            score = write_oof(task, model, valid_rows, valid_loader, cfg, fold_dir)
+            score = write_oof(task, model, valid_rows, valid_loader, cfg, fold)
             tracker.summary({"oof/score": score})
         finally:
             tracker.finish()
 
 
-def write_oof(task, model, valid_rows, valid_loader, cfg: Config, fold_dir) -> float:
+def write_oof(task: Task, model, valid_rows, valid_loader, cfg: Config, fold: FoldDir) -> float:
     """fold{k}/oof.parquet from best.pt (raw or EMA weights, whichever validated better)."""
-    best = checkpoint.load(fold_dir / "best.pt")
+    best = checkpoint.load(fold.best)
     model.load_state_dict(best_weights(best))
     device = pick_device()
     model.to(device, memory_format=task.memory_format)
-    outputs = predict(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))[0]
+    outputs = infer(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))[0]
     if distributed.world().main:
-        write_parquet(fold_dir / "oof.parquet", task.prediction_frame(valid_rows, outputs))
+        write_parquet(fold.oof, task.prediction_frame(valid_rows, outputs))
     score = task.evaluate(outputs, valid_loader.dataset.labels)["score"]
     log.info("fold %d OOF %s %.4f (%s weights, epoch %d) -> %s", int(valid_rows["fold"].iloc[0]), cfg.train.metric,
-             score, best["progress"]["best_source"], best["progress"]["best_epoch"] + 1, fold_dir / "oof.parquet")
+             score, best["progress"]["best_source"], best["progress"]["best_epoch"] + 1, fold.oof)
     return score
 
 

@@ -1,14 +1,20 @@
-"""Tasks by name: what is learned (data, model, loss, outputs). The loop, folds and files are shared."""
+"""Tasks by name: what is learned (data, model, loss, outputs). The loop, folds and files are shared.
 
-from pipeline.tasks.base import Task
+Each task is a package holding its Task class and every module only it uses; pipeline/tasks/base.py is the
+contract they all fulfil.
+"""
+
+from pipeline.config import Config
+from pipeline.tasks.base import ClassProbabilities, Demo, Task
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tasks.detection import DetectionTask
 from pipeline.tasks.sequence import SequenceTask
 
-TASKS: dict[str, type] = {"classification": ClassificationTask, "detection": DetectionTask, "sequence": SequenceTask}
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "detection": DetectionTask,
+                                "sequence": SequenceTask}
 
-__all__ = ["TASKS", "Task", "build_task"]
+__all__ = ["TASKS", "ClassProbabilities", "Demo", "Task", "build_task"]
 
 
-def build_task(cfg, classes: list) -> Task:
+def build_task(cfg: Config, classes: list) -> Task:
     return TASKS[cfg.task](cfg, classes)

@@ -1,8 +1,17 @@
-"""The contract between a task and the shared loop, folds, checkpoints, ensembling and files."""
+"""The contract between a task and the shared loop, folds, checkpoints, ensembling and files.
+
+`Task` is every method a stage calls, with no-op defaults where most tasks need nothing (per-fold
+preprocessing, content fingerprints). `ClassProbabilities` is what classification and sequences share:
+[N, C] class probabilities through prediction files, scores, ensembles, submissions and report.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -10,75 +19,184 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pipeline.blend import Blend, blend_probabilities
 from pipeline.config import Config
-from pipeline.ensemble import Blend
-from pipeline.metrics import Metric
+from pipeline.errors import UserError
+from pipeline.metrics import METRICS, Metric, logloss
+from pipeline.submission import check_labels, decode
 from pipeline.tta import View
 
+RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
 
-class Task(Protocol):
+
+@dataclass(frozen=True)
+class Demo:
+    """`pipeline demo --task T`: an embedded competition and the experiments run on it."""
+
+    root: str  # default folder of the embedded competition
+    write: Callable[[Path], Path]  # writes it
+    experiments: tuple[str, ...]  # config files in configs/, ensembled in this order
+    ensemble: str  # the ensemble's name, also the submission's
+    score: Callable[[Path, Path, Config], dict[str, float]]  # (submission, solution.csv, config) -> held-back scores
+
+
+class Task(ABC):
+    cfg: Config
+    classes: list  # class names in class-id order (detection: box classes)
     metric: Metric  # the valid score per epoch and the CV score
-    memory_format: torch.memory_format  # of inputs and model (channels_last where it helps)
+    memory_format: torch.memory_format = torch.contiguous_format  # of inputs and model (channels_last where it helps)
+    demo: ClassVar[Demo]  # the embedded competition of `pipeline demo --task <name>`
+    tunes_head: ClassVar[bool] = True  # `pipeline tune` searches dropout and label smoothing by default
+
+    def __init__(self, cfg: Config, classes: list):
+        self.cfg, self.classes = cfg, classes
 
     # -- data, per competition (static: prepare calls them before any fold exists) --------------------------
     @staticmethod
+    @abstractmethod
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
         """One row per sample (id, target, group columns named by the config) and the class list, all checked."""
 
     @staticmethod
+    @abstractmethod
     def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
         """One row per test sample (the id column); check=True also decodes what it points to."""
+
+    @staticmethod
+    def fingerprints(cfg: Config, table: pd.DataFrame) -> list[str] | None:
+        """A content hash per row for duplicate detection at prepare; None: this data is not hashed."""
+        return None
+
+    @staticmethod
+    def input_size(cfg: Config) -> int | None:
+        """The model's input side in pixels, for tables and reports; None where inputs have no fixed size."""
+        return None
 
     # -- per fold -------------------------------------------------------------------------------------------
     def fit_fold(self, train_rows: pd.DataFrame) -> dict:
         """Preprocessing fitted on the fold's training rows only; saved as fold{k}/preprocess.json ({} = none)."""
+        return {}
 
-    def load_fold(self, state: dict) -> None:
+    def load_fold(self, state: dict) -> None:  # noqa: B027  (a no-op by design: most tasks fit nothing per fold)
         """Restore what fit_fold returned, before build_model/build_dataset at predict time."""
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
         """The network, on CPU, with any pretrained weights loaded."""
 
+    @abstractmethod
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> Dataset:
         """Samples for folds-table rows (id, target); train=True adds augmentation."""
 
     # -- steps ----------------------------------------------------------------------------------------------
+    @abstractmethod
     def to_device(self, batch: Any, device: torch.device) -> Any:
         """Move one collated batch to the device (in the model's memory format)."""
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """Scalar training loss for a batch already on the device."""
 
+    @abstractmethod
     def views(self, spec: str) -> list[View]:
         """The TTA views named by predict.tta, identity first."""
 
-    def predict(self, model: nn.Module, batch: Any, views: list[View]) -> Any:
+    @abstractmethod
+    def infer_batch(self, model: nn.Module, batch: Any, views: list[View]) -> Any:
         """Per-view, per-sample outputs for a batch on the device ([V, B, C] probabilities, or boxes)."""
 
+    @abstractmethod
     def gather(self, chunks: list) -> Any:
-        """Per-batch predict() outputs joined into per-view outputs for the whole loader."""
+        """Per-batch infer_batch() outputs joined into per-view outputs for the whole loader."""
 
+    @abstractmethod
     def merge(self, outputs: list, weights=None) -> Any:
         """One output from several of the same samples (TTA views, folds): a mean, or fused boxes."""
 
+    @abstractmethod
     def evaluate(self, outputs: Any, targets: Any) -> dict[str, float]:
         """{'score': ..., and e.g. 'loss'} for the validation rows."""
 
-    # -- files and ensembles --------------------------------------------------------------------------------
+    # -- files, ensembles, submission, report ---------------------------------------------------------------
+    @abstractmethod
     def prediction_frame(self, rows: pd.DataFrame, outputs: Any) -> pd.DataFrame:
         """id, (target, fold,) outputs as columns: the layout of oof.parquet and test.parquet."""
 
+    @abstractmethod
     def read_outputs(self, frame: pd.DataFrame) -> Any:
         """The outputs stored in a prediction frame (the inverse of prediction_frame)."""
 
+    @abstractmethod
     def targets(self, frame: pd.DataFrame) -> Any:
         """The truths of an OOF prediction frame, as evaluate() takes them."""
 
+    @abstractmethod
     def blend(self, method: str, oofs: list, tests: list, target: Any, folds: np.ndarray) -> Blend:
         """Combine experiments, fitting anything on OOF only; the ensemble stage's method."""
 
+    @abstractmethod
     def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
         """The competition's file from test predictions, in sample_submission's order."""
 
+    @abstractmethod
     def check_submission(self, sub: pd.DataFrame) -> None:
         """Content checks beyond rows/ids/order (labels known to train, well-formed box strings ...)."""
+
+    @abstractmethod
+    def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
+        """The report's sections on OOF predictions (pipeline.report.Section), figures written under out."""
+
+
+class ClassProbabilities(Task):
+    """Outputs are [N, C] class probabilities: averaged over views and folds, one column per class in files."""
+
+    def __init__(self, cfg: Config, classes: list):
+        clash = RESERVED & {str(c) for c in classes}
+        if clash:
+            raise UserError(f"class label(s) {sorted(clash)} clash with prediction columns id/target/fold; rename them")
+        super().__init__(cfg, classes)
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.metric = METRICS[cfg.train.metric]
+
+    def labels(self, rows: pd.DataFrame) -> np.ndarray | None:
+        """Class ids of folds-table rows; None for unlabelled (test) rows."""
+        return rows["target"].map(self.index).to_numpy() if "target" in rows else None
+
+    def gather(self, chunks: list[torch.Tensor]) -> np.ndarray:
+        """[V, N, C] from per-batch [V, B, C] outputs."""
+        return torch.cat(chunks, dim=1).numpy()
+
+    def merge(self, outputs: list[np.ndarray], weights=None) -> np.ndarray:
+        """Average several predictions of the same rows (TTA views, folds)."""
+        return np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
+
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}
+
+    def prediction_frame(self, rows: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
+        frame = pd.DataFrame(outputs.astype(self.cfg.predict.dtype), columns=[str(c) for c in self.classes])
+        keys = rows[[c for c in ("id", "target", "fold") if c in rows]].reset_index(drop=True)
+        return pd.concat([keys, frame], axis=1)
+
+    def read_outputs(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame[[str(c) for c in self.classes]].to_numpy(dtype=np.float32)
+
+    def targets(self, frame: pd.DataFrame) -> np.ndarray:
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        return frame["target"].astype(str).map(index).to_numpy(dtype=np.int64)
+
+    def blend(self, method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
+              folds: np.ndarray) -> Blend:
+        return blend_probabilities(method, oofs, tests, target, folds, self.metric)
+
+    def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+        return decode(test, sample, self.cfg, self.classes)
+
+    def check_submission(self, sub: pd.DataFrame) -> None:
+        check_labels(sub, self.classes, self.cfg)
+
+    def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
+        from pipeline.report import oof_sections  # matplotlib only when a report is drawn
+
+        return oof_sections(oof, self.targets(oof), self.read_outputs(oof).astype(np.float64),
+                            [str(c) for c in self.classes], out)

@@ -17,10 +17,10 @@ from pipeline.config import Config
 from pipeline.data import check_test_labels
 from pipeline.duplicates import text_hashes
 from pipeline.errors import UserError
-from pipeline.metrics import METRICS
 from pipeline.seeding import sample_generator, unpack
-from pipeline.seqmodels import build_sequence_model
-from pipeline.sequences import (
+from pipeline.submission import score_against_solution
+from pipeline.tasks.base import ClassProbabilities, Demo
+from pipeline.tasks.sequence.data import (
     HFTokenizer,
     Normaliser,
     Vocabulary,
@@ -28,7 +28,8 @@ from pipeline.sequences import (
     read_series_labels,
     read_texts,
 )
-from pipeline.tasks.classification import ClassificationTask
+from pipeline.tasks.sequence.demo_data import write_digit_series_competition
+from pipeline.tasks.sequence.models import build_sequence_model
 from pipeline.tta import VIEWS, View
 
 # auto is no TTA: on 10 BasicMotions/JapaneseVowels runs crops never raised CV and lowered it on 7 (1.0 -> 0.95).
@@ -93,13 +94,12 @@ def pad(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return x, mask
 
 
-class SequenceTask(ClassificationTask):
-    memory_format = torch.contiguous_format
+class SequenceTask(ClassProbabilities):
+    demo = Demo("data/demo-series", write_digit_series_competition, ("demo-seq-inception.yaml", "demo-seq-gru.yaml"),
+                "demo-seq-ensemble", lambda sub, sol, cfg: {"accuracy": score_against_solution(sub, sol, cfg)})
 
     def __init__(self, cfg: Config, classes: list):
-        self.cfg, self.classes = cfg, classes
-        self.index = {c: i for i, c in enumerate(classes)}
-        self.metric = METRICS[cfg.train.metric]
+        super().__init__(cfg, classes)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.text = cfg.data.text_col is not None
         self.normaliser: Normaliser | None = None
@@ -183,8 +183,7 @@ class SequenceTask(ClassificationTask):
         return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, len(self.classes))
 
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> SequenceDataset:
-        labels = rows["target"].map(self.index).to_numpy() if "target" in rows else None
-        return SequenceDataset([self._encode(i) for i in rows["id"]], labels, train, self.cfg)
+        return SequenceDataset([self._encode(i) for i in rows["id"]], self.labels(rows), train, self.cfg)
 
     def to_device(self, batch, device: torch.device):
         return tuple(t.to(device, non_blocking=True) for t in batch)
@@ -205,7 +204,7 @@ class SequenceTask(ClassificationTask):
         return [VIEWS["identity"] if name == "identity" else _crop_view(name, self.cfg.sequence.tta_crop)
                 for name in SEQUENCE_TTA[spec]]
 
-    def predict(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
+    def infer_batch(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
         """[V, B, C] probabilities; every view (crops of each sequence) in one padded forward pass."""
         x, mask, _ = batch
         items = [x[i, : int(mask[i].sum())] for i in range(len(x))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,20 +19,19 @@ from pipeline.data import (
     ImageFiles,
     check_images,
     check_test_labels,
+    image_hashes,
     image_paths,
     read_test,
+    read_test_images,
     read_train,
 )
-from pipeline.duplicates import file_hashes
-from pipeline.ensemble import Blend, blend_probabilities
 from pipeline.errors import UserError
-from pipeline.metrics import METRICS, logloss
-from pipeline.models import build_model, normalisation
-from pipeline.submission import check_labels, decode
-from pipeline.transforms import build_transforms
+from pipeline.models import build_classifier, normalisation
+from pipeline.submission import score_against_solution
+from pipeline.tasks.base import ClassProbabilities, Demo
+from pipeline.tasks.classification.demo_data import write_digits_competition
+from pipeline.tasks.classification.transforms import build_transforms
 from pipeline.tta import View, build_views, stack_views
-
-RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
 
 
 def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
@@ -44,23 +44,13 @@ def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
     return cached_images(paths, every, side, cfg.cache_dir)
 
 
-def read_test_images(cfg: Config, check: bool = False) -> pd.DataFrame:
-    """test.csv, one row per image; check=True decodes every image (prepare does)."""
-    test = read_test(cfg)
-    paths = image_paths(cfg, test[cfg.data.id_col])
-    if check and cfg.data.check_images:
-        check_images(paths, cfg.data_path("test_csv"))
-    return test
+class ClassificationTask(ClassProbabilities):
+    demo = Demo("data/demo-digits", lambda root: write_digits_competition(root, size=32),
+                ("demo-resnet.yaml", "demo-effnet.yaml"), "demo-ensemble",
+                lambda sub, sol, cfg: {"accuracy": score_against_solution(sub, sol, cfg)})
 
-
-class ClassificationTask:
     def __init__(self, cfg: Config, classes: list):
-        clash = RESERVED & {str(c) for c in classes}
-        if clash:
-            raise UserError(f"class label(s) {sorted(clash)} clash with prediction columns id/target/fold; rename them")
-        self.cfg, self.classes = cfg, classes
-        self.index = {c: i for i, c in enumerate(classes)}
-        self.metric = METRICS[cfg.train.metric]
+        super().__init__(cfg, classes)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         a = cfg.augment
         mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
@@ -93,23 +83,17 @@ class ClassificationTask:
             check_test_labels(test, cfg.data_path("test_csv"), target, read_train(cfg)[target].unique())
         return test
 
+    fingerprints = staticmethod(image_hashes)
+
     @staticmethod
-    def fingerprints(cfg: Config, table: pd.DataFrame) -> list[str] | None:
-        """A content hash per row (its image file's bytes), for duplicate detection at prepare."""
-        return file_hashes(image_paths(cfg, table[cfg.data.id_col]))
-
-    def fit_fold(self, train_rows: pd.DataFrame) -> dict:
-        """Preprocessing fitted on a fold's training rows, saved as fold{k}/preprocess.json: none for images."""
-        return {}
-
-    def load_fold(self, state: dict) -> None:
-        pass
+    def input_size(cfg: Config) -> int:
+        return cfg.image.size
 
     def views(self, spec: str) -> list[View]:
         return build_views(spec, self.cfg.augment)
 
     def build_model(self) -> nn.Module:
-        model = build_model(self.cfg.model, len(self.classes))
+        model = build_classifier(self.cfg.model, len(self.classes))
         self.mean, self.std = normalisation(model, self.cfg.image.mean, self.cfg.image.std)
         return model
 
@@ -117,9 +101,7 @@ class ClassificationTask:
         if self.mean is None:
             raise RuntimeError("build_model() sets the normalisation; call it before build_dataset()")
         transform = build_transforms(self.cfg.image, self.cfg.augment, train, self.mean, self.std)
-        labels = rows["target"].map(self.index).to_numpy() if "target" in rows else None
-        return ImageDataset(build_images(self.cfg, rows["id"]), labels, transform)
-
+        return ImageDataset(build_images(self.cfg, rows["id"]), self.labels(rows), transform)
 
     def to_device(self, batch, device: torch.device):
         x, y = batch
@@ -131,40 +113,17 @@ class ClassificationTask:
             x, y = self.mixup(x, y)
         return self.criterion(model(x), y)
 
-    def predict(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
+    def infer_batch(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
         """[V, B, C] class probabilities: every TTA view of the batch in a single forward pass."""
         x = stack_views(batch[0], views).contiguous(memory_format=self.memory_format)
         return model(x).float().softmax(dim=1).view(len(views), len(batch[0]), -1).cpu()
 
-    def gather(self, chunks: list[torch.Tensor]) -> np.ndarray:
-        """[V, N, C] from per-batch [V, B, C] outputs."""
-        return torch.cat(chunks, dim=1).numpy()
+    def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
+        """The shared confusion and per-class sections, then the highest-loss OOF images."""
+        from pipeline.tasks.classification.report import (
+            hardest_images,  # matplotlib only when a report is drawn
+        )
 
-    def merge(self, outputs: list[np.ndarray], weights=None) -> np.ndarray:
-        """Average several predictions of the same rows (TTA views, folds)."""
-        return np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
-
-    def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}
-
-    def prediction_frame(self, rows: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
-        frame = pd.DataFrame(outputs.astype(self.cfg.predict.dtype), columns=[str(c) for c in self.classes])
-        keys = rows[[c for c in ("id", "target", "fold") if c in rows]].reset_index(drop=True)
-        return pd.concat([keys, frame], axis=1)
-
-    def blend(self, method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
-              folds: np.ndarray) -> Blend:
-        return blend_probabilities(method, oofs, tests, target, folds, self.metric)
-
-    def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
-        return decode(test, sample, self.cfg, self.classes)
-
-    def check_submission(self, sub: pd.DataFrame) -> None:
-        check_labels(sub, self.classes, self.cfg)
-
-    def read_outputs(self, frame: pd.DataFrame) -> np.ndarray:
-        return frame[[str(c) for c in self.classes]].to_numpy(dtype=np.float32)
-
-    def targets(self, frame: pd.DataFrame) -> np.ndarray:
-        index = {str(c): i for i, c in enumerate(self.classes)}
-        return frame["target"].astype(str).map(index).to_numpy(dtype=np.int64)
+        truth, probs = self.targets(oof), self.read_outputs(oof).astype(np.float64)
+        return [*super().report_sections(oof, out),
+                hardest_images(self.cfg, oof, probs, truth, [str(c) for c in self.classes], out)]

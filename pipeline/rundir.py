@@ -1,0 +1,100 @@
+"""The run directory's layout, in one place: the files through which the stages talk (../shared/DESIGN.md).
+
+    runs/<exp>/  config.yaml meta.json folds.csv folds.json duplicates.csv oof.parquet test.parquet scores.json
+                 (ensembles: members.json weights.json)  report.html report/
+      fold<k>/   last.pt best.pt avg.pt top/epoch<e>.pt metrics.csv train.log train.lock preprocess.json
+                 oof.parquet oof_no_tta.parquet test.parquet predict.json
+
+Any stage may run on another machine later, as long as it sees the same folder; this module is that contract.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import UserError
+from pipeline.files import check_stamps, new_stamp, write_json, write_parquet
+
+
+class FoldDir:
+    """runs/<exp>/fold<k>/: one fold's checkpoints, metrics and predictions."""
+
+    # what `pipeline train --force` deletes (with top/) before retraining the fold
+    FILES = ("last.pt", "best.pt", "avg.pt", "metrics.csv", "oof.parquet", "oof_no_tta.parquet", "test.parquet",
+             "predict.json", "train.log", "preprocess.json")
+
+    def __init__(self, path: Path, k: int):
+        self.path, self.k = path, k
+        self.last, self.best, self.avg = path / "last.pt", path / "best.pt", path / "avg.pt"
+        self.top = path / "top"  # the best epochs' weights, kept for averaging (train.keep_top)
+        self.metrics, self.log, self.lock = path / "metrics.csv", path / "train.log", path / "train.lock"
+        self.preprocess = path / "preprocess.json"
+        self.oof, self.oof_no_tta, self.test = path / "oof.parquet", path / "oof_no_tta.parquet", path / "test.parquet"
+        self.predict_json = path / "predict.json"
+
+    def clear(self) -> None:
+        """Delete what training and prediction wrote, so the fold starts again."""
+        for name in self.FILES:
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+class RunDir:
+    """runs/<exp>/: an experiment or an ensemble."""
+
+    def __init__(self, path: str | Path):
+        self.path = path = Path(path)
+        self.name = path.name
+        self.config, self.meta = path / "config.yaml", path / "meta.json"
+        self.folds_csv, self.folds_json, self.duplicates = path / "folds.csv", path / "folds.json", path / "duplicates.csv"
+        self.oof, self.test, self.scores = path / "oof.parquet", path / "test.parquet", path / "scores.json"
+        self.members, self.weights = path / "members.json", path / "weights.json"  # ensembles only
+        self.report, self.figures = path / "report.html", path / "report"
+
+    def fold(self, k: int) -> FoldDir:
+        return FoldDir(self.path / f"fold{k}", k)
+
+    def fold_dirs(self) -> list[FoldDir]:
+        """The fold folders on disk, in fold order (fold10 after fold9)."""
+        found = [int(p.name.removeprefix("fold")) for p in self.path.glob("fold*")
+                 if p.is_dir() and p.name.removeprefix("fold").isdigit()]
+        return [self.fold(k) for k in sorted(found)]
+
+    def folds_with(self, name: str, k: int) -> list[int]:
+        """Which of folds 0..k-1 hold the file `name` (e.g. "best.pt": trained; "predict.json": predicted)."""
+        return [i for i in range(k) if (self.fold(i).path / name).is_file()]
+
+    def classes(self) -> list:
+        """The class list prepare wrote (folds.json)."""
+        return json.loads(self.folds_json.read_text())["classes"]
+
+    def read_scores(self, *parts: str) -> dict:
+        """scores.json, checked against the stamps of the prediction files named ("oof", "test")."""
+        scores = json.loads(self.scores.read_text())
+        check_stamps(self.scores, scores, [getattr(self, p) for p in parts])
+        return scores
+
+    def write_predictions(self, oof: pd.DataFrame, test: pd.DataFrame, scores: dict) -> dict:
+        """oof.parquet and test.parquet, then scores.json (last: what it describes is on disk), sharing one stamp."""
+        scores = {**scores, "stamp": new_stamp()}
+        write_parquet(self.oof, oof, scores["stamp"])
+        write_parquet(self.test, test, scores["stamp"])
+        write_json(self.scores, scores)
+        return scores
+
+
+def resolve(ref: str | Path, runs_dir: str | Path = "runs") -> RunDir:
+    """An experiment by name (runs_dir/<name>) or by the path of its run directory; it must hold config.yaml."""
+    path = Path(ref) if (Path(ref) / "config.yaml").is_file() else Path(runs_dir) / ref
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"no experiment {ref!r}: {path / 'config.yaml'} not found")
+    return RunDir(path)
+
+
+def best_weights(state: dict) -> dict:
+    """The state_dict that scored best in a checkpoint: the raw or the EMA weights."""
+    return state["ema"] if state["progress"]["best_source"] == "ema" else state["model"]
