@@ -7,26 +7,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.metrics import classification_report, confusion_matrix
 
 from pipeline.rundir import RunDir
-
-
-def image_sizes(paths: Sequence[Path], workers: int = 8) -> pd.DataFrame:
-    """width, height and mode per image file, from its header alone (no pixel is decoded)."""
-    def header(path: Path) -> tuple[int, int, str]:
-        with Image.open(path) as img:  # lazy: PIL reads the pixels only on load()
-            return (*img.size, img.mode)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(header, paths))
-    return pd.DataFrame(rows, columns=["width", "height", "mode"])
 
 
 def confusion_frame(truth: np.ndarray, pred: np.ndarray, classes: Sequence, normalise: bool = False) -> pd.DataFrame:

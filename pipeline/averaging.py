@@ -17,7 +17,9 @@ from torch import nn
 from pipeline import checkpoint
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.folds import Folds
 from pipeline.rundir import RunDir
+from pipeline.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def average_state_dicts(states: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader, task, device: torch.device, batches: int) -> int:
+def recalibrate_batchnorm(model: nn.Module, loader, task: Task, device: torch.device, batches: int) -> int:
     """Reset BN running statistics and re-measure them (cumulative average) on up to `batches` batches."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
@@ -81,7 +83,7 @@ def recalibrate_batchnorm(model: nn.Module, loader, task, device: torch.device, 
     return seen
 
 
-def averaged_weights(cfg: Config, task, model: nn.Module, folds, k: int) -> dict:
+def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k: int) -> dict:
     """fold{k}/avg.pt (built on first use): the mean of the kept top epochs, BN re-estimated if asked."""
     from pipeline.data import build_loader
     from pipeline.loop import pick_device

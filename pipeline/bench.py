@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
+from pipeline.tasks import Task
 
 
 def _peak_mb() -> float:
@@ -52,7 +53,7 @@ def _setup(cfg: Config):
     return task, model, device, resolve_precision(cfg.train.precision, device), train_rows, valid_rows
 
 
-def bare_runner(cfg: Config, task, device, dtype):
+def bare_runner(cfg: Config, task: Task, device, dtype):
     """(a) the limit: forward, loss, backward and an AdamW step on one synthetic batch kept on the device."""
     from pipeline.loop import autocast
     from pipeline.optim import build_optimizer
@@ -77,7 +78,7 @@ def bare_runner(cfg: Config, task, device, dtype):
     return run
 
 
-def pipeline_runner(cfg: Config, task, model, device, dtype, train_rows):
+def pipeline_runner(cfg: Config, task: Task, model, device, dtype, train_rows):
     """(b) `pipeline train`'s own train_epoch (EMA, clipping, schedule, augmentation) on the real loader."""
     from pipeline.data import build_loader
     from pipeline.loop import train_epoch

@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.data import load_image
 from pipeline.files import atomic_path, write_json
+from pipeline.images import load_image
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from pipeline.analysis import (
     expected_calibration_error,
     fold_metrics,
     highest_loss,
-    image_sizes,
     per_class_report,
 )
+from pipeline.images import image_sizes
 from pipeline.tasks.detection.report import detection_errors
 
 CLASSES = ["cat", "dog", "eel"]

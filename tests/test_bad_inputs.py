@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.data import load_image
+from pipeline.images import load_image
 from tests.conftest import TINY
 from tests.test_sequence import config as series_config
 from tests.test_sequence import write_series_competition

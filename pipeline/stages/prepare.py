@@ -16,7 +16,7 @@ from pipeline.folds import folds_current, make_folds, resolve_strategy, save_fol
 from pipeline.provenance import write_run_header
 from pipeline.rundir import RunDir
 from pipeline.submission import read_sample
-from pipeline.tasks import TASKS
+from pipeline.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run(cfg: Config, force: bool = False) -> None:
              cfg.cv.folds, sizes, RunDir(cfg.run_dir).folds_csv)
 
 
-def find_duplicates(cfg: Config, task, samples: pd.DataFrame, test: pd.DataFrame) -> tuple[list | None, pd.DataFrame]:
+def find_duplicates(cfg: Config, task: type[Task], samples: pd.DataFrame, test: pd.DataFrame) -> tuple[list | None, pd.DataFrame]:
     """Content hashes of the train samples and the duplicates report (data.dedupe; tasks without
     fingerprints, such as series, report nothing)."""
     d = cfg.data

@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline import analysis, plots
 from pipeline.config import Config
-from pipeline.data import image_paths, load_image
+from pipeline.images import image_paths, load_image
 from pipeline.report import GRID, Section, shorten, thumbnail
 
 

@@ -14,18 +14,16 @@ from torch import nn
 
 from pipeline.cache import cached_images, cached_side
 from pipeline.config import Config
-from pipeline.data import (
+from pipeline.data import check_test_labels, read_test, read_train
+from pipeline.errors import UserError
+from pipeline.images import (
     ImageDataset,
     ImageFiles,
     check_images,
-    check_test_labels,
     image_hashes,
     image_paths,
-    read_test,
     read_test_images,
-    read_train,
 )
-from pipeline.errors import UserError
 from pipeline.models import build_classifier, normalisation
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo

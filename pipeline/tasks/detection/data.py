@@ -7,7 +7,6 @@ bottom), which keeps the mapping back to the original image exact and lets every
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import albumentations as A
@@ -16,19 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
-from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.config import Config
-from pipeline.data import (
-    _require_clean_ids,
-    _row_numbers,
-    image_paths,
-    load_image,
-    read_table,
-    require_columns,
-)
+from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns
 from pipeline.errors import UserError
+from pipeline.images import image_paths, image_sizes, load_image
 from pipeline.seeding import seed_transform, unpack
 from pipeline.tasks.detection.boxes import to_xyxy
 
@@ -83,19 +75,11 @@ def box_classes(cfg: Config, table: pd.DataFrame) -> list[str]:
     return list(cfg.data.classes) if cfg.data.classes is not None else sorted(table["label"].dropna().astype(str).unique())
 
 
-def image_sizes(paths: list[Path], workers: int = 8) -> list[tuple[int, int]]:
-    """(width, height) from each image's header; no full decode."""
-    def size(p):
-        with Image.open(p) as img:
-            return img.size
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(size, paths))
-
-
 def table_image_sizes(cfg: Config, table: pd.DataFrame) -> dict:
     """id -> (width, height) for every image of a box table."""
     ids = table["id"].drop_duplicates()
-    return dict(zip(ids, image_sizes(image_paths(cfg, ids)), strict=True))
+    sizes = image_sizes(image_paths(cfg, ids))
+    return dict(zip(ids, zip(sizes["width"].tolist(), sizes["height"].tolist(), strict=True), strict=True))
 
 
 def check_inside(cfg: Config, table: pd.DataFrame, sizes: dict) -> None:

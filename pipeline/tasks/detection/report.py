@@ -11,7 +11,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.config import Config
-from pipeline.data import image_paths, load_image
+from pipeline.images import image_paths, load_image
 from pipeline.report import GRID, Section, shorten, thumbnail
 from pipeline.tasks.detection.boxes import Detections, iou_matrix
 

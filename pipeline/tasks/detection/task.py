@@ -14,8 +14,8 @@ from torch import nn
 
 from pipeline.blend import Blend
 from pipeline.config import Config
-from pipeline.data import check_images, image_hashes, image_paths, read_test_images
 from pipeline.errors import UserError
+from pipeline.images import check_images, image_hashes, image_paths, read_test_images
 from pipeline.metrics import Metric
 from pipeline.submission import in_sample_order
 from pipeline.tasks.base import Demo, Task
