@@ -1,8 +1,8 @@
 """Sequence classification: series (long tables) or texts, with 1D-CNN, GRU/LSTM or transformer models.
 
-Outputs are class probabilities, so OOF files, ensembling and submissions are the classification task's.
-What differs: per-fold preprocessing (channel statistics or a vocabulary fitted on the training fold and saved
-as fold{k}/preprocess.json), padded batches with masks, time augmentation and crop TTA.
+Outputs are class probabilities (tasks.base.ClassProbabilities), so OOF files, ensembling and submissions are
+those of classification. What differs: per-fold preprocessing (channel statistics or a vocabulary fitted on the
+training fold and saved as fold{k}/preprocess.json), padded batches with masks, time augmentation and crop TTA.
 """
 
 from __future__ import annotations
