@@ -36,6 +36,11 @@ class FoldDir:
         self.oof, self.oof_no_tta, self.test = path / "oof.parquet", path / "oof_no_tta.parquet", path / "test.parquet"
         self.predict_json = path / "predict.json"
 
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    __str__ = __fspath__
+
     def clear(self) -> None:
         """Delete what training and prediction wrote, so the fold starts again."""
         for name in self.FILES:
@@ -54,6 +59,11 @@ class RunDir:
         self.oof, self.test, self.scores = path / "oof.parquet", path / "test.parquet", path / "scores.json"
         self.members, self.weights = path / "members.json", path / "weights.json"  # ensembles only
         self.report, self.figures = path / "report.html", path / "report"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    __str__ = __fspath__
 
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{k}", k)
