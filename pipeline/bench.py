@@ -243,7 +243,7 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
     """Measure every part, print the table, return its rows."""
     from pipeline.stages import prepare
     from pipeline.stages.demo import DEMOS
-    from pipeline.tasks.classification import build_images
+    from pipeline.tasks.classification.task import build_images
 
     if not cfg.data_path("train_csv").is_file() and Path(cfg.data.root) == Path(DEMOS["classification"].root):
         DEMOS["classification"].write(Path(cfg.data.root))  # configs/bench-demo.yaml on a machine without ../shared

@@ -11,37 +11,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
-from pipeline.cli import app
 from pipeline.images import load_image
-from tests.conftest import TINY
-from tests.test_sequence import config as series_config
-from tests.test_sequence import write_series_competition
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from tests.conftest import SEQ, assert_refused, invoke, write_series_competition
 
 
 def files(*folders: Path) -> set[Path]:
     return {p for folder in folders if folder.exists() for p in folder.rglob("*")}
-
-
-def assert_refused(result, file: str, *fragments: str) -> str:
-    """Exit 2, one `error:` line naming `file`, every fragment on stderr, no traceback; returns the error line."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert file in errors[0], errors[0]
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
-    return errors[0]
 
 
 def rewrite(root: Path, name: str, edit) -> None:
@@ -153,7 +130,7 @@ def test_prepare_refuses(competition, make_config, tmp_path, damage, file, fragm
     damage(competition)
     path, cfg = make_config(competition)
     before = files(competition)
-    assert_refused(invoke("prepare", "--config", path), file, *fragments)
+    assert_refused(invoke("prepare", "--config", path), *fragments, file=file)
     assert not cfg.run_dir.exists() and files(competition) == before  # no folds.csv, no stray temporary file
 
 
@@ -212,7 +189,7 @@ def test_folds_made_from_other_data_are_refused_by_predict(competition, make_con
     assert invoke("prepare", "--config", path).exit_code == 0
     rewrite(competition, "train.csv", lambda df: df.drop(index=[0, 1], inplace=True))
     before = files(cfg.run_dir)
-    assert_refused(invoke("predict", "--config", path), "folds.csv", "was made from a different", "prepare --force")
+    assert_refused(invoke("predict", "--config", path), "was made from a different", "prepare --force", file="folds.csv")
     assert files(cfg.run_dir) == before
 
 
@@ -222,38 +199,18 @@ def test_a_folds_csv_copied_from_other_data_is_refused(competition, make_config)
     folds = pd.read_csv(cfg.run_dir / "folds.csv")
     folds["id"] = folds["id"].str.replace("images/", "images/other-")
     folds.to_csv(cfg.run_dir / "folds.csv", index=False)
-    assert_refused(invoke("train", "--config", path, "--fold", "0"), "folds.csv", "prepare --force")
+    assert_refused(invoke("train", "--config", path, "--fold", "0"), "prepare --force", file="folds.csv")
     assert not (cfg.run_dir / "fold0").exists()
 
 
-@pytest.fixture(scope="module")
-def predicted(digits_root, tmp_path_factory) -> Path:
-    """A digits experiment trained (2 folds, 1 epoch) and predicted once for the submit cases: runs/exp/."""
-    base = tmp_path_factory.mktemp("submit")
-    root = Path(shutil.copytree(digits_root, base / "digits"))
-    tree = {**TINY, "name": "exp", "runs_dir": str(base / "runs"), "submissions_dir": str(base / "subs"),
-            "data": {"root": str(root)}, "cv": {"folds": 2}, "train": {**TINY["train"], "epochs": 1}}
-    (base / "exp.yaml").write_text(yaml.safe_dump(tree))
-    for args in (["prepare"], ["train", "--fold", "all"], ["predict", "--tta", "none"]):
-        result = invoke(args[0], "--config", base / "exp.yaml", *args[1:])
-        assert result.exit_code == 0, result.output
-    return base
-
-
 @pytest.fixture
-def experiment(predicted):
-    """The predicted experiment with its config pointed at sample.csv, a copy of sample_submission.csv a test
-    may damage; (base folder, data root)."""
-    config = predicted / "runs/exp/config.yaml"
-    original = config.read_text()
-    tree = yaml.safe_load(original)
-    root = Path(tree["data"]["root"])
-    shutil.copy(root / "sample_submission.csv", root / "sample.csv")
-    tree["data"]["sample_submission"] = "sample.csv"
-    config.write_text(yaml.safe_dump(tree))
-    yield predicted, root
-    config.write_text(original)
-    shutil.rmtree(predicted / "subs", ignore_errors=True)
+def experiment(copy_run, competition, tmp_path):
+    """The session's trained and predicted digits run, copied to tmp_path/runs/exp with its config pointed at a
+    private copy of the competition and at sample.csv there, a copy of sample_submission.csv a test may damage;
+    (base folder, data root)."""
+    shutil.copy(competition / "sample_submission.csv", competition / "sample.csv")
+    copy_run("exp", data={"root": str(competition), "sample_submission": "sample.csv"})
+    return tmp_path, competition
 
 
 SUBMIT_REFUSES = [
@@ -277,7 +234,7 @@ def test_submit_refuses(experiment, damage, fragments):
     base, root = experiment
     damage(root)
     before = files(base / "runs", base / "subs")
-    assert_refused(invoke("submit", "exp", "--runs-dir", base / "runs"), "sample.csv", *fragments)
+    assert_refused(invoke("submit", "exp", "--runs-dir", base / "runs"), *fragments, file="sample.csv")
     assert files(base / "runs", base / "subs") == before  # no submission, no log row
 
 
@@ -322,15 +279,15 @@ SERIES_REFUSES = [
 
 
 @pytest.mark.parametrize("damage, file, fragments", SERIES_REFUSES)
-def test_prepare_refuses_bad_series(series, tmp_path, damage, file, fragments):
+def test_prepare_refuses_bad_series(series, make_config, damage, file, fragments):
     damage(series)
-    path, cfg = series_config(series, tmp_path)
-    assert_refused(invoke("prepare", "--config", path), file, *fragments)
+    path, cfg = make_config(series, base=SEQ)
+    assert_refused(invoke("prepare", "--config", path), *fragments, file=file)
     assert not cfg.run_dir.exists()
 
 
-def test_a_text_column_in_a_long_table_is_left_out(series, tmp_path):
+def test_a_text_column_in_a_long_table_is_left_out(series, make_config):
     insert_column("train.csv", "test.csv", column="subject", values="alice", at=2)(series)
-    path, cfg = series_config(series, tmp_path)
+    path, cfg = make_config(series, base=SEQ)
     assert invoke("prepare", "--config", path).exit_code == 0
     assert json.loads((cfg.run_dir / "folds.json").read_text())["rows"] == 12

@@ -1,6 +1,10 @@
-"""The benchmark's parts measure real work on the digits competition (rates are reported, never asserted)."""
+"""The benchmark's parts do real work on the digits competition and turn it into the rates they report: timed
+against a fake clock, the rates are exact; real rates are reported, never asserted."""
+
+import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline import bench
@@ -15,18 +19,73 @@ def bench_cfg(competition, make_config):
     return cfg
 
 
-def test_each_part_reports_a_rate_and_peak_memory(bench_cfg):
+class FakeClock:
+    """bench's `time`: perf_counter() moves on by `tick` seconds at every reading, and by advance(s) in between."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_each_part_turns_its_work_into_rates_and_peak_memory(bench_cfg, monkeypatch):
+    clock = FakeClock(tick=0.0)
+    monkeypatch.setattr(bench, "time", clock)
+    # (a) and (b) do their real steps; the clock says what each call took: warm-up, chunk 1, chunk 2.
+    took = {"bare": [5.0, 1.0, 2.0], "pipeline": [5.0, 2.0, 2.0]}
+    samples = {"bare": [], "pipeline": []}
+
+    def timed(name, make):
+        def runner(*args):
+            run = make(*args)
+
+            def step(n):
+                samples[name].append(run(n))
+                clock.advance(took[name][len(samples[name]) - 1])
+                return samples[name][-1]
+            return step
+        return runner
+
+    monkeypatch.setattr(bench, "bare_runner", timed("bare", bench.bare_runner))
+    monkeypatch.setattr(bench, "pipeline_runner", timed("pipeline", bench.pipeline_runner))
     training = bench.training(bench_cfg, 2, 1, chunks=2)
-    assert training["bare"] > 0 and training["pipeline"] > 0 and training["ratio"] > 0 and training["peak MB"] > 0
+    assert samples == {"bare": [8, 8, 8], "pipeline": [8, 8, 8]}  # one batch of 8 per call (steps // chunks)
+    # rates 8/1, 8/2 (bare) and 8/2, 8/2 (pipeline): medians 6 and 4; the ratio is the median of the chunk
+    # pairs' ratios (0.5, 1), not the ratio of the medians (0.67)
+    assert {k: training[k] for k in ("bare", "pipeline", "ratio")} == {"bare": 6.0, "pipeline": 4.0, "ratio": 0.75}
+    assert training["peak MB"] > 0
+
+    clock.tick = 1.0  # each timed part below reads the clock twice: one second
     loader = bench.loader_only(bench_cfg, 3, 1)
-    assert loader["samples/s"] > 0 and loader["peak MB"] > 0
+    assert loader["samples/s"] == 3 * 8 and loader["peak MB"] > 0  # three timed batches of 8 (after the warm-up)
     d4 = bench.predict_views(bench_cfg, 2, "d4")
-    assert d4["views"] == 8 and d4["view images/s"] == pytest.approx(8 * d4["samples/s"])
+    assert (d4["samples/s"], d4["views"], d4["view images/s"]) == (2 * 8, 8, 2 * 8 * 8)  # two batches of 8, 8 views
 
 
-def test_ensembling_part_runs_the_stage_on_float16_members(bench_cfg):
-    result = bench.ensembling(bench_cfg, 3, 2000, 10, "weighted")
-    assert result["seconds"] > 0 and 0.5 < result["cv"] <= 1.0  # members lean toward the truth
+def test_ensembling_part_runs_the_stage_on_float16_members(bench_cfg, tmp_path):
+    cfg = dataclasses.replace(bench_cfg, predict=dataclasses.replace(bench_cfg.predict, dtype="float16"))
+    names = bench.write_members(cfg, tmp_path / "members", 3, 2000, 10)  # the members ensembling writes (seeded)
+    oofs = [pd.read_parquet(tmp_path / "members" / n / "oof.parquet") for n in names]
+    classes = [c for c in oofs[0].columns if c.startswith("class_")]
+    assert len(classes) == 10 and all((oof[classes].dtypes == np.float16).all() for oof in oofs)
+    truth = oofs[0]["target"].to_numpy()
+
+    def accuracy(probs):
+        return float((np.array(classes)[probs.argmax(axis=1)] == truth).mean())
+
+    members = [accuracy(oof[classes].to_numpy(np.float64)) for oof in oofs]
+    mean = accuracy(sum(oof[classes].to_numpy(np.float64) for oof in oofs))
+    assert 0.2 < members[0] < members[-1]  # members lean toward the truth, the last one most
+
+    weighted = bench.ensembling(cfg, 3, 2000, 10, "weighted")
+    assert weighted["seconds"] > 0 and weighted["peak MB"] > 0
+    assert 0.5 < weighted["cv"] <= 1.0 and weighted["cv"] >= max(members) - 1e-9  # the climb starts from the best
+    assert bench.ensembling(cfg, 3, 2000, 10, "mean")["cv"] == pytest.approx(mean, abs=1 / 2000)  # one row at most
 
 
 @pytest.mark.slow

@@ -5,24 +5,8 @@ import sys
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from pipeline.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
+from tests.conftest import assert_refused, invoke
 
 
 def test_missing_image_is_reported_with_its_row(competition, make_config):
@@ -32,15 +16,15 @@ def test_missing_image_is_reported_with_its_row(competition, make_config):
     (competition / train.loc[7, "image"]).write_bytes(b"")
     (competition / train.loc[9, "image"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     result = invoke("prepare", "--config", path)
-    assert_user_error(result, "3 of 150 images cannot be read", "line 5:", "(missing)", "line 9:", "(empty file)",
-                      "line 11:", "does not decode")
+    assert_refused(result, "3 of 150 images cannot be read", "line 5:", "(missing)", "line 9:", "(empty file)",
+                   "line 11:", "does not decode")
     assert not cfg.run_dir.exists()
 
 
 def test_label_column_that_does_not_exist(competition, make_config):
     path, cfg = make_config(competition, data={"target_col": "labels"})
     result = invoke("prepare", "--config", path)
-    assert_user_error(result, "column 'labels' (config data.target_col) not found", "did you mean 'label'?")
+    assert_refused(result, "column 'labels' (config data.target_col) not found", "did you mean 'label'?")
     assert not cfg.run_dir.exists()
 
 
@@ -48,7 +32,7 @@ def test_label_column_that_does_not_exist(competition, make_config):
 def test_empty_train_csv(competition, make_config, content, message):
     (competition / "train.csv").write_text(content)
     path, cfg = make_config(competition)
-    assert_user_error(invoke("prepare", "--config", path), "train.csv", message)
+    assert_refused(invoke("prepare", "--config", path), message, file="train.csv")
     assert not cfg.run_dir.exists()
 
 
@@ -57,22 +41,22 @@ def test_train_refuses_folds_made_from_other_data(competition, make_config):
     assert invoke("prepare", "--config", path).exit_code == 0
     train = pd.read_csv(competition / "train.csv")
     train.iloc[:-5].to_csv(competition / "train.csv", index=False)
-    assert_user_error(invoke("train", "--config", path, "--fold", "0"), "was made from a different", "prepare --force")
+    assert_refused(invoke("train", "--config", path, "--fold", "0"), "was made from a different", "prepare --force")
     assert not (cfg.run_dir / "fold0").exists()
 
 
 def test_train_before_prepare_and_bad_fold(competition, make_config):
     path, cfg = make_config(competition)
-    assert_user_error(invoke("train", "--config", path, "--fold", "0"), "no folds", "pipeline prepare")
+    assert_refused(invoke("train", "--config", path, "--fold", "0"), "no folds", "pipeline prepare")
     assert invoke("prepare", "--config", path).exit_code == 0
-    assert_user_error(invoke("train", "--config", path, "--fold", "3"), "folds 0..2")
-    assert_user_error(invoke("train", "--config", path, "--fold", "x"), "expected a fold number")
+    assert_refused(invoke("train", "--config", path, "--fold", "3"), "folds 0..2")
+    assert_refused(invoke("train", "--config", path, "--fold", "x"), "expected a fold number")
 
 
 def test_unknown_config_key_and_missing_config(competition, make_config, tmp_path):
     path, _ = make_config(competition)
-    assert_user_error(invoke("prepare", "--config", path, "--set", "train.batchsize=8"), "did you mean train.batch_size?")
-    assert_user_error(invoke("prepare", "--config", tmp_path / "nope.yaml"), "nope.yaml not found")
+    assert_refused(invoke("prepare", "--config", path, "--set", "train.batchsize=8"), "did you mean train.batch_size?")
+    assert_refused(invoke("prepare", "--config", tmp_path / "nope.yaml"), "nope.yaml not found")
 
 
 def test_console_entry_point_lists_the_stages():

@@ -2,20 +2,14 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from sklearn.metrics import accuracy_score
 
-from pipeline.cli import app
+from pipeline.stages import prepare
 from pipeline.submission import score_against_solution
-
-runner = CliRunner()
-
-
-def cli(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
+from tests.conftest import cli, invoke, oof_accuracy
 
 
 def test_prepare_train_predict_ensemble_submit(competition, make_config, tmp_path):
@@ -28,7 +22,13 @@ def test_prepare_train_predict_ensemble_submit(competition, make_config, tmp_pat
     cli("predict", "--config", path_b, "--tta", "none")
     scores = json.loads((cfg_a.run_dir / "scores.json").read_text())
     assert set(scores["folds"]) == {"0", "1", "2"} and scores["tta"] == "shifts" and scores["weights"] == "avg"
-    assert 0 <= scores["cv_no_tta"] <= 1 and scores["rows"] == 150
+    assert scores["rows"] == 150
+    classes = [f"digit_{d}" for d in range(10)]
+    oof = pd.read_parquet(cfg_a.run_dir / "oof.parquet")
+    plain = pd.concat([pd.read_parquet(cfg_a.run_dir / f"fold{k}/oof_no_tta.parquet") for k in range(3)])
+    assert scores["cv"] == pytest.approx(oof_accuracy(oof, classes))  # the CV is the OOF file's, recomputed
+    assert scores["cv_no_tta"] == pytest.approx(oof_accuracy(plain, classes))
+    assert {k: pytest.approx(oof_accuracy(g, classes)) for k, g in oof.groupby(oof["fold"].astype(str))} == scores["folds"]
     test = pd.read_parquet(cfg_a.run_dir / "test.parquet")
     assert len(test) == len(pd.read_csv(competition / "test.csv"))
     assert (cfg_a.run_dir / "fold0/avg.pt").is_file()
@@ -56,21 +56,22 @@ def test_prepare_train_predict_ensemble_submit(competition, make_config, tmp_pat
     sub_path = tmp_path / "subs" / "blend.csv"
     sub = pd.read_csv(sub_path)
     assert list(sub["image"]) == list(pd.read_csv(competition / "sample_submission.csv")["image"])
-    assert 0 <= score_against_solution(sub_path, competition / "solution.csv") <= 1
+    blended = pd.read_parquet(blend / "test.parquet").set_index("id").loc[sub["image"], classes]
+    assert list(sub["label"]) == list(np.array(classes)[blended.to_numpy().argmax(axis=1)])  # the blend's arg-max
+    solution = pd.read_csv(competition / "solution.csv").set_index("image").loc[sub["image"], "label"]
+    assert score_against_solution(sub_path, competition / "solution.csv") == pytest.approx(
+        accuracy_score(solution, sub["label"]))
     cli("submit", "blend", "--runs-dir", runs, "--lb", "0.987")
     log = pd.read_csv(tmp_path / "subs" / "log.csv")
     assert list(log["exp"]) == ["blend"] and log.loc[0, "public_lb"] == pytest.approx(0.987)
     assert log.loc[0, "message"] == "first" and log.loc[0, "cv"] == pytest.approx(ens_scores["cv"])
 
 
-def test_ensemble_refuses_members_with_different_folds(competition, make_config):
-    path_a, cfg = make_config(competition, name="a", train={"epochs": 1})
-    path_b, _ = make_config(competition, name="b", train={"epochs": 1}, seed=7)
-    for path in (path_a, path_b):
-        cli("prepare", "--config", path)
-        cli("train", "--config", path, "--fold", "all")
-        cli("predict", "--config", path, "--tta", "none")
-    result = runner.invoke(app, ["ensemble", "a", "b", "--runs-dir", str(cfg.runs_dir)])
+def test_ensemble_refuses_members_with_different_folds(copy_run):
+    a, b = copy_run("a"), copy_run("b", seed=7)
+    prepare.run(b, force=True)  # b's folds redone with another seed, as `pipeline prepare --force` does
+    assert (a.run_dir / "folds.csv").read_bytes() != (b.run_dir / "folds.csv").read_bytes()
+    result = invoke("ensemble", "a", "b", "--runs-dir", a.runs_dir)
     assert result.exit_code == 2 and "trained on different folds" in result.stderr
 
 

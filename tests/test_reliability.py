@@ -16,6 +16,7 @@ import torch
 from pipeline import checkpoint
 from pipeline.seeding import SeededSampler
 from pipeline.stages import predict, prepare, submit, train
+from tests.conftest import cli
 
 AUGMENTED = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5, "color_jitter": 0.3, "scale_min": 0.5}
 
@@ -118,15 +119,10 @@ def nan_after(monkeypatch, calls: int, times: int = 10**9) -> None:
 
 
 def test_nan_loss_stops_the_fold_naming_epoch_and_step_and_keeps_the_good_checkpoints(competition, make_config, monkeypatch):
-    from typer.testing import CliRunner
-
-    from pipeline.cli import app
-
     path, cfg = make_config(competition, train={"epochs": 3, "ema": False})
     prepare.run(cfg)
     nan_after(monkeypatch, calls=8)  # 6 batches per epoch: the NaN comes in epoch 2, step 9
-    result = CliRunner().invoke(app, ["train", "--config", str(path), "--fold", "0"])
-    assert result.exit_code == 2, result.output  # the CLI's exit code for errors the user can fix
+    result = cli("train", "--config", path, "--fold", "0", exit_code=2)  # the exit code of errors the user can fix
     assert "training loss is nan at epoch 2, step 9" in result.output and "Traceback" not in result.output
     best, last = checkpoint.load(cfg.run_dir / "fold0/best.pt"), checkpoint.load(cfg.run_dir / "fold0/last.pt")
     assert best["progress"]["epoch"] == last["progress"]["epoch"] == 0  # nothing from the broken epoch
@@ -159,15 +155,12 @@ def test_nan_rollback_gives_up_after_max_rollbacks(competition, make_config, mon
     assert not (cfg.run_dir / "fold0/last.pt").exists() and not (cfg.run_dir / "fold0/best.pt").exists()
 
 
-def test_a_prediction_file_from_an_interrupted_run_is_refused_not_submitted(competition, make_config):
+def test_a_prediction_file_from_an_interrupted_run_is_refused_not_submitted(copy_run):
     """Each file is replaced atomically; a kill between test.parquet and scores.json pairs files of two runs."""
     from pipeline.errors import UserError
     from pipeline.files import new_stamp, write_parquet
 
-    _, cfg = make_config(competition, train={"epochs": 1}, cv={"folds": 2})
-    prepare.run(cfg)
-    train.run(cfg)
-    predict.run(cfg)
+    cfg = copy_run()  # trained and predicted
     submit.run(cfg.name, runs_dir=cfg.runs_dir)  # a consistent run submits
     test = cfg.run_dir / "test.parquet"
     write_parquet(test, pd.read_parquet(test), new_stamp())  # a later predict, killed before its scores.json
@@ -178,19 +171,14 @@ def test_a_prediction_file_from_an_interrupted_run_is_refused_not_submitted(comp
 
 
 @pytest.mark.slow
-def test_predict_and_ensemble_killed_at_any_moment_finish_on_rerun(competition, make_config):
+def test_predict_and_ensemble_killed_at_any_moment_finish_on_rerun(copy_run):
     """SIGKILL `pipeline predict` and `pipeline ensemble` at spread-out moments; whatever is on disk stays
     readable, submit never takes a mismatched pair, and rerunning gives the uninterrupted outputs."""
     from pipeline.errors import UserError
     from pipeline.stages import ensemble
 
-    names = []
-    for name in ("a", "b"):
-        path, cfg = make_config(competition, name=name, train={"epochs": 1}, cv={"folds": 2})
-        prepare.run(cfg)
-        train.run(cfg)
-        names.append((path, cfg))
-    (path_a, a), (_, b) = names
+    a, b = copy_run("a"), copy_run("b", predict={"tta": "none"})  # two trained runs; b's predictions differ
+    path_a = a.run_dir / "config.yaml"
     predict.run(b)
     predict.run(a)
     reference = {n: pd.read_parquet(a.run_dir / n) for n in ("oof.parquet", "test.parquet")}
@@ -226,15 +214,10 @@ def test_predict_and_ensemble_killed_at_any_moment_finish_on_rerun(competition, 
 
 
 def test_deterministic_flag_turns_on_deterministic_kernels(competition, make_config):
-    from typer.testing import CliRunner
-
-    from pipeline.cli import app
-
     path, cfg = make_config(competition, train={"epochs": 1})
     prepare.run(cfg)
     try:
-        result = CliRunner().invoke(app, ["train", "--config", str(path), "--fold", "0", "--deterministic"])
-        assert result.exit_code == 0, result.output
+        cli("train", "--config", path, "--fold", "0", "--deterministic")
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
         assert "deterministic: true" in (cfg.run_dir / "config.yaml").read_text()
     finally:

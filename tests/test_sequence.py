@@ -7,67 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
-from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.stages import prepare
 from pipeline.tasks.sequence.models import SEQUENCE_MODELS, build_sequence_model
 from pipeline.tasks.sequence.task import SequenceDataset, SequenceTask, pad
-
-runner = CliRunner()
-
-
-def write_series_competition(root, n_train=48, n_test=12, channels=3, seed=0):
-    """Variable-length series whose class sets the frequency of a sine on channel 0."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-
-    def block(ids):
-        rows, labels = [], []
-        for sid in ids:
-            label = int(rng.integers(0, 3))
-            steps = int(rng.integers(12, 30))
-            t = np.arange(steps)
-            values = rng.normal(0, 0.3, (steps, channels))
-            values[:, 0] += np.sin(t * (label + 1) * 0.5)
-            for step in t:
-                rows.append({"series_id": f"s{sid}", "step": step, **{f"ch{c}": values[step, c] for c in range(channels)}})
-            labels.append({"series_id": f"s{sid}", "label": f"class{label}"})
-        return pd.DataFrame(rows), pd.DataFrame(labels)
-
-    train, labels = block(range(n_train))
-    test, solution = block(range(n_train, n_train + n_test))
-    train.to_csv(root / "train.csv", index=False)
-    labels.to_csv(root / "train_labels.csv", index=False)
-    test.to_csv(root / "test.csv", index=False)
-    solution.to_csv(root / "solution.csv", index=False)
-    solution.assign(label="class0").to_csv(root / "sample_submission.csv", index=False)
-    return root
-
-
-SEQ = {
-    "task": "sequence",
-    "data": {"id_col": "series_id", "target_col": "label", "labels_csv": "train_labels.csv", "step_col": "step"},
-    "cv": {"folds": 3},
-    "sequence": {"dim": 16, "filters": 8, "hidden": 16, "heads": 2, "layers": 1},
-    "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "base_lr": 3e-2, "keep_top": 0},
-    "predict": {"tta": "crops"},
-    "tracking": {"wandb": "disabled", "quiet": True},
-}
-
-
-def config(root, tmp_path, name="seq", **changes):
-    tree = json.loads(json.dumps(SEQ))
-    tree.update(name=name, runs_dir=str(tmp_path / "runs"), submissions_dir=str(tmp_path / "subs"))
-    tree["data"]["root"] = str(root)
-    for key, value in changes.items():
-        tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path, load_config(path)
+from tests.conftest import SEQ, cli, oof_accuracy, write_series_competition
 
 
 @pytest.fixture
@@ -93,8 +39,8 @@ def test_padding_does_not_change_the_output(name, tokens):
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)
-def test_one_training_step_per_model(name, series_root, tmp_path):
-    _, cfg = config(series_root, tmp_path, model={"name": name})
+def test_one_training_step_per_model(name, series_root, make_config):
+    _, cfg = make_config(series_root, base=SEQ, model={"name": name})
     prepare.run(cfg)
     folds = pd.read_csv(cfg.run_dir / "folds.csv", dtype={"id": str})
     task = SequenceTask(cfg, ["class0", "class1", "class2"])
@@ -107,11 +53,12 @@ def test_one_training_step_per_model(name, series_root, tmp_path):
     loss.backward()
     torch.optim.AdamW(model.parameters(), lr=1e-2).step()
     assert torch.isfinite(loss)
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True) if b.grad is not None)
+    stepped = [(a, b) for a, b in zip(before, model.parameters(), strict=True) if b.grad is not None]
+    assert stepped and all(not torch.equal(a, b) for a, b in stepped)  # some got gradients, all of those moved
 
 
-def test_normalisation_comes_from_the_training_fold_only(series_root, tmp_path):
-    _, cfg = config(series_root, tmp_path)
+def test_normalisation_comes_from_the_training_fold_only(series_root, make_config):
+    _, cfg = make_config(series_root, base=SEQ)
     prepare.run(cfg)
     folds = pd.read_csv(cfg.run_dir / "folds.csv", dtype={"id": str})
     task = SequenceTask(cfg, ["class0", "class1", "class2"])
@@ -147,13 +94,13 @@ def test_vocabulary_comes_from_the_training_fold_only(tmp_path):
     (lambda t, lab: (t, lab[lab.series_id != "s3"]), "series s3 have no row"),
     (lambda t, lab: (t, lab.assign(label=lab.label.where(lab.series_id != "s2"))), "series s2 have no label"),
 ])
-def test_bad_series_are_named(series_root, tmp_path, edit, message):
+def test_bad_series_are_named(series_root, make_config, edit, message):
     train = pd.read_csv(series_root / "train.csv")
     labels = pd.read_csv(series_root / "train_labels.csv")
     train, labels = edit(train, labels)
     train.to_csv(series_root / "train.csv", index=False)
     labels.to_csv(series_root / "train_labels.csv", index=False)
-    _, cfg = config(series_root, tmp_path)
+    _, cfg = make_config(series_root, base=SEQ)
     with pytest.raises(UserError, match=message) as err:
         prepare.run(cfg)
     if "value" in message:
@@ -161,15 +108,9 @@ def test_bad_series_are_named(series_root, tmp_path, edit, message):
     assert not (cfg.run_dir / "folds.csv").exists()
 
 
-def cli(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def test_sequence_through_the_cli(series_root, tmp_path):
-    path_a, cfg_a = config(series_root, tmp_path, name="a", model={"name": "inception"})
-    path_b, _ = config(series_root, tmp_path, name="b", model={"name": "gru"}, predict={"tta": "none"})
+def test_sequence_through_the_cli(series_root, make_config, tmp_path):
+    path_a, cfg_a = make_config(series_root, base=SEQ, name="a", model={"name": "inception"})
+    path_b, _ = make_config(series_root, base=SEQ, name="b", model={"name": "gru"}, predict={"tta": "none"})
     for path in (path_a, path_b):
         cli("prepare", "--config", path)
         cli("train", "--config", path, "--fold", "all")
@@ -177,6 +118,8 @@ def test_sequence_through_the_cli(series_root, tmp_path):
     assert (cfg_a.run_dir / "fold0" / "preprocess.json").is_file()
     scores = json.loads((cfg_a.run_dir / "scores.json").read_text())
     assert scores["tta"] == "crops" and scores["rows"] == 48
+    oof = pd.read_parquet(cfg_a.run_dir / "oof.parquet")
+    assert scores["cv"] == pytest.approx(oof_accuracy(oof, ["class0", "class1", "class2"]))  # the OOF file's CV
     runs = cfg_a.runs_dir
     cli("ensemble", "a", "b", "--method", "weighted", "--name", "blend", "--runs-dir", runs)
     cli("submit", "blend", "--runs-dir", runs)

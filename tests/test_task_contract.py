@@ -8,9 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from pipeline.config import load_config
 from pipeline.data import build_loader
 from pipeline.folds import load_folds
 from pipeline.loop import infer, train_epoch
@@ -40,15 +38,11 @@ SETUPS = {  # per task: its competition (written by the task's own demo writer) 
 
 
 @pytest.fixture(params=sorted(TASKS))
-def task_setup(request, digits_root, tmp_path):
+def task_setup(request, digits_root, tmp_path, make_config):
     name = request.param
     write, sections = SETUPS[name]
     root = digits_root if write is None else write(tmp_path / "data")
-    tree = {"name": name, "task": name, "runs_dir": str(tmp_path / "runs"), **COMMON, **sections}
-    tree["data"] = {**sections.get("data", {}), "root": str(root)}
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    cfg = load_config(path)
+    _, cfg = make_config(root, name=name, base={"task": name, **COMMON, **sections})
     prepare.run(cfg)
     return cfg, load_folds(cfg)
 

@@ -1,9 +1,14 @@
+import inspect
+import re
+import threading
 import time
 
 import pandas as pd
+import pytest
 
-from pipeline import checkpoint, tracking
+from pipeline import checkpoint, loop, tracking
 from pipeline.stages import prepare, train
+from tests.conftest import interrupt_at_epoch
 
 
 def test_auto_is_offline_without_a_key(monkeypatch, tmp_path):
@@ -22,33 +27,71 @@ def test_auto_with_a_key_but_no_server_goes_offline_quickly(monkeypatch):
     assert time.perf_counter() - started < tracking.PROBE_SECONDS + 1
 
 
-def test_null_tracker_accepts_everything():
+def public_methods(cls) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(f) for name, f in vars(cls).items() if callable(f) and not name.startswith("_")}
+
+
+def test_null_tracker_stands_in_for_wandb_everywhere():
+    """Every call the pipeline makes on a W&B tracker works on the null tracker too: same methods, same signatures."""
+    null, wandb = public_methods(tracking.NullTracker), public_methods(tracking.WandbTracker)
+    assert set(wandb) == {"log", "summary", "media", "finish"}  # the scan found them
+    assert null == wandb
     t = tracking.NullTracker()
-    t.log({"a": 1}, step=3)
-    t.summary({"b": 2})
-    t.finish()
-    assert t.run_id is None
+    assert t.log({"a": 1}, step=3) is None and t.summary({"b": 2}) is None and t.finish() is None
+    assert t.run_id is None  # a fold trained without W&B stores no run id to resume
 
 
-def test_offline_wandb_run_per_fold_resumes_its_id(competition, make_config, monkeypatch):
+def offline_run_id(folder) -> str:
+    """The run id in an offline run folder's name: offline-run-<date>_<time>-<id>, then -1, -2... when W&B
+    started another folder of that id in the same second."""
+    match = re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", folder.name)
+    assert match, folder.name
+    return match.group(1)
+
+
+def test_offline_wandb_run_of_an_interrupted_fold_is_resumed(competition, make_config, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    _, cfg = make_config(competition, train={"epochs": 1}, tracking={"wandb": "offline", "quiet": True})
+    _, cfg = make_config(competition, train={"epochs": 2}, tracking={"wandb": "offline", "quiet": True})
     prepare.run(cfg)
-    train.run(cfg, fold=0)
+    real_epoch = interrupt_at_epoch(monkeypatch, 1)  # die at the start of the second epoch
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, fold=0)
+    first = list((cfg.run_dir / "wandb").glob("offline-run-*"))
+    state = checkpoint.load(cfg.run_dir / "fold0/last.pt")
+    run_id = state["wandb_id"]
+    assert len(first) == 1 and list(first[0].glob("*.wandb")) and offline_run_id(first[0]) == run_id
+    assert not state["progress"]["done"] and len(pd.read_csv(cfg.run_dir / "fold0/metrics.csv")) == 1
+
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    train.run(cfg, fold=0)  # the same command again: the fold and its W&B run continue
+    state = checkpoint.load(cfg.run_dir / "fold0/last.pt")
+    assert state["progress"]["done"] and state["wandb_id"] == run_id
     runs = list((cfg.run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
-    run_id = checkpoint.load(cfg.run_dir / "fold0/last.pt")["wandb_id"]
-    assert runs[0].name.endswith(run_id)
-    assert len(pd.read_csv(cfg.run_dir / "fold0/metrics.csv")) == 1
+    (second,) = set(runs) - set(first)  # W&B records the resumed part of an offline run in a folder of its own
+    assert offline_run_id(second) == run_id and list(second.glob("*.wandb"))  # under the same run id
+    assert len(pd.read_csv(cfg.run_dir / "fold0/metrics.csv")) == 2
 
 
 def test_auto_does_not_wait_for_a_name_lookup_that_hangs(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setattr(tracking.socket, "create_connection", lambda *a, **k: time.sleep(60))  # DNS that never answers
+    answered = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):  # DNS that does not answer until the test is over, then fails
+        answered.wait(60)
+        raise OSError("name lookup timed out")
+
+    monkeypatch.setattr(tracking.socket, "create_connection", hanging_lookup)
+    before = set(threading.enumerate())
     started = time.perf_counter()
-    assert tracking.resolve_mode("auto") == "offline"
-    assert time.perf_counter() - started < tracking.PROBE_SECONDS + 1
+    try:
+        assert tracking.resolve_mode("auto") == "offline"
+        assert time.perf_counter() - started < tracking.PROBE_SECONDS + 1
+    finally:
+        answered.set()
+        for probe in set(threading.enumerate()) - before:  # the abandoned probe ends quietly, not in a later test
+            probe.join(5)
+            assert not probe.is_alive()
 
 
 def test_a_wandb_failure_mid_run_is_logged_and_tracking_stops(tmp_path, monkeypatch, caplog):

@@ -7,6 +7,7 @@ import torch
 from pipeline import checkpoint, loop
 from pipeline.stages import prepare, train
 from pipeline.state import Progress
+from tests.conftest import interrupt_at_epoch
 
 
 def fold_files(cfg, k=0):
@@ -38,14 +39,7 @@ def test_train_one_fold_writes_the_run_directory(competition, make_config):
 def test_interrupted_fold_resumes_from_last_and_finished_fold_is_not_retrained(competition, make_config, monkeypatch):
     _, cfg = make_config(competition, train={"epochs": 3})
     prepare.run(cfg)
-    real_epoch = loop.train_epoch
-
-    def interrupted(*args, **kwargs):
-        if args[4] == 1:  # epoch index: die at the start of the second epoch, as a kill would
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_epoch", interrupted)
+    real_epoch = interrupt_at_epoch(monkeypatch, 1)  # die at the start of the second epoch
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fold=0)
     first = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
@@ -101,14 +95,15 @@ def test_mixup_cutmix_and_fp32_without_channels_last_train(competition, make_con
                          augment={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "vflip": 0.5, "rotate90": 0.5})
     prepare.run(cfg)
     train.run(cfg, fold=2)
-    assert pd.read_csv(cfg.run_dir / "fold2/metrics.csv")["train/loss"].notna().all()
+    metrics = pd.read_csv(cfg.run_dir / "fold2/metrics.csv")
+    assert list(metrics["epoch"]) == [0] and metrics["train/loss"].notna().all()
+    assert (cfg.run_dir / "fold2/oof.parquet").is_file()
 
 
 def test_resume_warns_when_the_config_changed(competition, make_config, monkeypatch, caplog):
     _, cfg = make_config(competition, train={"epochs": 2})
     prepare.run(cfg)
-    real_epoch = loop.train_epoch
-    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt) if a[4] == 1 else real_epoch(*a, **k))
+    real_epoch = interrupt_at_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fold=0)
     monkeypatch.setattr(loop, "train_epoch", real_epoch)

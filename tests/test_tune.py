@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.tune import Param, default_space, parse_param, parse_stages, warn_edges
+from tests.conftest import cli, invoke
 
 
 def test_log_uniform_gives_every_decade_the_same_chance():
@@ -64,8 +63,7 @@ def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_con
     path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 2}, data={"cache": True})
     args = ["tune", "--config", str(path), "--trials", "3", "--stages", "1x1,fullxall",
             "--param", "train.base_lr=log:3e-2:3e-1", "--param", "model.drop_rate=uniform:0:0.3"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    result = cli(*args)
     root = cfg.run_dir / "tune"
     trials = pd.read_csv(root / "trials.csv")
     assert len(trials) == 3 + 1 and (trials["status"] == "ok").all()  # 3 trials, then the best third: 1
@@ -75,6 +73,7 @@ def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_con
     assert first["train.base_lr"].between(3e-2, 3e-1).all() and first["train.base_lr"].nunique() == 3
     best = yaml.safe_load((root / "best.yaml").read_text())
     assert best["set"]["train.base_lr"] == second["train.base_lr"].item() and math.isfinite(best["score"])
+    assert best["trial"] == second["trial"].item() and best["score"] == pytest.approx(second["score"].item())
     trial_dir = root / f"tuned-s2-t{second['trial'].item():02d}"
     trained = load_config(trial_dir / "config.yaml")
     assert trained.train.epochs == 2 and trained.train.base_lr == best["set"]["train.base_lr"]
@@ -84,11 +83,10 @@ def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_con
     assert list((tmp_path / "runs/cache").glob("*.npy")) and not (root / "cache").exists()  # one decoded cache
 
     stamp = (trial_dir / "fold0" / "best.pt").stat().st_mtime_ns
-    again = CliRunner().invoke(app, args)  # resumes: same draws, finished folds skipped
-    assert again.exit_code == 0, again.output
+    cli(*args)  # resumes: same draws, finished folds skipped
     assert (trial_dir / "fold0" / "best.pt").stat().st_mtime_ns == stamp
     assert pd.read_csv(root / "trials.csv")[["trial", "stage", "train.base_lr"]].equals(
         trials[["trial", "stage", "train.base_lr"]])
 
-    other = CliRunner().invoke(app, [*args[:-4], "--param", "train.base_lr=log:1e-4:1e-3"])
+    other = invoke(*args[:-4], "--param", "train.base_lr=log:1e-4:1e-3")
     assert other.exit_code == 2 and "--force" in other.output
