@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 
@@ -20,6 +19,7 @@ from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import infer, pick_device, resolve_precision
+from pipeline.recipe import fold_recipe, mixed_recipes, saved_config
 from pipeline.rundir import RunDir, best_weights
 from pipeline.stages.train import parse_folds
 from pipeline.tasks import TASKS, Task, build_task
@@ -40,17 +40,18 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     missing = [k for k in which if k not in trained]
     if str(fold) != "all" and missing or not trained:
         raise UserError(f"no trained fold {missing or 'at all'} in {cfg.run_dir}; run `pipeline train --fold ...` first")
+    run = RunDir(cfg.run_dir)
+    mixed_recipes({k: saved_config(run.fold(k)) for k in trained}, cfg)  # says so when folds differ
     test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
     for k in (k for k in which if k in trained):
-        predict_fold(cfg, folds, k, test)
+        predict_fold(fold_recipe(cfg, run.fold(k)), folds, k, test)
     return combine_folds(cfg)
 
 
 def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
+    """Fold k's OOF and test predictions with TTA; cfg is the fold's recipe (pipeline.recipe.fold_recipe)."""
     fold = RunDir(cfg.run_dir).fold(k)
-    # The fold's own weights replace everything; no need to read a backbone weights file again.
-    build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False, weights_file=None))
-    task = build_task(build_cfg, folds.classes)
+    task = build_task(cfg, folds.classes)
     if fold.preprocess.is_file():
         task.load_fold(json.loads(fold.preprocess.read_text()))
     model = task.build_model()
@@ -74,7 +75,8 @@ def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
     log.info("fold %d: OOF %s %.4f with %s TTA (%d views), %.4f without (%+.4f); %s weights",
              k, cfg.train.metric, tta, cfg.predict.tta, len(views), plain, tta - plain, cfg.predict.weights)
     write_json(fold.predict_json, {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta,
-                                           "views": [v.name for v in views], "weights": cfg.predict.weights})
+                                   "views": [v.name for v in views], "weights": cfg.predict.weights,
+                                   "model": cfg.model.name, "image_size": cfg.image.size})
 
 
 def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int) -> dict:

@@ -105,9 +105,9 @@ class ClassificationTask(ClassProbabilities):
         x, y = batch
         return x.to(device, non_blocking=True, memory_format=self.memory_format), y.to(device, non_blocking=True)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
         x, y = batch
-        if self.mixup is not None and model.training:
+        if mix and self.mixup is not None and model.training:
             x, y = self.mixup(x, y)
         return self.criterion(model(x), y)
 

@@ -188,10 +188,10 @@ class SequenceTask(ClassProbabilities):
     def to_device(self, batch, device: torch.device):
         return tuple(t.to(device, non_blocking=True) for t in batch)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
         x, mask, y = batch
         alpha = self.cfg.augment.mixup_alpha
-        if alpha > 0 and model.training and not self.text:
+        if mix and alpha > 0 and model.training and not self.text:
             lam = float(np.random.beta(alpha, alpha))
             perm = torch.randperm(len(x), device=x.device)
             logits = model(lam * x + (1 - lam) * x[perm], mask | mask[perm])
