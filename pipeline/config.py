@@ -80,7 +80,12 @@ class ImageConfig:
     size: int = 224  # train/valid side in pixels; pretrained CNNs like their native size
     mean: list[float] | None = None  # normalisation; null = the model's pretrained config
     std: list[float] | None = None  # as mean
-    cache_margin: float = 0.15  # data.cache stores side size x (1 + margin): room for random crops
+    # data.cache keeps each image's aspect and enough pixels for the smallest random crop (pipeline.cache.cached_side);
+    # margin: that long side x (1 + margin)
+    cache_margin: float = 0.0
+    # validation/test: the short side to size / crop_pct, then the centre size x size (timm's eval crop uses 0.875,
+    # which shows objects about as large as training's random crops do); 1.0 keeps the whole of a square image
+    crop_pct: float = 1.0
 
 
 @dataclass
@@ -129,7 +134,9 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    tta: str = "auto"  # auto: the flips/turns training used (sequences: none) | none | hflip | vflip | flips | d4 | "identity,rot90"
+    # auto: the flips/turns training used (sequences: none) | none | hflip | vflip | flips | d4 | shifts |
+    # multiscale | "identity,rot90" | search: each fold's views chosen on the other folds' OOF (pipeline.tta)
+    tta: str = "auto"
     batch_size: int = 64  # inference images per device per step (each TTA view multiplies it)
     weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
     # each fold predicts at the image size it was trained with (its checkpoint's recipe); a size here is a

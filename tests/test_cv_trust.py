@@ -110,3 +110,40 @@ def test_folds_file_reuses_another_experiments_folds(competition, make_config):
     _, third = make_config(competition, name="third", cv={"folds_file": str(broken)})
     with pytest.raises(UserError, match="no fold for 1 ids of train"):
         prepare.run(third)
+
+
+def test_view_search_keeps_helpful_views_and_drops_harmful_ones_choosing_on_other_folds():
+    from pipeline.metrics import METRICS, logloss
+    from pipeline.tta import choose_views
+
+    rng = np.random.default_rng(0)
+    outputs = {}
+    for k in range(3):
+        truth = rng.integers(0, 4, 300)
+        clean = np.eye(4)[truth] * 2.0
+
+        def probs(noise, flip=False, truth=truth, clean=clean):
+            logits = (np.eye(4)[(truth + 1) % 4] * 2.0 if flip else clean) + rng.normal(0, noise, (len(truth), 4))
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            return e / e.sum(1, keepdims=True)
+        # identity, a view as good (another noisy look), a view the model never trained on (wrong class)
+        outputs[k] = ([probs(2.0), probs(2.0), probs(2.0, flip=True)], truth)
+    metric = METRICS["accuracy"]
+    chosen = choose_views(outputs, ["identity", "good", "never_trained"], lambda o: np.mean(o, axis=0),
+                          lambda o, t: {"score": metric(t, o), "loss": logloss(t, o)}, metric)
+    assert chosen == {0: [0, 1], 1: [0, 1], 2: [0, 1]}
+
+
+def test_tta_search_through_predict(competition, make_config):
+    _, cfg = make_config(competition, train={"epochs": 1}, augment={"hflip": 0.0})
+    prepare.run(cfg)
+    train.run(cfg, fold="all")
+    with pytest.raises(UserError, match="at least two folds"):
+        predict.run(cfg, fold=0, tta="search")
+    scores = predict.run(cfg, tta="search")
+    run = RunDir(cfg.run_dir)
+    for k in range(3):
+        record = json.loads(run.fold(k).predict_json.read_text())
+        assert record["views"][0] == "identity" and set(record["views"]) <= set(record["searched"])
+        assert "shift_left" in record["searched"] and "scale115" in record["searched"]
+    assert scores["tta"] == "search" and np.isfinite(scores["cv"])

@@ -20,6 +20,7 @@ from pipeline.metrics import Metric
 from pipeline.submission import in_sample_order
 from pipeline.tasks.base import Demo, Task
 from pipeline.tasks.detection.boxes import (
+    BOX_VIEWS,
     Detections,
     check_box_views,
     fuse,
@@ -38,7 +39,7 @@ from pipeline.tasks.detection.data import (
 from pipeline.tasks.detection.demo_data import score_boxes, write_digit_boxes_competition
 from pipeline.tasks.detection.detectors import build_detector
 from pipeline.tasks.detection.submission import check_boxes, decode_boxes
-from pipeline.tta import View, build_views, stack_views
+from pipeline.tta import View, build_views, run_views
 
 
 class DetectionTask(Task):
@@ -83,6 +84,8 @@ class DetectionTask(Task):
 
     def views(self, spec: str) -> list[View]:
         views = build_views(spec, self.cfg.augment)
+        if spec == "all":  # the search's candidates: the views that can be undone on boxes
+            views = [v for v in views if v.name in BOX_VIEWS]
         check_box_views([v.name for v in views])
         return views
 
@@ -116,7 +119,7 @@ class DetectionTask(Task):
         check_box_views([v.name for v in views])
         images, _, meta = batch
         side = images.shape[-1]
-        outputs = model(list(stack_views(images, views)))
+        outputs = [o for per_view in run_views(lambda x: model(list(x)), images, views) for o in per_view]
         result = []
         for vi, view in enumerate(views):
             per_image = []

@@ -34,7 +34,8 @@ from pipeline.tta import VIEWS, View
 
 # auto is no TTA: on 10 BasicMotions/JapaneseVowels runs crops never raised CV and lowered it on 7 (1.0 -> 0.95).
 SEQUENCE_TTA = {"auto": ["identity"], "none": ["identity"], "crops": ["identity", "crop_head", "crop_tail"],
-                "shifts": ["identity", "crop_head", "crop_tail"]}  # shifts: the window moved to either end
+                "shifts": ["identity", "crop_head", "crop_tail"],  # shifts: the window moved to either end
+                "all": ["identity", "crop_head", "crop_tail"]}  # predict.tta=search's candidates
 
 
 def _crop_view(name: str, share: float) -> View:
