@@ -49,6 +49,14 @@ class TopEpochs:
             path.unlink()
 
 
+def together(kept: list[tuple[float, Path]], within: float) -> list[tuple[float, Path]]:
+    """The kept epochs (best first) whose score is within `within` (a fraction) of the best one's."""
+    if not kept:
+        return kept
+    best = kept[0][0]
+    return [(s, p) for s, p in kept if abs(s - best) <= within * abs(best)]
+
+
 def average_state_dicts(states: list[dict]) -> dict:
     """Element-wise mean of floating tensors; integer buffers (BN batch counters) come from the first state."""
     if not states:
@@ -96,9 +104,10 @@ def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k:
     if avg_path.is_file():
         saved = checkpoint.load(avg_path)
         if saved["source"] == source and saved["bn_batches"] == cfg.predict.bn_batches and \
-                saved.get("bn_data") == BN_DATA:
+                saved.get("bn_data") == BN_DATA and saved.get("within") == cfg.predict.avg_within:
             return saved["model"]
-    kept = TopEpochs(fold.top, cfg.train.keep_top, task.metric.greater_is_better).kept()
+    kept = together(TopEpochs(fold.top, cfg.train.keep_top, task.metric.greater_is_better).kept(),
+                    cfg.predict.avg_within)
     states = [checkpoint.load(p)[source] for _, p in kept]
     if not states or any(s is None for s in states):
         raise UserError(f"{fold.top} holds no {source} epoch weights to average; train with "
@@ -114,6 +123,7 @@ def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k:
     seen = recalibrate_batchnorm(model, loader, task, device, cfg.predict.bn_batches)
     weights = {key: v.cpu() for key, v in model.state_dict().items()}
     checkpoint.save(avg_path, {"model": weights, "source": source, "bn_batches": cfg.predict.bn_batches, "bn_data": BN_DATA,
+                               "within": cfg.predict.avg_within,
                                "epochs": [checkpoint.load(p, mmap=True)["epoch"] for _, p in kept]})
     log.info("fold %d: averaged %d epochs (%s weights), BatchNorm re-estimated on %d batches -> %s",
              k, len(states), source, seen, avg_path)

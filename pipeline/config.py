@@ -138,7 +138,12 @@ class PredictConfig:
     # multiscale | "identity,rot90" | search: each fold's views chosen on the other folds' OOF (pipeline.tta)
     tta: str = "auto"
     batch_size: int = 64  # inference images per device per step (each TTA view multiplies it)
-    weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
+    # best: raw or EMA, whichever validated better; avg: the top epochs averaged; auto: per fold, avg when it scores
+    # at least as well as best on the fold's validation rows (without TTA), else best (predict.json says which)
+    weights: Literal["best", "ema", "avg", "auto"] = "best"
+    # avg averages only kept epochs whose valid score is within this fraction of the best one's (0.02: 2%): an
+    # early, undertrained epoch averaged in pulls the weights back (leaves-dev, 2 epochs: 0.085 avg vs 0.129 best)
+    avg_within: float = 0.02
     # each fold predicts at the image size it was trained with (its checkpoint's recipe); a size here is a
     # deliberate test-time resolution for every fold (e.g. 1.15x the training size), logged and kept in predict.json
     image_size: int = 0

@@ -20,7 +20,7 @@ from pipeline.data import build_loader
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
-from pipeline.loop import infer, pick_device, resolve_precision
+from pipeline.loop import evaluate, infer, pick_device, resolve_precision
 from pipeline.recipe import fold_recipe, mixed_recipes, saved_config
 from pipeline.rundir import RunDir, best_weights
 from pipeline.stages.train import parse_folds
@@ -77,6 +77,7 @@ class FoldPrediction:
     views: list[View]
     oof_views: list  # per view: outputs for valid_rows
     test_views: list  # per view: outputs for test
+    weights: dict  # which weights were used (predict.weights=auto chooses), and the scores it chose by
 
 
 def infer_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> FoldPrediction:
@@ -87,17 +88,43 @@ def infer_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> FoldPre
     if fold.preprocess.is_file():
         task.load_fold(json.loads(fold.preprocess.read_text()))
     model = task.build_model()
-    model.load_state_dict(fold_weights(cfg, task, model, folds, k))
     device = pick_device()
     dtype = resolve_precision(cfg.train.precision, device)
-    model.to(device, memory_format=task.memory_format)
     views = task.views("all" if cfg.predict.tta == "search" else cfg.predict.tta)
     _, valid_rows = folds.split(k)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     test_loader = build_loader(task.build_dataset(test, train=False), cfg, False, cfg.predict.batch_size)
+    weights, used = choose_weights(cfg, task, model, folds, k, valid_loader)
+    model.load_state_dict(weights)
+    model.to(device, memory_format=task.memory_format)
     oof_views = list(infer(task, model, valid_loader, device, dtype, views))
     test_views = list(infer(task, model, test_loader, device, dtype, views))
-    return FoldPrediction(cfg, task, k, valid_rows, test, valid_loader.dataset.labels, views, oof_views, test_views)
+    return FoldPrediction(cfg, task, k, valid_rows, test, valid_loader.dataset.labels, views, oof_views, test_views,
+                          used)
+
+
+def choose_weights(cfg: Config, task: Task, model, folds: Folds, k: int, valid_loader) -> tuple[dict, dict]:
+    """The fold's inference weights and what was chosen. For avg and auto, the averaged weights are scored against
+    the best epoch on the fold's validation rows (no TTA): an average that loses is said (avg) or not used (auto)."""
+    choice = cfg.predict.weights
+    if choice not in ("avg", "auto"):
+        return fold_weights(cfg, task, model, folds, k, choice), {"weights_used": choice}
+    device = pick_device()
+    dtype = resolve_precision(cfg.train.precision, device)
+    scores, candidates = {}, {"best": fold_weights(cfg, task, model, folds, k, "best"),
+                              "avg": fold_weights(cfg, task, model, folds, k, "avg")}
+    for name, weights in candidates.items():
+        model.load_state_dict(weights)
+        scores[name] = evaluate(task, model.to(device, memory_format=task.memory_format), valid_loader, device,
+                                dtype)["score"]
+    loses = task.metric.better(scores["best"], scores["avg"])
+    used = "best" if choice == "auto" and loses else "avg"
+    if loses:
+        log.warning("fold %d: averaged weights score %.4f on the validation rows, the best epoch %.4f%s", k,
+                    scores["avg"], scores["best"], "; using the best epoch (weights=auto)" if used == "best" else
+                    "; predict.weights=auto would use the best epoch")
+    return candidates[used], {"weights_used": used, "score_avg_no_tta": scores["avg"],
+                              "score_best_no_tta": scores["best"]}
 
 
 def write_fold(p: FoldPrediction, chosen: list[int] | None = None) -> None:
@@ -111,7 +138,7 @@ def write_fold(p: FoldPrediction, chosen: list[int] | None = None) -> None:
     write_parquet(fold.test, task.prediction_frame(p.test, task.merge([p.test_views[i] for i in chosen])))
     names = [p.views[i].name for i in chosen]
     record = {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta, "views": names,
-              "weights": cfg.predict.weights, "model": cfg.model.name, "image_size": cfg.image.size}
+              "weights": cfg.predict.weights, **p.weights, "model": cfg.model.name, "image_size": cfg.image.size}
     if cfg.predict.tta == "search":  # for reference: every candidate view averaged, on this fold's own rows
         record["searched"] = [v.name for v in p.views]
         record["score_all_views"] = task.evaluate(task.merge(p.oof_views), p.labels)["score"]
@@ -120,9 +147,8 @@ def write_fold(p: FoldPrediction, chosen: list[int] | None = None) -> None:
     write_json(fold.predict_json, record)
 
 
-def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int) -> dict:
+def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int, choice: str) -> dict:
     """best: whichever of raw/EMA validated best; ema: the EMA weights of best.pt; avg: averaged top epochs."""
-    choice = cfg.predict.weights
     if choice == "avg":
         return averaged_weights(cfg, task, model, folds, k)
     path = RunDir(cfg.run_dir).fold(k).best
