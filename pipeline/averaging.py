@@ -22,6 +22,7 @@ from pipeline.rundir import RunDir
 from pipeline.tasks import Task
 
 log = logging.getLogger(__name__)
+BN_DATA = "train-augmented-shuffled"  # what BatchNorm is re-measured on; an avg.pt made otherwise is rebuilt
 
 
 class TopEpochs:
@@ -48,6 +49,14 @@ class TopEpochs:
             path.unlink()
 
 
+def together(kept: list[tuple[float, Path]], within: float) -> list[tuple[float, Path]]:
+    """The kept epochs (best first) whose score is within `within` (a fraction) of the best one's."""
+    if not kept:
+        return kept
+    best = kept[0][0]
+    return [(s, p) for s, p in kept if abs(s - best) <= within * abs(best)]
+
+
 def average_state_dicts(states: list[dict]) -> dict:
     """Element-wise mean of floating tensors; integer buffers (BN batch counters) come from the first state."""
     if not states:
@@ -63,7 +72,8 @@ def average_state_dicts(states: list[dict]) -> dict:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, loader, task: Task, device: torch.device, batches: int) -> int:
-    """Reset BN running statistics and re-measure them (cumulative average) on up to `batches` batches."""
+    """Reset BN running statistics and re-measure them (cumulative average) on up to `batches` batches of the
+    loader: training-mode forwards without batch mixing, since mixed images are not what the model will see."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
         return 0
@@ -74,7 +84,7 @@ def recalibrate_batchnorm(model: nn.Module, loader, task: Task, device: torch.de
     model.train()
     seen = 0
     for seen, batch in enumerate(loader, start=1):
-        task.loss(model, task.to_device(batch, device))  # a training-mode forward, as during training
+        task.loss(model, task.to_device(batch, device), mix=False)  # a training-mode forward
         if seen == batches:
             break
     for m, momentum in zip(norms, momenta, strict=True):
@@ -93,9 +103,11 @@ def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k:
     source = "ema" if cfg.predict.avg_ema else "model"
     if avg_path.is_file():
         saved = checkpoint.load(avg_path)
-        if saved["source"] == source and saved["bn_batches"] == cfg.predict.bn_batches:
+        if saved["source"] == source and saved["bn_batches"] == cfg.predict.bn_batches and \
+                saved.get("bn_data") == BN_DATA and saved.get("within") == cfg.predict.avg_within:
             return saved["model"]
-    kept = TopEpochs(fold.top, cfg.train.keep_top, task.metric.greater_is_better).kept()
+    kept = together(TopEpochs(fold.top, cfg.train.keep_top, task.metric.greater_is_better).kept(),
+                    cfg.predict.avg_within)
     states = [checkpoint.load(p)[source] for _, p in kept]
     if not states or any(s is None for s in states):
         raise UserError(f"{fold.top} holds no {source} epoch weights to average; train with "
@@ -104,10 +116,14 @@ def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k:
     device = pick_device()
     model.to(device, memory_format=task.memory_format)
     train_rows, _ = folds.split(k)
-    loader = build_loader(task.build_dataset(train_rows, train=False), cfg, False, cfg.train.batch_size)
+    # Shuffled, augmented training batches (seeded, as training's first epoch): the first N rows in file order
+    # can be a few classes only, and un-augmented images are not what BatchNorm saw in training.
+    loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size, seed=cfg.seed + k)
+    loader.sampler.set_epoch(0)
     seen = recalibrate_batchnorm(model, loader, task, device, cfg.predict.bn_batches)
     weights = {key: v.cpu() for key, v in model.state_dict().items()}
-    checkpoint.save(avg_path, {"model": weights, "source": source, "bn_batches": cfg.predict.bn_batches,
+    checkpoint.save(avg_path, {"model": weights, "source": source, "bn_batches": cfg.predict.bn_batches, "bn_data": BN_DATA,
+                               "within": cfg.predict.avg_within,
                                "epochs": [checkpoint.load(p, mmap=True)["epoch"] for _, p in kept]})
     log.info("fold %d: averaged %d epochs (%s weights), BatchNorm re-estimated on %d batches -> %s",
              k, len(states), source, seen, avg_path)

@@ -185,6 +185,8 @@ def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence
                         folds: np.ndarray, metric: Metric) -> Blend:
     """mean | weighted (hill climbing) | rank | geometric | stack, fitted on OOF rows only.
 
+    A fitted blend's OOF is honest: each fold's rows blended by weights (or a meta-model) fitted on the other
+    folds, so the CV scored on it is the held-out score; the in-sample score is kept in params["cv_in_sample"].
     oofs and tests may be lazy sequences (members read from disk as they are iterated): fixed-weight blends
     stream them, one member in memory at a time; fitting weights or a meta-model needs every OOF at once.
     """
@@ -192,16 +194,20 @@ def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence
         members = as_float32(oofs)
         oof, test = stack(members, target, folds, tests, members[0].shape[1])
         return Blend(oof, test, None, metric(target, oof))  # stacked OOF is already fitted on other folds
-    weights, held_out, params = np.full(len(oofs), 1 / len(oofs)), None, {}
     if method == "weighted":
         oofs = as_float32(oofs)  # in memory, converted once for all K+1 climbs and the blend
-        weights, held_out, params = fit_weights(oofs, target, folds, metric)
-    return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, held_out, params)
+        weights, held_out_oof, params = fit_weights(oofs, target, folds, metric)
+        if held_out_oof is not None:
+            return Blend(held_out_oof, combine(method, tests, weights), weights, metric(target, held_out_oof), params)
+        return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, None, params)
+    weights = np.full(len(oofs), 1 / len(oofs))
+    return Blend(combine(method, oofs, weights), combine(method, tests, weights), weights, None)
 
 
 def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
-                metric: Metric) -> tuple[np.ndarray, float | None, dict]:
-    """Hill-climbed weights for float32 members, kept only when their held-out score beats the plain mean.
+                metric: Metric) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Hill-climbed weights for float32 members, kept only when their held-out score beats the plain mean:
+    (weights, the held-out blended OOF or None when the mean is kept, params).
 
     When every member saturates the metric (BasicMotions: five members at CV 1.0), the climb is steered
     by log-loss alone and chose one member that scored 0.875 on test where the mean scored 1.0; so
@@ -212,7 +218,9 @@ def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
     ks = list(np.unique(folds))
     # The K held-out climbs (the honest score) and the climb on every row (the weights used), two at a time.
     *per_fold, weights = _in_threads(lambda k: _climb_without(k, "weighted", oofs, target, folds, metric), [*ks, None])
-    held_out = metric(target, _blend_held_out("weighted", oofs, folds, dict(zip(ks, per_fold, strict=True))))
+    held_out_oof = _blend_held_out("weighted", oofs, folds, dict(zip(ks, per_fold, strict=True)))
+    held_out = metric(target, held_out_oof)
     if metric.better(held_out, mean_score):
-        return weights, held_out, {"weights_from": "hill climbing"}
-    return uniform, None, {"weights_from": "uniform", "hill_climbing_held_out": held_out, "mean_cv": mean_score}
+        in_sample = metric(target, combine("weighted", oofs, weights))
+        return weights, held_out_oof, {"weights_from": "hill climbing", "cv_in_sample": in_sample}
+    return uniform, None, {"weights_from": "uniform", "fitted_held_out": held_out, "mean_cv": mean_score}

@@ -93,7 +93,7 @@ def predict(
     config: Path = ConfigOpt,
     fold: str = typer.Option("all", "--fold", "-f", help="fold number, or 'all' trained folds"),
     tta: str = typer.Option(None, "--tta", help="none | hflip | vflip | flips | d4 | view list (default: predict.tta)"),
-    weights: str = typer.Option(None, "--weights", help="best | ema | avg (default: predict.weights)"),
+    weights: str = typer.Option(None, "--weights", help="best | ema | avg | auto (default: predict.weights)"),
     set_: list[str] = SetOpt,
 ) -> None:
     """OOF + test predictions per fold with TTA; combined oof/test.parquet and scores.json (the CV).

@@ -59,6 +59,11 @@ class CVConfig:
     folds: int = 5  # K; 5 is the Kaggle default, 10 on small data where each OOF row matters
     # auto: stratified_group with a group column, else stratified; kfold when the target is continuous
     strategy: Literal["auto", "stratified", "group", "stratified_group", "kfold"] = "auto"
+    # folds belong to the competition, not to one experiment: experiments with the same data and CV settings get
+    # the same folds whatever their `seed` (so seed averages and different models blend); 42 was the folds' seed
+    # before cv.seed existed, so older experiments keep theirs
+    seed: int = 42
+    folds_file: str | None = None  # reuse these folds (another experiment's runs/<exp>/folds.csv) instead of making new ones
 
 
 @dataclass
@@ -75,7 +80,12 @@ class ImageConfig:
     size: int = 224  # train/valid side in pixels; pretrained CNNs like their native size
     mean: list[float] | None = None  # normalisation; null = the model's pretrained config
     std: list[float] | None = None  # as mean
-    cache_margin: float = 0.15  # data.cache stores side size x (1 + margin): room for random crops
+    # data.cache keeps each image's aspect and enough pixels for the smallest random crop (pipeline.cache.cached_side);
+    # margin: that long side x (1 + margin)
+    cache_margin: float = 0.0
+    # validation/test: the short side to size / crop_pct, then the centre size x size (timm's eval crop uses 0.875,
+    # which shows objects about as large as training's random crops do); 1.0 keeps the whole of a square image
+    crop_pct: float = 1.0
 
 
 @dataclass
@@ -124,9 +134,19 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    tta: str = "auto"  # auto: the flips/turns training used (sequences: none) | none | hflip | vflip | flips | d4 | "identity,rot90"
+    # auto: the flips/turns training used (sequences: none) | none | hflip | vflip | flips | d4 | shifts |
+    # multiscale | "identity,rot90" | search: each fold's views chosen on the other folds' OOF (pipeline.tta)
+    tta: str = "auto"
     batch_size: int = 64  # inference images per device per step (each TTA view multiplies it)
-    weights: Literal["best", "ema", "avg"] = "best"  # best: raw or EMA, whichever validated better; avg: top epochs averaged
+    # best: raw or EMA, whichever validated better; avg: the top epochs averaged; auto: per fold, avg when it scores
+    # at least as well as best on the fold's validation rows (without TTA), else best (predict.json says which)
+    weights: Literal["best", "ema", "avg", "auto"] = "best"
+    # avg averages only kept epochs whose valid score is within this fraction of the best one's (0.02: 2%): an
+    # early, undertrained epoch averaged in pulls the weights back (leaves-dev, 2 epochs: 0.085 avg vs 0.129 best)
+    avg_within: float = 0.02
+    # each fold predicts at the image size it was trained with (its checkpoint's recipe); a size here is a
+    # deliberate test-time resolution for every fold (e.g. 1.15x the training size), logged and kept in predict.json
+    image_size: int = 0
     avg_ema: bool = False  # average the EMA weights of the top epochs instead of the raw ones
     bn_batches: int = 20  # training batches to re-estimate BatchNorm statistics of averaged weights; 0 = off
     # stored probabilities: float16 halves oof/test.parquet and ensembling memory (3 significant digits, so
@@ -196,7 +216,7 @@ class TuneConfig:
 class Config:
     name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
     task: Literal["classification", "detection", "sequence"] = "classification"  # what is being learned
-    seed: int = 42  # folds, initialisation, shuffling
+    seed: int = 42  # initialisation, shuffling, augmentation draws (folds: cv.seed)
     runs_dir: str = "runs"  # where experiments live
     submissions_dir: str = "submissions"  # where submit writes CSVs and log.csv
     data: DataConfig = field(default_factory=DataConfig)
@@ -236,6 +256,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set train.epochs=5")
         _assign(tree, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
     return _build(Config, tree, prefix="")
+
+
+def config_from_dict(tree: dict[str, Any], where: str = "") -> Config:
+    """A Config from a resolved config tree (a checkpoint's, a run's config.yaml); bad keys name `where`."""
+    try:
+        return _build(Config, tree, prefix="")
+    except UserError as e:
+        raise UserError(f"{where}: {e}" if where else str(e)) from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

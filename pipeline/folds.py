@@ -1,7 +1,9 @@
 """Fold assignment (stratified, grouped, plain K-fold) and the folds file every later stage checks.
 
-runs/<exp>/folds.csv holds id, target, (group,) fold; runs/<exp>/folds.json holds the sha256 of train.csv
-it was made from, the class list and the strategy. A stage refuses folds whose hash no longer matches.
+runs/<exp>/folds.csv holds id, target, (group,) fold; runs/<exp>/folds.json holds the class list, the strategy
+and the folds' key: every CV setting and input-table hash that made them (folds_key). Folds belong to the
+competition: the same key gives the same folds in every experiment (cv.seed, not seed), so experiments blend.
+A stage refuses folds whose key or hash no longer matches.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,7 @@ from pandas.api.types import is_float_dtype
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.config import Config
+from pipeline.data import read_table, require_columns
 from pipeline.duplicates import merge_groups
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, write_json, write_text
@@ -110,37 +114,82 @@ def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None, ha
     table = pd.DataFrame({"id": train[d.id_col].to_numpy(), "target": target.to_numpy()})
     if groups is not None:
         table["group"] = groups.to_numpy()
-    table["fold"] = assign_folds_keeping_duplicates(target, groups, cfg.cv.folds, strategy, cfg.seed, hashes)
+    table["fold"] = assign_folds_keeping_duplicates(target, groups, cfg.cv.folds, strategy, cfg.cv.seed, hashes)
     return Folds(table=table, classes=classes if classes is not None else sorted(target.unique().tolist()))
+
+
+def folds_key(cfg: Config) -> dict:
+    """Everything that makes the folds: CV settings, the columns they split on, and the hash of every input table.
+    Two experiments with the same key get the same folds (and blend); a change to any of it makes new ones."""
+    d = cfg.data
+    inputs = {"train_csv": sha256_file(cfg.data_path("train_csv"))}
+    if d.labels_csv and cfg.data_path("labels_csv").is_file():  # sequences: the labels live in their own table
+        inputs["labels_csv"] = sha256_file(cfg.data_path("labels_csv"))
+    if cfg.cv.folds_file:
+        inputs["folds_file"] = sha256_file(cfg.cv.folds_file)
+    return {"folds": cfg.cv.folds, "strategy": cfg.cv.strategy, "seed": cfg.cv.seed, "id_col": d.id_col,
+            "target_col": d.target_col, "group_col": d.group_col, "dedupe": d.dedupe, "classes": d.classes,
+            "inputs": inputs}
+
+
+def folds_from_file(cfg: Config, train: pd.DataFrame, classes: list | None = None) -> Folds:
+    """cv.folds_file (id, fold: another experiment's folds.csv) for these samples: every id exactly once."""
+    path, d = Path(cfg.cv.folds_file), cfg.data
+    given = read_table(path, "cv.folds_file", "id")
+    require_columns(given, path, {"id column": "id", "fold column": "fold"})
+    given = given.drop_duplicates(["id", "fold"])
+    ids = train[d.id_col].astype(str)
+    missing, extra = ~ids.isin(given["id"]), ~given["id"].isin(ids)
+    if missing.any() or extra.any() or given["id"].duplicated().any():
+        what = (f"no fold for {missing.sum()} ids of train (first {ids[missing].iloc[0]!r})" if missing.any() else
+                f"{extra.sum()} ids train does not have (first {given['id'][extra].iloc[0]!r})" if extra.any() else
+                "ids in two folds")
+        raise UserError(f"cv.folds_file {path}: {what}; it must be the folds of this train.csv (runs/<exp>/folds.csv)")
+    fold = pd.to_numeric(given.set_index("id")["fold"], errors="coerce").reindex(ids).to_numpy()
+    if np.isnan(fold).any() or set(fold.astype(int)) != set(range(cfg.cv.folds)):
+        raise UserError(f"cv.folds_file {path} has folds {sorted(set(given['fold']))[:10]}, not 0..{cfg.cv.folds - 1} "
+                        f"(cv.folds={cfg.cv.folds}); set cv.folds to its number of folds")
+    folds = make_folds(cfg, train, classes)  # the id/target/group columns as usual; only the fold is replaced
+    folds.table["fold"] = fold.astype(np.int64)
+    return folds
 
 
 def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:
     """folds.json first, then folds.csv: a folds.csv on disk always has its hash beside it."""
     run = RunDir(cfg.run_dir)
     text = folds.table.to_csv(index=False)
+    key = folds_key(cfg)
     write_json(run.folds_json, {
-        "train_sha256": sha256_file(cfg.data_path("train_csv")),
+        "train_sha256": key["inputs"]["train_csv"],
         "folds_sha256": hashlib.sha256(text.encode()).hexdigest(),  # a folds.csv from elsewhere does not match
         "folds": cfg.cv.folds,
-        "strategy": strategy,
-        "seed": cfg.seed,
+        "strategy": strategy,  # as resolved (auto -> stratified, ...)
+        "seed": cfg.cv.seed,
         "rows": len(folds.table),
         "classes": folds.classes,
+        "key": key,
     })
     write_text(run.folds_csv, text)
 
 
-def folds_current(cfg: Config) -> bool:
-    """True when folds exist for this train.csv and these CV settings (prepare can skip)."""
-    run = RunDir(cfg.run_dir)
-    if not (run.folds_json.is_file() and run.folds_csv.is_file()):
-        return False
-    meta = json.loads(run.folds_json.read_text())
-    return (
-        meta.get("train_sha256") == sha256_file(cfg.data_path("train_csv"))
-        and meta.get("folds") == cfg.cv.folds
-        and meta.get("seed") == cfg.seed
-    )
+def stale_reasons(cfg: Config, meta: dict) -> list[str]:
+    """What changed since these folds were made (folds.json's key against the config's); [] when current.
+    Folds from before the key existed are judged on what they recorded: train.csv, K and the seed."""
+    now = folds_key(cfg)
+    was = meta.get("key") or {"folds": meta.get("folds"), "seed": meta.get("seed"),
+                              "inputs": {"train_csv": meta.get("train_sha256")}}
+    tables = set(was["inputs"]) | (set(now["inputs"]) if "key" in meta else set())
+    reasons = []
+    for name in now:
+        if name not in was:
+            continue
+        if name == "inputs":
+            reasons += [f"{cfg.cv.folds_file if t == 'folds_file' else cfg.data_path(t)} changed"
+                        for t in sorted(tables) if now[name].get(t) != was[name].get(t)]
+        elif now[name] != was[name]:
+            reasons.append(f"{'cv' if name in ('folds', 'strategy', 'seed') else 'data'}.{name} is "
+                           f"{now[name]!r}, was {was[name]!r}")
+    return reasons
 
 
 def load_folds(cfg: Config) -> Folds:
@@ -157,6 +206,9 @@ def load_folds(cfg: Config) -> Folds:
             f"{run.folds_csv} was made from a different {train_csv}; rerun `pipeline prepare --force` "
             "(existing fold checkpoints will no longer match their folds)"
         )
+    if reasons := stale_reasons(cfg, meta):
+        raise UserError(f"{run.folds_csv} was made with other CV settings ({'; '.join(reasons)}); rerun "
+                        "`pipeline prepare --force` to remake them (trained folds will no longer match), or undo the change")
     if meta.get("folds_sha256", sha256_file(run.folds_csv)) != sha256_file(run.folds_csv):
         raise UserError(f"{run.folds_csv} is not the file `pipeline prepare` wrote for {train_csv} (folds.json "
                         "holds another hash); rerun `pipeline prepare --force`")

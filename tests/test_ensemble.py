@@ -59,9 +59,13 @@ def test_weights_that_beat_the_mean_out_of_fold_are_kept():
     rng = np.random.default_rng(5)
     target = rng.integers(0, 5, 1000)
     members = noisy_members(rng, target, 5, [2.5, 0.0, 0.0])  # two members are pure noise
-    w, held_out, params = fit_weights(members, target, np.arange(1000) % 5, ACC)
+    folds = np.arange(1000) % 5
+    w, held_out, params = fit_weights(members, target, folds, ACC)
     assert params["weights_from"] == "hill climbing" and w[0] > 0.5
-    assert held_out > ACC(target, combine("mean", members, np.full(3, 1 / 3)))
+    assert ACC(target, held_out) > ACC(target, combine("mean", members, np.full(3, 1 / 3)))
+    # the held-out OOF is each fold blended by the weights fitted without it, not by the final weights
+    assert ACC(target, held_out) == held_out_weights_score("weighted", members, target, folds, ACC)[0]
+    assert params["cv_in_sample"] == ACC(target, combine("weighted", members, w))
 
 
 def test_stacking_on_noise_reports_chance_not_more():

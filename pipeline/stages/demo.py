@@ -47,7 +47,8 @@ def run(task: str = "classification", root: str | None = None, runs_dir: str = "
     metric = cfg.train.metric
     for name, s in members.items():
         print(f"CV {metric} {name}: {s['cv']:.4f} (without TTA {s['cv_no_tta']:.4f})")
-    how = (f"fitted on other folds: {scores['cv_held_out']:.4f}" if scores["cv_held_out"] is not None else
+    how = (f"each fold blended as fitted on the other folds; in-sample {scores['cv_in_sample']:.4f}"
+           if scores["cv_held_out"] is not None else
            "equal weights: fitted weights did not beat the mean on held-out folds")
     print(f"CV {metric} ensemble: {scores['cv']:.4f} ({how})")
     print("held-back score (solution.csv): " + ", ".join(f"{k} {v:.4f}" for k, v in held_back.items()))

@@ -2,8 +2,9 @@
 
     pipeline ensemble leaves-effnet leaves-convnext --method weighted --name blend1
 
-Members must share one folds file; weights and meta-models are fitted on OOF rows only, and their CV
-is reported fitted-on-other-folds, so a blend cannot flatter itself.
+Members must share one folds file; weights and meta-models are fitted on OOF rows only. A fitted blend's
+oof.parquet holds each fold blended as fitted on the other folds, so its CV (scores.json "cv") is the held-out
+score and a blend cannot flatter itself; the in-sample score is kept as "cv_in_sample".
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def check_compatible(members: list[Member]) -> list[str]:
         other = pd.read_csv(m.run.folds_csv, dtype={"id": str})[["id", "fold"]]
         if not folds.equals(other):
             raise UserError(f"{m.name} was trained on different folds than {first.name} ({m.run.folds_csv}); "
-                            "an ensemble needs one folds file (same data, cv.folds and seed)")
+                            "an ensemble needs one folds file (same data and CV settings: cv.folds, cv.strategy, cv.seed ...)")
         if m.classes != first.classes:
             raise UserError(f"{m.name} predicts other classes than {first.name}")
         if not m.keys["id"].equals(first.keys["id"]):
@@ -108,11 +109,13 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold)
     metric = task.metric.name
     if blend.params.get("weights_from") == "uniform":
-        log.info("hill-climbed weights scored %.4f on folds they were not fitted on, no better than the mean's %.4f: "
-                 "every member gets equal weight", blend.params["hill_climbing_held_out"], blend.params["mean_cv"])
+        log.info("fitted weights scored %.4f on folds they were not fitted on, no better than the mean's %.4f: "
+                 "every member gets equal weight", blend.params["fitted_held_out"], blend.params["mean_cv"])
     log.info("members: %s", ", ".join(f"{m.name} {metric} {m.cv:.4f}" for m in members))
+    in_sample = blend.params.get("cv_in_sample")
     log.info("%s ensemble %s: CV %.4f%s -> %s", method, name, cv,
-             f" (fitted on other folds: {blend.held_out:.4f})" if blend.held_out is not None else "",
+             " (each fold blended as fitted on the other folds" +
+             (f"; in-sample {in_sample:.4f})" if in_sample is not None else ")") if blend.held_out is not None else "",
              base.cfg.runs_dir + "/" + name)
     return scores
 

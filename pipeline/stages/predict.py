@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,13 @@ from pipeline.data import build_loader
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
-from pipeline.loop import infer, pick_device, resolve_precision
+from pipeline.loop import evaluate, infer, pick_device, resolve_precision
+from pipeline.recipe import fold_recipe, mixed_recipes, saved_config
 from pipeline.rundir import RunDir, best_weights
 from pipeline.stages.train import parse_folds
 from pipeline.tasks import TASKS, Task, build_task
 from pipeline.tracking import build_tracker
+from pipeline.tta import View, choose_views
 
 log = logging.getLogger(__name__)
 
@@ -35,51 +38,117 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     if weights:
         cfg.predict.weights = weights
     folds = load_folds(cfg)
-    trained = RunDir(cfg.run_dir).folds_with("best.pt", cfg.cv.folds)
+    run = RunDir(cfg.run_dir)
+    trained = run.folds_with("best.pt", cfg.cv.folds)
     which = parse_folds(fold, cfg.cv.folds)
     missing = [k for k in which if k not in trained]
     if str(fold) != "all" and missing or not trained:
         raise UserError(f"no trained fold {missing or 'at all'} in {cfg.run_dir}; run `pipeline train --fold ...` first")
+    search = cfg.predict.tta == "search"
+    if search and (str(fold) != "all" or len(trained) < 2):
+        raise UserError("predict.tta=search chooses each fold's views on the other folds' OOF rows: train at least "
+                        "two folds and predict them together (--fold all)")
+    mixed_recipes({k: saved_config(run.fold(k)) for k in trained}, cfg)  # says so when folds differ
     test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
-    for k in (k for k in which if k in trained):
-        predict_fold(cfg, folds, k, test)
+    todo = [k for k in which if k in trained]
+    if not search:  # one fold in memory at a time
+        for k in todo:
+            write_fold(infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test))
+        return combine_folds(cfg)
+    done = {k: infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test) for k in todo}
+    first = done[todo[0]]
+    chosen = choose_views({k: (p.oof_views, p.labels) for k, p in done.items()}, [v.name for v in first.views],
+                          first.task.merge, first.task.evaluate, first.task.metric)
+    for k, p in done.items():
+        write_fold(p, chosen[k])
     return combine_folds(cfg)
 
 
-def predict_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> None:
+@dataclass
+class FoldPrediction:
+    """One fold's outputs per TTA view, before views are merged and written."""
+
+    cfg: Config  # the fold's recipe
+    task: Task
+    k: int
+    valid_rows: pd.DataFrame
+    test: pd.DataFrame
+    labels: Any  # the validation rows' truths, as task.evaluate takes them
+    views: list[View]
+    oof_views: list  # per view: outputs for valid_rows
+    test_views: list  # per view: outputs for test
+    weights: dict  # which weights were used (predict.weights=auto chooses), and the scores it chose by
+
+
+def infer_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> FoldPrediction:
+    """Fold k's OOF and test outputs for every TTA view (predict.tta; search: every view the task allows);
+    cfg is the fold's recipe (pipeline.recipe.fold_recipe)."""
     fold = RunDir(cfg.run_dir).fold(k)
-    # The fold's own weights replace everything; no need to read a backbone weights file again.
-    build_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False, weights_file=None))
-    task = build_task(build_cfg, folds.classes)
+    task = build_task(cfg, folds.classes)
     if fold.preprocess.is_file():
         task.load_fold(json.loads(fold.preprocess.read_text()))
     model = task.build_model()
-    model.load_state_dict(fold_weights(cfg, task, model, folds, k))
     device = pick_device()
     dtype = resolve_precision(cfg.train.precision, device)
-    model.to(device, memory_format=task.memory_format)
-    views = task.views(cfg.predict.tta)
+    views = task.views("all" if cfg.predict.tta == "search" else cfg.predict.tta)
     _, valid_rows = folds.split(k)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     test_loader = build_loader(task.build_dataset(test, train=False), cfg, False, cfg.predict.batch_size)
-
-    oof_views = infer(task, model, valid_loader, device, dtype, views)
-    oof = task.merge(list(oof_views))  # mean of probabilities; WBF of boxes
-    labels = valid_loader.dataset.labels
-    plain, tta = task.evaluate(oof_views[0], labels)["score"], task.evaluate(oof, labels)["score"]
-    write_parquet(fold.oof, task.prediction_frame(valid_rows, oof))
-    write_parquet(fold.oof_no_tta, task.prediction_frame(valid_rows, oof_views[0]))
-    test_views = infer(task, model, test_loader, device, dtype, views)
-    write_parquet(fold.test, task.prediction_frame(test, task.merge(list(test_views))))
-    log.info("fold %d: OOF %s %.4f with %s TTA (%d views), %.4f without (%+.4f); %s weights",
-             k, cfg.train.metric, tta, cfg.predict.tta, len(views), plain, tta - plain, cfg.predict.weights)
-    write_json(fold.predict_json, {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta,
-                                           "views": [v.name for v in views], "weights": cfg.predict.weights})
+    weights, used = choose_weights(cfg, task, model, folds, k, valid_loader)
+    model.load_state_dict(weights)
+    model.to(device, memory_format=task.memory_format)
+    oof_views = list(infer(task, model, valid_loader, device, dtype, views))
+    test_views = list(infer(task, model, test_loader, device, dtype, views))
+    return FoldPrediction(cfg, task, k, valid_rows, test, valid_loader.dataset.labels, views, oof_views, test_views,
+                          used)
 
 
-def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int) -> dict:
-    """best: whichever of raw/EMA validated best; ema: the EMA weights of best.pt; avg: averaged top epochs."""
+def choose_weights(cfg: Config, task: Task, model, folds: Folds, k: int, valid_loader) -> tuple[dict, dict]:
+    """The fold's inference weights and what was chosen. For avg and auto, the averaged weights are scored against
+    the best epoch on the fold's validation rows (no TTA): an average that loses is said (avg) or not used (auto)."""
     choice = cfg.predict.weights
+    if choice not in ("avg", "auto"):
+        return fold_weights(cfg, task, model, folds, k, choice), {"weights_used": choice}
+    device = pick_device()
+    dtype = resolve_precision(cfg.train.precision, device)
+    scores, candidates = {}, {"best": fold_weights(cfg, task, model, folds, k, "best"),
+                              "avg": fold_weights(cfg, task, model, folds, k, "avg")}
+    for name, weights in candidates.items():
+        model.load_state_dict(weights)
+        scores[name] = evaluate(task, model.to(device, memory_format=task.memory_format), valid_loader, device,
+                                dtype)["score"]
+    loses = task.metric.better(scores["best"], scores["avg"])
+    used = "best" if choice == "auto" and loses else "avg"
+    if loses:
+        log.warning("fold %d: averaged weights score %.4f on the validation rows, the best epoch %.4f%s", k,
+                    scores["avg"], scores["best"], "; using the best epoch (weights=auto)" if used == "best" else
+                    "; predict.weights=auto would use the best epoch")
+    return candidates[used], {"weights_used": used, "score_avg_no_tta": scores["avg"],
+                              "score_best_no_tta": scores["best"]}
+
+
+def write_fold(p: FoldPrediction, chosen: list[int] | None = None) -> None:
+    """fold{k}/oof.parquet, oof_no_tta.parquet, test.parquet and predict.json: the chosen views merged (all)."""
+    cfg, task, fold = p.cfg, p.task, RunDir(p.cfg.run_dir).fold(p.k)
+    chosen = list(range(len(p.views))) if chosen is None else chosen
+    oof = task.merge([p.oof_views[i] for i in chosen])  # mean of probabilities; WBF of boxes
+    plain, tta = task.evaluate(p.oof_views[0], p.labels)["score"], task.evaluate(oof, p.labels)["score"]
+    write_parquet(fold.oof, task.prediction_frame(p.valid_rows, oof))
+    write_parquet(fold.oof_no_tta, task.prediction_frame(p.valid_rows, p.oof_views[0]))
+    write_parquet(fold.test, task.prediction_frame(p.test, task.merge([p.test_views[i] for i in chosen])))
+    names = [p.views[i].name for i in chosen]
+    record = {"score": tta, "score_no_tta": plain, "tta": cfg.predict.tta, "views": names,
+              "weights": cfg.predict.weights, **p.weights, "model": cfg.model.name, "image_size": cfg.image.size}
+    if cfg.predict.tta == "search":  # for reference: every candidate view averaged, on this fold's own rows
+        record["searched"] = [v.name for v in p.views]
+        record["score_all_views"] = task.evaluate(task.merge(p.oof_views), p.labels)["score"]
+    log.info("fold %d: OOF %s %.4f with %s TTA (%s), %.4f without (%+.4f); %s weights", p.k, cfg.train.metric, tta,
+             cfg.predict.tta, ", ".join(names), plain, tta - plain, cfg.predict.weights)
+    write_json(fold.predict_json, record)
+
+
+def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int, choice: str) -> dict:
+    """best: whichever of raw/EMA validated best; ema: the EMA weights of best.pt; avg: averaged top epochs."""
     if choice == "avg":
         return averaged_weights(cfg, task, model, folds, k)
     path = RunDir(cfg.run_dir).fold(k).best

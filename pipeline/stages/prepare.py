@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
 
 from pipeline import duplicates
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.files import write_csv
-from pipeline.folds import folds_current, make_folds, resolve_strategy, save_folds
+from pipeline.folds import folds_from_file, make_folds, resolve_strategy, save_folds, stale_reasons
 from pipeline.provenance import write_run_header
 from pipeline.rundir import RunDir
 from pipeline.submission import read_sample
@@ -23,27 +25,39 @@ log = logging.getLogger(__name__)
 
 def run(cfg: Config, force: bool = False) -> None:
     """Check train/test/sample_submission and every image, then write folds.csv (skipped when up to date)."""
-    task = TASKS[cfg.task]
-    current = folds_current(cfg) and not force
+    task, run_dir = TASKS[cfg.task], RunDir(cfg.run_dir)
+    made = run_dir.folds_json.is_file() and run_dir.folds_csv.is_file()
+    changed = stale_reasons(cfg, json.loads(run_dir.folds_json.read_text())) if made else []
+    current = made and not changed and not force
     test = task.test_table(cfg, check=not current)  # images are decoded only when the folds are redone
     sample_path = cfg.data_path("sample_submission")
     sample = read_sample(cfg)  # unique, non-empty ids: caught here, not at the end of the pipeline
     if set(sample[cfg.data.id_col]) != set(test[cfg.data.id_col]):
         log.warning("%s and %s list different ids; submit checks against the sample submission", sample_path, cfg.data_path("test_csv"))
     if current:
-        log.info("folds in %s are up to date with %s (use --force to redo them)", cfg.run_dir, cfg.data_path("train_csv"))
+        log.info("folds in %s are up to date with %s and the CV settings (use --force to redo them)", run_dir,
+                 cfg.data_path("train_csv"))
         return
+    if changed and not force:
+        trained = [f.k for f in run_dir.fold_dirs() if f.last.is_file()]
+        if trained:
+            raise UserError(f"the folds in {run_dir} were made with other settings ({'; '.join(changed)}) and folds "
+                            f"{trained} were trained on them; rerun with --force to remake the folds (then retrain "
+                            "with --force), or undo the change")
+        log.warning("remaking the folds in %s: %s", run_dir, "; ".join(changed))
     log.info("checking %s ...", cfg.data_path("train_csv"))
     samples, classes = task.sample_table(cfg)  # one row per sample, every image and label checked
     hashes, found = find_duplicates(cfg, task, samples, test)
-    folds = make_folds(cfg, samples, classes, hashes)
-    strategy = resolve_strategy(cfg, samples[cfg.data.target_col])
+    if cfg.cv.folds_file:
+        folds, strategy = folds_from_file(cfg, samples, classes), f"file {cfg.cv.folds_file}"
+    else:
+        folds, strategy = make_folds(cfg, samples, classes, hashes), resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")
-    write_csv(RunDir(cfg.run_dir).duplicates, found)  # before folds.csv, which marks a finished prepare
+    write_csv(run_dir.duplicates, found)  # before folds.csv, which marks a finished prepare
     save_folds(cfg, folds, strategy)
     sizes = folds.table["fold"].value_counts().sort_index().tolist()
-    log.info("%d rows, %d classes, %s %d-fold (sizes %s) -> %s", len(samples), len(folds.classes), strategy,
-             cfg.cv.folds, sizes, RunDir(cfg.run_dir).folds_csv)
+    log.info("%d rows, %d classes, %s %d-fold (sizes %s, cv.seed %d) -> %s", len(samples), len(folds.classes), strategy,
+             cfg.cv.folds, sizes, cfg.cv.seed, run_dir.folds_csv)
 
 
 def find_duplicates(cfg: Config, task: type[Task], samples: pd.DataFrame, test: pd.DataFrame) -> tuple[list | None, pd.DataFrame]:

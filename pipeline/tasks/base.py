@@ -94,8 +94,9 @@ class Task(ABC):
         """Move one collated batch to the device (in the model's memory format)."""
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """Scalar training loss for a batch already on the device."""
+    def loss(self, model: nn.Module, batch: Any, mix: bool = True) -> torch.Tensor:
+        """Scalar training loss for a batch already on the device; mix=False skips batch mixing (mixup/cutmix),
+        for forwards that only re-measure BatchNorm statistics."""
 
     @abstractmethod
     def views(self, spec: str) -> list[View]:

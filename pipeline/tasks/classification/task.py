@@ -29,7 +29,7 @@ from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
 from pipeline.tasks.classification.demo_data import write_digits_competition
 from pipeline.tasks.classification.transforms import build_transforms
-from pipeline.tta import View, build_views, stack_views
+from pipeline.tta import View, build_views, run_views
 
 
 def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
@@ -38,7 +38,7 @@ def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
     if not cfg.data.cache:
         return ImageFiles(paths)
     every = image_paths(cfg, pd.concat([read_train(cfg)[cfg.data.id_col], read_test(cfg)[cfg.data.id_col]]))
-    side = cached_side(cfg.image.size, cfg.image.cache_margin)
+    side = cached_side(cfg.image.size, cfg.augment.scale_min, cfg.image.cache_margin)
     return cached_images(paths, every, side, cfg.cache_dir)
 
 
@@ -105,16 +105,17 @@ class ClassificationTask(ClassProbabilities):
         x, y = batch
         return x.to(device, non_blocking=True, memory_format=self.memory_format), y.to(device, non_blocking=True)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
         x, y = batch
-        if self.mixup is not None and model.training:
+        if mix and self.mixup is not None and model.training:
             x, y = self.mixup(x, y)
         return self.criterion(model(x), y)
 
     def infer_batch(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
         """[V, B, C] class probabilities: every TTA view of the batch in a single forward pass."""
-        x = stack_views(batch[0], views).contiguous(memory_format=self.memory_format)
-        return model(x).float().softmax(dim=1).view(len(views), len(batch[0]), -1).cpu()
+        def forward(x):
+            return model(x.contiguous(memory_format=self.memory_format)).float().softmax(dim=1)
+        return torch.stack(run_views(forward, batch[0], views)).cpu()
 
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
         """The shared confusion and per-class sections, then the highest-loss OOF images."""

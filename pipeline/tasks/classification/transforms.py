@@ -9,10 +9,13 @@ from pipeline.config import AugmentConfig, ImageConfig
 
 
 def build_transforms(image: ImageConfig, aug: AugmentConfig, train: bool, mean, std) -> A.Compose:
-    """Train: RandomResizedCrop + flips + colour jitter; valid/test: resize to image.size. Both normalise."""
+    """Train: RandomResizedCrop + flips + colour jitter; valid/test: the short side to image.size / crop_pct and
+    the centre image.size square, so the aspect ratio is kept as training's crops keep it (a plain resize squashed
+    non-square images). Both normalise."""
     size = (image.size, image.size)
     if not train:
-        return A.Compose([A.Resize(*size), A.Normalize(mean=mean, std=std), ToTensorV2()])
+        return A.Compose([A.SmallestMaxSize(max_size=int(round(image.size / image.crop_pct))), A.CenterCrop(*size),
+                          A.Normalize(mean=mean, std=std), ToTensorV2()])
     steps = [
         A.RandomResizedCrop(size=size, scale=(aug.scale_min, 1.0)),
         A.HorizontalFlip(p=aug.hflip),

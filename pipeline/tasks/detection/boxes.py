@@ -44,7 +44,7 @@ def to_xyxy(boxes: np.ndarray, fmt: str) -> np.ndarray:
 
 # Where a point of the square canvas (side s) lands under each TTA view, and how to map it back.
 # Matches pipeline.tta's image views: torch.rot90(k=1) turns the image counter-clockwise.
-_POINT_MAPS = {
+BOX_VIEWS = {
     "identity": (lambda x, y, s: (x, y), lambda x, y, s: (x, y)),
     "hflip": (lambda x, y, s: (s - x, y), lambda x, y, s: (s - x, y)),
     "vflip": (lambda x, y, s: (x, s - y), lambda x, y, s: (x, s - y)),
@@ -57,14 +57,14 @@ _POINT_MAPS = {
 
 
 def check_box_views(names: Sequence[str]) -> None:
-    bad = [n for n in names if n not in _POINT_MAPS]
+    bad = [n for n in names if n not in BOX_VIEWS]
     if bad:
         raise UserError(f"predict.tta views {bad} cannot be undone on boxes; detection supports "
-                        f"{', '.join(_POINT_MAPS)} (sets none, hflip, vflip, flips, d4)")
+                        f"{', '.join(BOX_VIEWS)} (sets none, hflip, vflip, flips, d4)")
 
 
 def _map_boxes(boxes: np.ndarray, view: str, side: float, which: int) -> np.ndarray:
-    fn = _POINT_MAPS[view][which]
+    fn = BOX_VIEWS[view][which]
     x1, y1 = fn(boxes[:, 0], boxes[:, 1], side)
     x2, y2 = fn(boxes[:, 2], boxes[:, 3], side)
     return np.stack([np.minimum(x1, x2), np.minimum(y1, y2), np.maximum(x1, x2), np.maximum(y1, y2)], axis=1)

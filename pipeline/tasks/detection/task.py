@@ -20,6 +20,7 @@ from pipeline.metrics import Metric
 from pipeline.submission import in_sample_order
 from pipeline.tasks.base import Demo, Task
 from pipeline.tasks.detection.boxes import (
+    BOX_VIEWS,
     Detections,
     check_box_views,
     fuse,
@@ -38,7 +39,7 @@ from pipeline.tasks.detection.data import (
 from pipeline.tasks.detection.demo_data import score_boxes, write_digit_boxes_competition
 from pipeline.tasks.detection.detectors import build_detector
 from pipeline.tasks.detection.submission import check_boxes, decode_boxes
-from pipeline.tta import View, build_views, stack_views
+from pipeline.tta import View, build_views, run_views
 
 
 class DetectionTask(Task):
@@ -83,6 +84,8 @@ class DetectionTask(Task):
 
     def views(self, spec: str) -> list[View]:
         views = build_views(spec, self.cfg.augment)
+        if spec == "all":  # the search's candidates: the views that can be undone on boxes
+            views = [v for v in views if v.name in BOX_VIEWS]
         check_box_views([v.name for v in views])
         return views
 
@@ -107,7 +110,7 @@ class DetectionTask(Task):
         return (images.to(device, non_blocking=True),
                 [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets], meta)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:  # nothing to mix
         images, targets, _ = batch
         return sum(model(list(images), targets).values())  # FCOS: classification + box regression + centerness
 
@@ -116,7 +119,7 @@ class DetectionTask(Task):
         check_box_views([v.name for v in views])
         images, _, meta = batch
         side = images.shape[-1]
-        outputs = model(list(stack_views(images, views)))
+        outputs = [o for per_view in run_views(lambda x: model(list(x)), images, views) for o in per_view]
         result = []
         for vi, view in enumerate(views):
             per_image = []
@@ -158,22 +161,30 @@ class DetectionTask(Task):
 
     def blend(self, method: str, oofs: list[list[Detections]], tests: list[list[Detections]], target: list,
               folds: np.ndarray) -> Blend:
-        """WBF across experiments: mean (equal weights, detect.wbf_iou) or weighted (IoU and weights tuned on OOF)."""
+        """WBF across experiments: mean (equal weights, detect.wbf_iou) or weighted (IoU and weights tuned on OOF).
+
+        Tuned settings are kept only when, tuned on the other folds, they beat the mean fusion on each held-out
+        fold; the OOF then holds every fold fused as tuned without it, so its score is the honest CV."""
         if method not in ("mean", "weighted", "wbf"):
             raise UserError(f"--method {method}: detection ensembles fuse boxes; use mean or weighted (alias wbf)")
         oofs, tests = list(oofs), list(tests)  # fusion reads each member per image: held in memory
+        uniform, iou = np.full(len(oofs), 1 / len(oofs)), self.cfg.detect.wbf_iou
+        mean = Blend(self.merge(oofs), self.merge(tests), uniform, None, {"iou_thr": iou})
         if method == "mean":
-            return Blend(self.merge(oofs), self.merge(tests), np.full(len(oofs), 1 / len(oofs)), None,
-                         {"iou_thr": self.cfg.detect.wbf_iou})
-        weights, iou = self.tune_fusion(oofs, target)
+            return mean
         held = np.empty(len(target), dtype=object)
         for k in np.unique(folds):  # the honest score: settings tuned on the other folds
             fit, out = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
             w, t = self.tune_fusion([[m[i] for i in fit] for m in oofs], [target[i] for i in fit])
             held[out] = self._fuse_members([[m[i] for i in out] for m in oofs], w, t)
-        held_out = self.evaluate(list(held), target)["score"]
-        return Blend(self._fuse_members(oofs, weights, iou), self._fuse_members(tests, weights, iou), weights,
-                     held_out, {"iou_thr": iou})
+        held_out, mean_cv = self.evaluate(list(held), target)["score"], self.evaluate(mean.oof, target)["score"]
+        if not self.metric.better(held_out, mean_cv):
+            mean.params.update(weights_from="uniform", fitted_held_out=held_out, mean_cv=mean_cv)
+            return mean
+        weights, iou = self.tune_fusion(oofs, target)
+        in_sample = self.evaluate(self._fuse_members(oofs, weights, iou), target)["score"]
+        return Blend(list(held), self._fuse_members(tests, weights, iou), weights, held_out,
+                     {"iou_thr": iou, "weights_from": "tuned", "cv_in_sample": in_sample})
 
     def tune_fusion(self, oofs: list, target: list) -> tuple[np.ndarray, float]:
         """WBF IoU on a grid, then member weights by coordinate ascent, maximising the OOF score."""

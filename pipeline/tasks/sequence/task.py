@@ -34,7 +34,8 @@ from pipeline.tta import VIEWS, View
 
 # auto is no TTA: on 10 BasicMotions/JapaneseVowels runs crops never raised CV and lowered it on 7 (1.0 -> 0.95).
 SEQUENCE_TTA = {"auto": ["identity"], "none": ["identity"], "crops": ["identity", "crop_head", "crop_tail"],
-                "shifts": ["identity", "crop_head", "crop_tail"]}  # shifts: the window moved to either end
+                "shifts": ["identity", "crop_head", "crop_tail"],  # shifts: the window moved to either end
+                "all": ["identity", "crop_head", "crop_tail"]}  # predict.tta=search's candidates
 
 
 def _crop_view(name: str, share: float) -> View:
@@ -188,10 +189,10 @@ class SequenceTask(ClassProbabilities):
     def to_device(self, batch, device: torch.device):
         return tuple(t.to(device, non_blocking=True) for t in batch)
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
         x, mask, y = batch
         alpha = self.cfg.augment.mixup_alpha
-        if alpha > 0 and model.training and not self.text:
+        if mix and alpha > 0 and model.training and not self.text:
             lam = float(np.random.beta(alpha, alpha))
             perm = torch.randperm(len(x), device=x.device)
             logits = model(lam * x + (1 - lam) * x[perm], mask | mask[perm])
