@@ -121,7 +121,7 @@ def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k:
     loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size, seed=cfg.seed + k)
     loader.sampler.set_epoch(0)
     seen = recalibrate_batchnorm(model, loader, task, device, cfg.predict.bn_batches)
-    weights = {key: v.cpu() for key, v in model.state_dict().items()}
+    weights = {key: v.detach().cpu().clone() for key, v in model.state_dict().items()}  # not the model's own tensors
     checkpoint.save(avg_path, {"model": weights, "source": source, "bn_batches": cfg.predict.bn_batches, "bn_data": BN_DATA,
                                "within": cfg.predict.avg_within,
                                "epochs": [checkpoint.load(p, mmap=True)["epoch"] for _, p in kept]})

@@ -147,3 +147,18 @@ def test_tta_search_through_predict(competition, make_config):
         assert record["views"][0] == "identity" and set(record["views"]) <= set(record["searched"])
         assert "shift_left" in record["searched"] and "scale115" in record["searched"]
     assert scores["tta"] == "search" and np.isfinite(scores["cv"])
+
+
+def test_averaged_weights_are_the_same_built_or_read_back(competition, make_config):
+    """The averaged weights predict alike when just built and when read from avg.pt; scoring them against the
+    best epoch (predict.json) must not swap one for the other."""
+    _, cfg = make_config(competition, train={"epochs": 3, "keep_top": 3}, predict={"weights": "avg", "tta": "none"},
+                         cv={"folds": 2})
+    prepare.run(cfg)
+    train.run(cfg, fold=0)
+    fold = RunDir(cfg.run_dir).fold(0)
+    predict.run(cfg, fold=0)  # builds avg.pt
+    built, record = pd.read_parquet(fold.oof), json.loads(fold.predict_json.read_text())
+    predict.run(cfg, fold=0)  # reads it back
+    pd.testing.assert_frame_equal(built, pd.read_parquet(fold.oof))
+    assert record["weights_used"] == "avg" and record["score_no_tta"] == pytest.approx(record["score_avg_no_tta"])
