@@ -20,8 +20,9 @@ from pipeline.rundir import FoldDir
 log = logging.getLogger(__name__)
 
 # Dotted keys (or whole sections) that shaped a fold's model and its inputs.
-RECIPE = ("task", "model", "image", "augment", "sequence", "detect.fpn_channels", "detect.freeze_bn",
-          "data.feature_cols", "data.step_col", "data.text_col")
+# image.crop_pct is not among them: how test images are framed is a predict-time choice, like TTA.
+RECIPE = ("task", "model", "image.size", "image.mean", "image.std", "image.cache_margin", "augment", "sequence",
+          "detect.fpn_channels", "detect.freeze_bn", "data.feature_cols", "data.step_col", "data.text_col")
 SHOWN = ("model.name", "image.size")  # the recipe keys logged per fold
 
 
