@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline import checkpoint
-from pipeline.config import Config, config_from_dict, to_dict
+from pipeline.config import Config, _assign, config_from_dict, to_dict
 from pipeline.errors import UserError
 from pipeline.rundir import FoldDir
 
@@ -32,13 +32,6 @@ def _get(tree: dict, key: str) -> Any:
     return tree
 
 
-def _set(tree: dict, key: str, value: Any) -> None:
-    *path, last = key.split(".")
-    for part in path:
-        tree = tree.setdefault(part, {})
-    tree[last] = value
-
-
 def saved_config(fold: FoldDir) -> dict:
     """The resolved config a fold's best.pt was trained with (read without loading its tensors)."""
     state = checkpoint.load(fold.best, mmap=True)
@@ -52,7 +45,7 @@ def fold_recipe(cfg: Config, fold: FoldDir) -> Config:
     """Today's config with every RECIPE key as fold k was trained; predict.image_size, if set, overrides image.size."""
     tree, saved = to_dict(cfg), saved_config(fold)
     for key in RECIPE:
-        _set(tree, key, _get(saved, key))
+        _assign(tree, key.split("."), _get(saved, key))
     recipe = config_from_dict(tree, f"{fold.best} (its training recipe)")
     if cfg.predict.image_size:
         log.info("fold %d: predicting at %d px (predict.image_size), trained at %d px", fold.k,
