@@ -1,4 +1,7 @@
-"""Combining members' class probabilities: mean, weighted, rank, geometric, and a stacked meta-model.
+"""Combining members' outputs: mean, weighted, rank, geometric, and a stacked meta-model.
+
+Class probabilities (multiclass) have their own fast paths below; probabilities of independent labels (binary,
+multilabel) and values (regression, ordinal) go through `blend_outputs`' general climb and meta-models.
 
 Weights and meta-models are fitted on out-of-fold predictions only; test predictions never enter a fit.
 Every fitted method is also scored the honest way: fitted on K-1 folds, scored on the held-out fold.
@@ -6,6 +9,7 @@ Every fitted method is also scored the honest way: fitted on K-1 folds, scored o
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +21,7 @@ import torch
 from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 
+from pipeline.errors import UserError
 from pipeline.metrics import Metric, logloss
 
 EPS = 1e-7
@@ -224,3 +229,109 @@ def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
         in_sample = metric(target, combine("weighted", oofs, weights))
         return weights, held_out_oof, {"weights_from": "hill climbing", "cv_in_sample": in_sample}
     return uniform, None, {"weights_from": "uniform", "fitted_held_out": held_out, "mean_cv": mean_score}
+
+
+# -- binary, multilabel, regression, ordinal ------------------------------------------------------------------
+def blend_outputs(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.ndarray], truth: np.ndarray,
+                  folds: np.ndarray, metric: Metric, target) -> Blend:
+    """blend_probabilities for any target (pipeline.targets): class probabilities take its fast paths; sigmoid
+    probabilities blend per column (rank: per column, the standard for AUC; geometric: in logit space) and values
+    as weighted means (rank and geometric refused); stack is logistic regression per label, or ridge on values."""
+    if target.kind == "multiclass":
+        return blend_probabilities(method, oofs, tests, truth, folds, metric)
+    values = target.kind in ("regression", "ordinal")
+    if values and method in ("rank", "geometric"):
+        raise UserError(f"--method {method} blends probabilities; a {target.kind} target blends values: "
+                        "use mean, weighted or stack")
+    def mix(name, members, weights):
+        return combine_columns(name, members, weights)
+    if method == "stack":
+        members = as_float32(oofs)
+        oof, test = stack_columns(members, truth, folds, as_float32(tests), values)
+        return Blend(oof, test, None, metric(truth, oof))
+    if method != "weighted":
+        weights = np.full(len(oofs), 1 / len(oofs))
+        return Blend(mix(method, oofs, weights), mix(method, tests, weights), weights, None)
+    oofs = as_float32(oofs)
+    loss = target.valid_loss
+    def climb(k):
+        rows = slice(None) if k is None else folds != k
+        return climb_columns([p[rows] for p in oofs], truth[rows], metric, loss)
+    ks = list(np.unique(folds))
+    *per_fold, weights = _in_threads(climb, [*ks, None])
+    held_out_oof = np.zeros_like(oofs[0])
+    for k, w in zip(ks, per_fold, strict=True):
+        held_out_oof[folds == k] = mix("weighted", [p[folds == k] for p in oofs], w)
+    uniform = np.full(len(oofs), 1 / len(oofs))
+    mean_score, held_out = metric(truth, mix("mean", oofs, uniform)), metric(truth, held_out_oof)
+    if metric.better(held_out, mean_score):
+        params = {"weights_from": "hill climbing", "cv_in_sample": metric(truth, mix("weighted", oofs, weights))}
+        return Blend(held_out_oof, mix("weighted", tests, weights), weights, held_out, params)
+    params = {"weights_from": "uniform", "fitted_held_out": held_out, "mean_cv": mean_score}
+    return Blend(mix("mean", oofs, uniform), mix("mean", tests, uniform), uniform, None, params)
+
+
+def combine_columns(method: str, members, weights: np.ndarray) -> np.ndarray:
+    """Column-wise weighted blend of [N, K] probabilities or values (rank: each column's ranks in [0, 1])."""
+    out = None
+    for w, p in zip(np.asarray(weights, dtype=np.float64), members, strict=True):
+        p = float32(p).astype(np.float64)
+        if method == "rank":
+            p = rankdata(p, axis=0) / len(p)
+        elif method == "geometric":
+            p = np.log(np.clip(p, EPS, 1 - EPS)) - np.log(np.clip(1 - p, EPS, 1.0))
+        out = w * p if out is None else out + w * p
+    if method == "geometric":
+        out = 1 / (1 + np.exp(-out))
+    return out.astype(np.float32)
+
+
+def climb_columns(members: list[np.ndarray], truth: np.ndarray, metric: Metric, loss, rounds: int = 50,
+                  tol: float = 1e-5) -> np.ndarray:
+    """Caruana selection with replacement, like hill_climb, scoring whole trial blends (the metric, then the loss
+    to break ties); weights are the selection counts, summing to one."""
+    def objective(blend):
+        score = metric(truth, blend)
+        score = -math.inf if not math.isfinite(score) else score
+        return (score if metric.greater_is_better else -score, -loss(truth, blend))
+    counts, total = np.zeros(len(members)), np.zeros_like(members[0], dtype=np.float64)
+    singles = [objective(p) for p in members]
+    first = max(range(len(members)), key=lambda i: singles[i])
+    counts[first], best, total = 1, singles[first], members[first].astype(np.float64)
+    for _ in range(rounds):
+        size = counts.sum() + 1
+        value, i = max((objective(((total + p) / size).astype(np.float32)), i) for i, p in enumerate(members))
+        if not _improves(value, best, tol):
+            break
+        best, counts[i], total = value, counts[i] + 1, total + members[i]
+    return counts / counts.sum()
+
+
+def stack_columns(members: list[np.ndarray], truth: np.ndarray, folds: np.ndarray, tests: list[np.ndarray],
+                  values: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-fitted meta-models on the same folds: ridge on members' values (alpha by inner CV), or per label a
+    logistic regression on the members' logits of that label; test = the mean of the K meta-models."""
+    from sklearn.linear_model import RidgeCV
+
+    oof = np.zeros_like(members[0], dtype=np.float32)
+    test = np.zeros_like(tests[0], dtype=np.float64)
+    truth2 = truth.reshape(len(truth), -1)
+    ks = np.unique(folds)
+    for j in range(members[0].shape[1]):
+        x = np.stack([p[:, j] for p in members], axis=1).astype(np.float64)
+        x_test = np.stack([p[:, j] for p in tests], axis=1).astype(np.float64)
+        if not values:
+            x, x_test = (np.log(np.clip(a, EPS, 1 - EPS)) - np.log(np.clip(1 - a, EPS, 1.0)) for a in (x, x_test))
+        for k in ks:
+            fit, held = folds != k, folds == k
+            y = truth2[fit, j] if truth2.shape[1] > 1 else truth2[fit, 0]
+            if values:
+                meta = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x[fit], y)
+                oof[held, j], pred = meta.predict(x[held]), meta.predict(x_test)
+            elif len(np.unique(y)) < 2:  # a label absent (or everywhere) in these folds: its rate
+                oof[held, j], pred = float(y.mean()), np.full(len(x_test), float(y.mean()))
+            else:
+                meta = LogisticRegression(max_iter=2000).fit(x[fit], y)
+                oof[held, j], pred = meta.predict_proba(x[held])[:, 1], meta.predict_proba(x_test)[:, 1]
+            test[:, j] += pred / len(ks)
+    return oof, test.astype(np.float32)

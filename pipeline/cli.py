@@ -206,7 +206,7 @@ def tune(
                  *([f"tune.space={json.dumps(param)}"] if param else []),
                  *([f"tune.stages={json.dumps(stages.split(','))}"] if stages else [])]
     table = stage.run(config, overrides, force=force)
-    typer.echo(stage.render(table, load_config(config, overrides).train.metric))
+    typer.echo(stage.render(table, table.attrs["metric"]))
 
 
 @app.command()

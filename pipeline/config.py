@@ -28,7 +28,13 @@ class DataConfig:
     test_csv: str = "test.csv"  # rows to predict
     sample_submission: str = "sample_submission.csv"  # the format submit validates against
     id_col: str = "image"  # image path relative to root (or to image_dir); also the submission id
-    target_col: str = "label"  # class label column of train.csv
+    target_col: str = "label"  # target column of train.csv: a label, tags, a value or a grade
+    # auto: guessed from the target column and sample_submission, and logged (pipeline.labels.infer_target_type);
+    # binary: one probability; multilabel: tags; regression: a value; ordinal: grades, cut points fitted on OOF
+    target_type: Literal["auto", "multiclass", "binary", "multilabel", "regression", "ordinal"] = "auto"
+    label_sep: str = " "  # multilabel: the separator of tags in one cell (Kaggle Planet: "clear primary")
+    label_cols: list[str] | None = None  # multilabel: one 0/1 column per label instead of a tag column (Jigsaw)
+    min_tags: int = 0  # multilabel: tags every row has (train rows are checked; submissions get the top ones)
     group_col: str | None = None  # rows sharing a group stay in one fold (patient, plant, session ...)
     image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path
     image_ext: str = ""  # suffix appended to ids, e.g. ".jpg" when ids are bare names
@@ -113,7 +119,10 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warmup length, fractions allowed
     min_lr_ratio: float = 0.01  # cosine floor as a fraction of the peak LR
     clip_grad: float = 1.0  # max global grad norm; 0 turns clipping off
-    label_smoothing: float = 0.1  # cross-entropy smoothing; 0.1 is the usual default
+    label_smoothing: float = 0.1  # cross-entropy smoothing (binary/multilabel: of the 0/1 truths); 0.1 is the usual default
+    # auto: cross-entropy (multiclass), BCE (binary, multilabel), mse (regression, ordinal; l1 when the metric is mae);
+    # focal/asl: sigmoid focal or asymmetric loss for multilabel; mse/l1/huber on the standardised value
+    loss: Literal["auto", "bce", "focal", "asl", "mse", "l1", "huber"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, bf16 (else fp16) on CUDA
     channels_last: bool = True  # NHWC memory format; faster for CNNs on CPU (~15%) and tensor cores
     compile: bool = False  # torch.compile the training forward/backward; pays off on long GPU runs, the
@@ -128,8 +137,10 @@ class TrainConfig:
     on_nan: Literal["stop", "rollback"] = "stop"  # NaN/inf loss: stop the fold, or reload the last good epoch
     rollback_lr_factor: float = 0.5  # on_nan=rollback: multiply the LR by this for every rollback
     max_rollbacks: int = 3  # on_nan=rollback: give up (stop) after this many in one fold
-    # valid score, also the CV score; detection: map50 (COCO AP at IoU 0.5) or map (AP averaged over 0.5:0.95)
-    metric: Literal["accuracy", "logloss", "f1_macro", "map50", "map"] = "accuracy"
+    # valid score, also the CV score (pipeline.metrics): accuracy logloss f1 f1_macro f1_micro f1_weighted f1_samples
+    # f2_samples roc_auc pr_auc qwk rmse rmsle mae r2 map@K; detection: map50 (COCO AP at IoU 0.5) or map (0.5:0.95).
+    # auto: accuracy (multiclass), roc_auc (binary), f1_samples (multilabel), rmse (regression), qwk (ordinal), map50
+    metric: str = "auto"
 
 
 @dataclass

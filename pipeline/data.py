@@ -93,10 +93,35 @@ def read_train(cfg: Config) -> pd.DataFrame:
     path = cfg.data_path("train_csv")
     df = read_table(path, "train_csv", cfg.data.id_col)
     d = cfg.data
-    require_columns(df, path, {"data.id_col": d.id_col, "data.target_col": d.target_col, "data.group_col": d.group_col})
+    require_columns(df, path, {"data.id_col": d.id_col, "data.group_col": d.group_col})
     _require_clean_ids(df, path, d.id_col)
+    return with_target(df, path, cfg)
+
+
+def with_target(df: pd.DataFrame, path: Path, cfg: Config) -> pd.DataFrame:
+    """The table with a label on every row in data.target_col: read, or made from data.label_cols (0/1 columns)."""
+    d = cfg.data
+    if d.label_cols:
+        require_columns(df, path, {f"data.label_cols[{i}]": c for i, c in enumerate(d.label_cols)})
+        df[d.target_col] = tags_from_columns(df, path, cfg)
+        return df
+    require_columns(df, path, {"data.target_col": d.target_col})
     _require_labels(df, path, d.target_col)
     return df
+
+
+def tags_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
+    """data.label_cols (one 0/1 column per label, Jigsaw style) as tag strings joined by data.label_sep."""
+    cols = cfg.data.label_cols
+    values = df[cols].apply(pd.to_numeric, errors="coerce")
+    bad = ~values.isin([0, 1])
+    if bad.any().any():
+        i, col = int(np.flatnonzero(bad.any(axis=1))[0]), bad.columns[bad.any()][0]
+        raise UserError(f"{path}: row {i + 2}, column {col!r} holds {short(df[col].iloc[i])}; data.label_cols "
+                        "columns hold 0 or 1")
+    names = np.asarray(cols, dtype=object)
+    return pd.Series([cfg.data.label_sep.join(names[row.astype(bool)]) for row in values.to_numpy()], index=df.index)
+
 
 
 def read_test(cfg: Config) -> pd.DataFrame:

@@ -25,7 +25,9 @@ from pipeline.data import read_table, require_columns
 from pipeline.duplicates import merge_groups
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, write_json, write_text
+from pipeline.metrics import DEFAULTS
 from pipeline.rundir import RunDir
+from pipeline.targets import build_target
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Folds:
     table: pd.DataFrame  # id, target, (group,) fold in train.csv order
-    classes: list  # sorted label values; a label's index is its class id
+    classes: list  # sorted label values (tags, grades); a label's index is its class id; [] for regression
+    target_type: str = "multiclass"  # data.target_type as prepare resolved it
 
     def split(self, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(training rows, validation rows) of one fold."""
@@ -46,16 +49,31 @@ class Folds:
 
 
 def resolve_strategy(cfg: Config, target: pd.Series) -> str:
+    """auto: stratified (on the label, the tags or quantile bins of a value), grouped when there is a group column;
+    a continuous target of an untyped (multiclass) task is split plainly, as before target types."""
     if cfg.cv.strategy != "auto":
         return cfg.cv.strategy
-    continuous = is_float_dtype(target) and not np.allclose(target, np.round(target))
+    continuous = cfg.data.target_type in ("auto", "multiclass") and is_float_dtype(target) and \
+        not np.allclose(target, np.round(target))
     if cfg.data.group_col:
         return "group" if continuous else "stratified_group"
     return "kfold" if continuous else "stratified"
 
 
-def assign_folds(target: pd.Series, groups: pd.Series | None, k: int, strategy: str, seed: int) -> np.ndarray:
-    """Fold index per row; every row lands in exactly one validation fold, reproducibly for a seed."""
+def resolve_target(cfg: Config, target_type: str | None) -> None:
+    """Settle data.target_type (as prepare found it; experiments from before target types are multiclass) and an
+    auto train.metric (the target type's default), in place, so every later stage and config.yaml names them."""
+    if cfg.task == "detection":
+        cfg.train.metric = "map50" if cfg.train.metric == "auto" else cfg.train.metric
+        return
+    cfg.data.target_type = target_type or "multiclass"
+    if cfg.train.metric == "auto":
+        cfg.train.metric = DEFAULTS[cfg.data.target_type]
+
+
+def assign_folds(target, groups: pd.Series | None, k: int, strategy: str, seed: int) -> np.ndarray:
+    """Fold index per row; every row lands in exactly one validation fold, reproducibly for a seed. target is what
+    stratification balances: one value per row, or a 0/1 label matrix (multilabel: iterative stratification)."""
     n = len(target)
     if n < k:
         raise UserError(f"cv.folds={k} but train has only {n} rows; lower cv.folds")
@@ -74,12 +92,31 @@ def assign_folds(target: pd.Series, groups: pd.Series | None, k: int, strategy: 
         codes, _ = pd.factorize(groups)
         groups = pd.Series(np.random.default_rng(seed).permutation(codes.max() + 1)[codes])
     fold = np.full(n, -1, dtype=np.int64)
-    stratify = target.astype(str).to_numpy()
+    if np.ndim(target) == 2 and strategy in ("stratified", "stratified_group"):
+        return _multilabel_folds(np.asarray(target), groups if strategy == "stratified_group" else None, k, seed)
+    stratify = np.asarray(target).astype(str) if np.ndim(target) == 1 else np.zeros(n)
     with warnings.catch_warnings():  # make_folds already warned about rare classes, by name
         warnings.filterwarnings("ignore", message="The least populated class")
         for i, (_, valid) in enumerate(splitters[strategy]().split(np.zeros(n), stratify, groups)):
             fold[valid] = i
     return fold
+
+
+def _multilabel_folds(labels: np.ndarray, groups: pd.Series | None, k: int, seed: int) -> np.ndarray:
+    """Iterative stratification (Sechidis et al. 2011, the iterative-stratification package) of a 0/1 label matrix;
+    with groups, of the groups' label unions, every row following its group."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    codes = np.arange(len(labels)) if groups is None else pd.factorize(groups)[0]
+    units = np.zeros((codes.max() + 1, labels.shape[1]), dtype=np.int64)
+    np.maximum.at(units, codes, labels)
+    if len(units) < k:
+        raise UserError(f"cv.folds={k} but only {len(units)} groups in data.group_col; lower cv.folds")
+    fold_of_unit = np.full(len(units), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for i, (_, valid) in enumerate(splitter.split(np.zeros(len(units)), units)):
+        fold_of_unit[valid] = i
+    return fold_of_unit[codes]
 
 
 def assign_folds_keeping_duplicates(target: pd.Series, groups: pd.Series | None, k: int, strategy: str, seed: int,
@@ -93,7 +130,7 @@ def assign_folds_keeping_duplicates(target: pd.Series, groups: pd.Series | None,
         return assign_folds(target, pd.Series(units) if merged else groups, k, strategy, seed)
     # One representative per cluster goes through the splitter (stratified on its label); copies follow it.
     first = ~pd.Series(units).duplicated().to_numpy()
-    fold_of_unit = assign_folds(target[first].reset_index(drop=True), None, k, strategy, seed)
+    fold_of_unit = assign_folds(np.asarray(target)[first], None, k, strategy, seed)
     return fold_of_unit[units]
 
 
@@ -104,7 +141,9 @@ def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None, ha
     d = cfg.data
     target, groups = train[d.target_col], (train[d.group_col] if d.group_col else None)
     strategy = resolve_strategy(cfg, target)
-    counts = target.value_counts()
+    classes = classes if classes is not None else sorted(target.unique().tolist())
+    strata = build_target(cfg, classes).strata(target) if cfg.task != "detection" else target.to_numpy()
+    counts = pd.Series(strata).value_counts() if strata.ndim == 1 else pd.Series(strata.sum(axis=0), index=classes)
     small = counts[counts < cfg.cv.folds]
     if strategy in ("stratified", "stratified_group") and len(small):
         log.warning(
@@ -114,8 +153,8 @@ def make_folds(cfg: Config, train: pd.DataFrame, classes: list | None = None, ha
     table = pd.DataFrame({"id": train[d.id_col].to_numpy(), "target": target.to_numpy()})
     if groups is not None:
         table["group"] = groups.to_numpy()
-    table["fold"] = assign_folds_keeping_duplicates(target, groups, cfg.cv.folds, strategy, cfg.cv.seed, hashes)
-    return Folds(table=table, classes=classes if classes is not None else sorted(target.unique().tolist()))
+    table["fold"] = assign_folds_keeping_duplicates(strata, groups, cfg.cv.folds, strategy, cfg.cv.seed, hashes)
+    return Folds(table=table, classes=classes, target_type=cfg.data.target_type)
 
 
 def folds_key(cfg: Config) -> dict:
@@ -127,9 +166,12 @@ def folds_key(cfg: Config) -> dict:
         inputs["labels_csv"] = sha256_file(cfg.data_path("labels_csv"))
     if cfg.cv.folds_file:
         inputs["folds_file"] = sha256_file(cfg.cv.folds_file)
-    return {"folds": cfg.cv.folds, "strategy": cfg.cv.strategy, "seed": cfg.cv.seed, "id_col": d.id_col,
-            "target_col": d.target_col, "group_col": d.group_col, "dedupe": d.dedupe, "classes": d.classes,
-            "inputs": inputs}
+    key = {"folds": cfg.cv.folds, "strategy": cfg.cv.strategy, "seed": cfg.cv.seed, "id_col": d.id_col,
+           "target_col": d.target_col, "group_col": d.group_col, "dedupe": d.dedupe, "classes": d.classes,
+           "inputs": inputs}
+    if d.label_cols or d.label_sep != " ":  # keys from before target types stay valid
+        key.update(label_cols=d.label_cols, label_sep=d.label_sep)
+    return key
 
 
 def folds_from_file(cfg: Config, train: pd.DataFrame, classes: list | None = None) -> Folds:
@@ -167,6 +209,7 @@ def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:
         "seed": cfg.cv.seed,
         "rows": len(folds.table),
         "classes": folds.classes,
+        "target_type": folds.target_type,
         "key": key,
     })
     write_text(run.folds_csv, text)
@@ -180,6 +223,9 @@ def stale_reasons(cfg: Config, meta: dict) -> list[str]:
                               "inputs": {"train_csv": meta.get("train_sha256")}}
     tables = set(was["inputs"]) | (set(now["inputs"]) if "key" in meta else set())
     reasons = []
+    made_for = meta.get("target_type", "multiclass")
+    if cfg.task != "detection" and cfg.data.target_type not in ("auto", made_for):
+        reasons.append(f"data.target_type is {cfg.data.target_type!r}, the folds were made for {made_for!r}")
     for name in now:
         if name not in was:
             continue
@@ -213,7 +259,11 @@ def load_folds(cfg: Config) -> Folds:
         raise UserError(f"{run.folds_csv} is not the file `pipeline prepare` wrote for {train_csv} (folds.json "
                         "holds another hash); rerun `pipeline prepare --force`")
     table = pd.read_csv(run.folds_csv, dtype={"id": str})
-    classes = meta["classes"]
-    # CSV round-trips labels as str/int; compare as the folds were written.
-    table["target"] = table["target"].astype(type(classes[0])) if classes else table["target"]
-    return Folds(table=table, classes=classes)
+    classes, target_type = meta["classes"], meta.get("target_type", "multiclass")
+    resolve_target(cfg, target_type)
+    # CSV round-trips labels as str/int; compare as the folds were written (tags are text, values numbers).
+    if target_type == "multilabel":
+        table["target"] = table["target"].fillna("").astype(str)
+    elif classes and target_type != "regression":
+        table["target"] = table["target"].astype(type(classes[0]))
+    return Folds(table=table, classes=classes, target_type=target_type)

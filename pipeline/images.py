@@ -126,18 +126,19 @@ class ImageFiles:
 
 
 class ImageDataset(Dataset):
-    """Images (ImageFiles or a cache) with integer labels (-1 for unlabelled rows), through an albumentations transform."""
+    """Images (ImageFiles or a cache) with their truths (class ids, 0/1 tag rows or values; -1 for unlabelled rows),
+    through an albumentations transform."""
 
-    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int] | None, transform: Callable):
+    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray | None, transform: Callable):
         self.images = images
-        self.labels = np.asarray(labels if labels is not None else [-1] * len(images), dtype=np.int64)
+        self.labels = np.asarray(labels) if labels is not None else np.full(len(images), -1, dtype=np.int64)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = unpack(key)
         seed_transform(self.transform, seed)
         image = self.transform(image=self.images[i])["image"]
-        return image, int(self.labels[i])
+        return image, torch.as_tensor(self.labels[i])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import load_config
-from pipeline.metrics import METRICS
+from pipeline.metrics import greater_is_better
 from pipeline.rundir import RunDir
 from pipeline.tasks import TASKS
 
@@ -29,7 +29,7 @@ def experiments(runs_dir: str | Path, submissions_dir: str | Path) -> pd.DataFra
     if len(table) and len(latest):
         table = table.drop(columns=["public_lb", "submission"]).merge(latest, on="exp", how="left")[COLUMNS]
     # Better first: negate scores where lower is better; unscored runs go last.
-    sign = table["metric"].map(lambda m: -1.0 if m in METRICS and not METRICS[m].greater_is_better else 1.0)
+    sign = table["metric"].map(lambda m: 1.0 if _known_greater(m) else -1.0)
     order = (table["cv"].astype(float) * sign).fillna(-math.inf)
     return table.assign(_order=order).sort_values(["_order", "exp"], ascending=[False, True]).drop(columns="_order") \
         .reset_index(drop=True)
@@ -86,3 +86,11 @@ def _score(value, std=None) -> str:
 
 def _integer(value) -> str:
     return "-" if value is None or pd.isna(value) else str(int(value))
+
+
+def _known_greater(name) -> bool:
+    """Direction of a logged metric; an unknown name (an older run's) sorts as greater-is-better."""
+    try:
+        return greater_is_better(str(name))
+    except Exception:
+        return True

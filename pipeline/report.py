@@ -114,8 +114,14 @@ def learning_section(cfg: Config, out: Path) -> Section:
     return Section("Learning curves", table(best.round(4)), [figure])
 
 
-def oof_sections(oof: pd.DataFrame, truth: np.ndarray, probs: np.ndarray, classes: list[str], out: Path) -> list[Section]:
-    """Confusion matrix, per-class scores and the most confused pairs of class-probability OOF predictions."""
+def oof_sections(oof: pd.DataFrame, truth: np.ndarray, probs: np.ndarray, target, out: Path) -> list[Section]:
+    """The OOF section of the target type (pipeline.targets): for classes the confusion matrix, per-class scores and
+    the most confused pairs; see pipeline.target_report for the others."""
+    if not isinstance(target, list) and target.kind != "multiclass":
+        from pipeline.target_report import SECTIONS
+
+        return SECTIONS[target.kind](oof, truth, probs, target, out)
+    classes = target if isinstance(target, list) else target.columns
     pred = probs.argmax(axis=1)
     matrix = analysis.confusion_frame(truth, pred, classes).to_numpy()
     per_class = (analysis.per_class_report(truth, pred, classes).iloc[:len(classes)]  # without the average rows

@@ -14,6 +14,7 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns, short
 from pipeline.errors import UserError
+from pipeline.targets import Multiclass, Target, submission_column
 
 
 def read_sample(cfg: Config) -> pd.DataFrame:
@@ -25,21 +26,29 @@ def read_sample(cfg: Config) -> pd.DataFrame:
     return sample
 
 
-def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, classes: list) -> pd.DataFrame:
-    """Rows in sample_submission order: the top class per id (in the sample's own label column when it has one
-    besides the id), or per-class probabilities when the sample has one column per class."""
-    id_col = cfg.data.id_col
-    class_cols = [str(c) for c in classes]
-    probs = in_sample_order(test, sample, cfg)[class_cols]
+def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, target: Target | list,
+           params: dict | None = None) -> pd.DataFrame:
+    """Rows in sample_submission order, in its format: one column per class or label when the sample has them
+    (probabilities, or 0/1 tags for a decision metric), else one column of labels, tags, probabilities or values as
+    the target type and the sample ask (pipeline.targets). params: thresholds or cut points fitted on OOF."""
+    target = _as_target(target, cfg)
+    id_col, params = cfg.data.id_col, params or {}
+    outputs = in_sample_order(test, sample, cfg)[target.columns].to_numpy(dtype=np.float64)
     out = pd.DataFrame({id_col: sample[id_col].to_numpy()})
-    if set(class_cols) <= {str(c) for c in sample.columns}:
-        for col in sample.columns[1:]:
-            if str(col) in probs:  # other columns are left for check_rows to name
-                out[col] = probs[str(col)].to_numpy()
+    value_cols = [c for c in sample.columns if c != id_col]
+    if len(target.columns) > 1 and set(target.columns) <= {str(c) for c in value_cols}:
+        for col in value_cols:
+            if str(col) in target.columns:  # other columns are left for check_rows to name
+                out[col] = target.submission_values(outputs, sample, str(col), params)
     else:
-        column = sample.columns[1] if len(sample.columns) == 2 and sample.columns[0] == id_col else cfg.data.target_col
-        out[column] = np.asarray(classes, dtype=object)[probs.to_numpy().argmax(axis=1)]
+        column = submission_column(cfg, sample)
+        out[column] = target.submission_values(outputs, sample, column, params)
     return out
+
+
+def _as_target(target: Target | list, cfg: Config) -> Target:
+    """A class list means multiclass (what submissions were before target types)."""
+    return target if isinstance(target, Target) else Multiclass(cfg, target)
 
 
 def in_sample_order(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -54,10 +63,10 @@ def in_sample_order(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> pd
     return by_id.loc[sample[cfg.data.id_col]]
 
 
-def validate(sub: pd.DataFrame, sample: pd.DataFrame, classes: list, cfg: Config) -> None:
-    """The checks Kaggle's scorer makes on a label or probability submission."""
+def validate(sub: pd.DataFrame, sample: pd.DataFrame, target: Target | list, cfg: Config) -> None:
+    """The checks Kaggle's scorer makes on a submission of labels, tags, probabilities or values."""
     check_rows(sub, sample, cfg)
-    check_labels(sub, classes, cfg)
+    check_values(sub, target, cfg)
 
 
 def check_rows(sub: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> None:
@@ -92,30 +101,23 @@ def check_columns(sub: pd.DataFrame, sample: pd.DataFrame, sample_path) -> None:
                     "the id and one label column, a probability one the id and one column per class train.csv uses")
 
 
-def check_labels(sub: pd.DataFrame, classes: list, cfg: Config) -> None:
-    """No empty cells; labels that train.csv uses, or probabilities in [0, 1] (one column per class)."""
-    where = "submission"
+def check_values(sub: pd.DataFrame, target: Target | list, cfg: Config) -> None:
+    """No empty cells; then each value column as its target type checks it (known labels and tags, probabilities
+    in [0, 1], finite numbers)."""
+    target = _as_target(target, cfg)
     nan = sub.isna()
     if nan.any().any():
         rows = nan.any(axis=1)
-        raise UserError(f"{where} has empty values in {rows.sum()} rows (first: row {np.flatnonzero(rows)[0] + 2}) "
+        raise UserError(f"submission has empty values in {rows.sum()} rows (first: row {np.flatnonzero(rows)[0] + 2}) "
                         f"in column {short(nan.columns[nan.any()][0])}")
-    known = {str(c) for c in classes}
-    values = sub[[c for c in sub.columns if c != cfg.data.id_col]]
-    if len(values.columns) and {str(c) for c in values.columns} <= known:  # one probability column per class
-        numbers = values.apply(pd.to_numeric, errors="coerce")
-        bad = numbers.isna() | (numbers < 0) | (numbers > 1)
-        if bad.any().any():
-            i, col = int(np.flatnonzero(bad.any(axis=1))[0]), bad.columns[bad.any()][0]
-            raise UserError(f"{where} row {i + 2}, column {short(col)}: {short(values[col].iloc[i])} is not a "
-                            "probability in [0, 1]")
-        return
-    for col in values.columns:
-        unknown = ~values[col].astype(str).isin(known)
-        if unknown.any():
-            i = int(np.flatnonzero(unknown.to_numpy())[0])
-            raise UserError(f"{where} row {i + 2} has label {short(values[col].iloc[i])}, which train.csv never uses "
-                            f"(column {short(col)})")
+    for col in sub.columns:
+        if col != cfg.data.id_col:
+            target.check_values(sub[col].reset_index(drop=True), str(col))
+
+
+def check_labels(sub: pd.DataFrame, classes: list, cfg: Config) -> None:
+    """check_values for a multiclass submission (labels, or one probability column per class)."""
+    check_values(sub, classes, cfg)
 
 
 def score_against_solution(submission: Path, solution: Path, cfg: Config | None = None) -> float:

@@ -29,7 +29,7 @@ from pipeline.config import Config, load_config, to_dict
 from pipeline.errors import UserError
 from pipeline.files import copy_file, write_csv, write_json, write_text
 from pipeline.folds import load_folds
-from pipeline.metrics import METRICS
+from pipeline.metrics import ranker
 from pipeline.rundir import RunDir
 from pipeline.tasks import TASKS, build_task
 from pipeline.tracking import build_tracker
@@ -140,11 +140,12 @@ def run(config: str | Path | None, overrides: list[str], force: bool = False) ->
     for param in space:  # a typo in a key or a value of the wrong type fails now, not after an hour of trials
         load_config(config, [*overrides, f"{param.key}={param.sample(np.random.default_rng(0))}"])
     prepare.run(cfg)  # the experiment's folds, shared by every trial; skipped when up to date
+    load_folds(cfg)  # settles data.target_type and an auto train.metric, as every trial will
     root = cfg.run_dir / "tune"
     start_plan(root, cfg, space, stages, force)
     draws = [{p.key: p.sample(rng) for p in space} for rng in (np.random.default_rng([cfg.seed, i])
                                                                for i in range(cfg.tune.trials))]
-    metric = METRICS[cfg.train.metric]
+    metric = ranker(cfg.train.metric)
     log.info("tune %s: %d trials over %s; stages %s (epochs x folds)", cfg.name, len(draws),
              ", ".join(map(str, space)), ", ".join(map(str, stages)))
     rows, alive = [], list(range(len(draws)))
@@ -162,6 +163,7 @@ def run(config: str | Path | None, overrides: list[str], force: bool = False) ->
     warn_edges(best, space, cfg.tune.edge)
     write_best(root, config, overrides, best, space, cfg)
     track(cfg, table, best, space)
+    table.attrs["metric"] = cfg.train.metric  # as the folds settled it (auto: the target type's default)
     return table
 
 
@@ -267,7 +269,7 @@ def track(cfg: Config, table: pd.DataFrame, best: pd.Series, space: list[Param])
 
 def render(table: pd.DataFrame, metric: str) -> str:
     """The trials as aligned text, stage by stage, best first within a stage."""
-    rank = METRICS[metric].rank
+    rank = ranker(metric).rank
     order = sorted(range(len(table)), key=lambda r: (table["stage"].iloc[r], *rank(table["score"].iloc[r])))
     shown = table.iloc[order].copy()
     shown["trial"] = [f"t{i:02d}" for i in shown["trial"]]

@@ -113,7 +113,8 @@ def test_folds_file_reuses_another_experiments_folds(competition, make_config):
 
 
 def test_view_search_keeps_helpful_views_and_drops_harmful_ones_choosing_on_other_folds():
-    from pipeline.metrics import METRICS, logloss
+    from pipeline.metrics import CLASS_METRICS as METRICS
+    from pipeline.metrics import logloss
     from pipeline.tta import choose_views
 
     rng = np.random.default_rng(0)

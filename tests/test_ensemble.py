@@ -4,7 +4,7 @@ import torch
 
 from pipeline.averaging import average_state_dicts
 from pipeline.blend import combine, fit_weights, held_out_weights_score, hill_climb, stack
-from pipeline.metrics import METRICS
+from pipeline.metrics import CLASS_METRICS as METRICS
 
 ACC = METRICS["accuracy"]
 

@@ -113,7 +113,7 @@ def test_resume_warns_when_the_config_changed(competition, make_config, monkeypa
 
 
 def test_progress_picks_the_better_weights_and_stops_after_patience():
-    from pipeline.metrics import METRICS
+    from pipeline.metrics import CLASS_METRICS as METRICS
 
     p = Progress()
     acc, loss = METRICS["accuracy"], METRICS["logloss"]

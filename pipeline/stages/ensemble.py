@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.files import copy_file, write_json, write_text
 from pipeline.provenance import collect_meta
 from pipeline.rundir import RunDir, resolve
-from pipeline.stages.predict import score_frame
+from pipeline.stages.predict import fitted_score_frame
 from pipeline.tasks import Task, build_task
 from pipeline.tracking import build_tracker
 
@@ -104,9 +104,9 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
                        task.targets(base.keys), folds)
     oof = task.prediction_frame(base.keys, blend.oof)
     test = task.prediction_frame(base.test_ids.to_frame(), blend.test)
-    cv, per_fold = score_frame(task, oof)
+    cv, per_fold, fitted = fitted_score_frame(task, oof)
     name = name or f"ens-{method}-" + "-".join(m.cfg.name for m in members)
-    scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold)
+    scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold, fitted)
     metric = task.metric.name
     if blend.params.get("weights_from") == "uniform":
         log.info("fitted weights scored %.4f on folds they were not fitted on, no better than the mean's %.4f: "
@@ -120,7 +120,8 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     return scores
 
 
-def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold) -> dict:
+def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold,
+                   fitted: dict) -> dict:
     cfg = load_config(base.run.config, [f"name={name}"])
     run = RunDir(cfg.run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,7 @@ def write_ensemble(base: Member, members, name, method, oof, test, blend, metric
     scores = run.write_predictions(oof, test, {
         "metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
         "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
-        "rows": len(oof), **blend.params})
+        "rows": len(oof), **blend.params, **fitted})
     tracker = build_tracker(cfg, "ensemble", "ensemble")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
     tracker.finish()

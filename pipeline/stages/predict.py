@@ -170,16 +170,17 @@ def combine_folds(cfg: Config) -> dict:
     folds = load_folds(cfg)
     task = build_task(cfg, folds.classes)
     test = task.prediction_frame(tests[0][["id"]], task.merge([task.read_outputs(t) for t in tests]))
-    cv, per_fold = score_frame(task, oof)
+    cv, per_fold, fitted = fitted_score_frame(task, oof)
     scores = {
         "metric": cfg.train.metric,
-        "cv": cv,  # on all OOF rows, not a mean of folds
+        "cv": cv,  # on all OOF rows, not a mean of folds; thresholds/cut points fitted on the other folds
         "cv_std": float(np.std(list(per_fold.values()))),
         "folds": per_fold,
-        "cv_no_tta": score_frame(task, plain)[0],
+        "cv_no_tta": fitted_score_frame(task, plain)[0],
         "tta": cfg.predict.tta,
         "weights": cfg.predict.weights,
         "rows": len(oof),
+        **fitted,  # decisions (applied by submit), cv_fitted_in_sample, cv_default_decisions
     }
     scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "predict", "predict")
@@ -190,6 +191,17 @@ def combine_folds(cfg: Config) -> dict:
     log.info("CV %s %.4f ± %.4f over %d folds (%.4f without TTA) -> %s", cfg.train.metric, scores["cv"],
              scores["cv_std"], len(done), scores["cv_no_tta"], run.scores)
     return scores
+
+
+def fitted_score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int, float], dict]:
+    """score_frame with decision settings (thresholds, cut points) fitted on OOF: (honest CV, its per-fold
+    scores, {decisions, cv_fitted_in_sample, cv_default_decisions}); score_frame's own when nothing is fitted."""
+    outputs, truth = task.read_outputs(frame), task.targets(frame)
+    fitted = task.fitted_scores(outputs, truth, frame["fold"].to_numpy())
+    if not fitted:
+        return (*score_frame(task, frame), {})
+    cv, per_fold = fitted.pop("cv"), fitted.pop("folds")
+    return cv, per_fold, fitted
 
 
 def score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int, float]]:

@@ -42,7 +42,7 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
     scores = run.read_scores("test")
     sample = read_sample(cfg)
     task = build_task(cfg, run.classes())
-    sub = task.submission(pd.read_parquet(run.test), sample)
+    sub = task.submission(pd.read_parquet(run.test), sample, scores.get("decisions"))
     check_rows(sub, sample, cfg)
     task.check_submission(sub)
     path = Path(out) if out else Path(cfg.submissions_dir) / f"{cfg.name}.csv"

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.blend import Blend, blend_probabilities
+from pipeline.blend import Blend, blend_outputs
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.metrics import METRICS, Metric, logloss
-from pipeline.submission import check_labels, decode
+from pipeline.metrics import Metric
+from pipeline.submission import check_values, decode
+from pipeline.targets import build_target
 from pipeline.tta import View
 
 RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
@@ -115,8 +116,17 @@ class Task(ABC):
         """One output from several of the same samples (TTA views, folds): a mean, or fused boxes."""
 
     @abstractmethod
-    def evaluate(self, outputs: Any, targets: Any) -> dict[str, float]:
-        """{'score': ..., and e.g. 'loss'} for the validation rows."""
+    def evaluate(self, outputs: Any, targets: Any, params: dict | None = None) -> dict[str, float]:
+        """{'score': ..., and e.g. 'loss'} for the validation rows; params: decision settings fitted on OOF."""
+
+    def fit_params(self, outputs: Any, targets: Any) -> dict:
+        """Decision settings (thresholds, cut points) fitted on OOF rows for the metric; {} where there are none."""
+        return {}
+
+    def fitted_scores(self, outputs: Any, targets: Any, folds: np.ndarray) -> dict:
+        """fit_params' settings and the CV they give when each fold is decided by settings fitted on the others;
+        {} where nothing is fitted (detection)."""
+        return {}
 
     # -- files, ensembles, submission, report ---------------------------------------------------------------
     @abstractmethod
@@ -136,8 +146,8 @@ class Task(ABC):
         """Combine experiments, fitting anything on OOF only; the ensemble stage's method."""
 
     @abstractmethod
-    def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
-        """The competition's file from test predictions, in sample_submission's order."""
+    def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        """The competition's file from test predictions, in sample_submission's order (params: fit_params')."""
 
     @abstractmethod
     def check_submission(self, sub: pd.DataFrame) -> None:
@@ -149,19 +159,36 @@ class Task(ABC):
 
 
 class ClassProbabilities(Task):
-    """Outputs are [N, C] class probabilities: averaged over views and folds, one column per class in files."""
+    """Outputs are [N, width] arrays per sample, as the target type makes them (pipeline.targets): class
+    probabilities, tag probabilities, values or grades; averaged over views and folds, one column each in files."""
 
     def __init__(self, cfg: Config, classes: list):
         clash = RESERVED & {str(c) for c in classes}
         if clash:
             raise UserError(f"class label(s) {sorted(clash)} clash with prediction columns id/target/fold; rename them")
         super().__init__(cfg, classes)
-        self.index = {c: i for i, c in enumerate(classes)}
-        self.metric = METRICS[cfg.train.metric]
+        self.target = build_target(cfg, classes)
+        self.metric = self.target.bound_metric()
 
     def labels(self, rows: pd.DataFrame) -> np.ndarray | None:
-        """Class ids of folds-table rows; None for unlabelled (test) rows."""
-        return rows["target"].map(self.index).to_numpy() if "target" in rows else None
+        """Truths of folds-table rows (class ids, 0/1 tags, values); None for unlabelled (test) rows."""
+        return self.target.encode(rows["target"]) if "target" in rows else None
+
+    def fit_fold(self, train_rows: pd.DataFrame) -> dict:
+        """The target's per-fold state (a value's mean and spread), from the fold's training rows only."""
+        state = self.target.fit(self.labels(train_rows))
+        return {"target": state} if state else {}
+
+    def load_fold(self, state: dict) -> None:
+        self.target.load(state.get("target", {}))
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor, mixup) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup/cutmix on a training batch: timm's for class ids (soft targets with the smoothing folded in);
+        for tags and values the same image mixing, and the truths mixed by the same share."""
+        if y.dtype == torch.int64 and y.ndim == 1 and self.target.kind == "multiclass":
+            return mixup(x, y)
+        lam = mixup._mix_batch(x)  # mixes x in place (with its reverse), returns the share kept
+        return x, self.target.mix(y, lam)
 
     def gather(self, chunks: list[torch.Tensor]) -> np.ndarray:
         """[V, N, C] from per-batch [V, B, C] outputs."""
@@ -171,33 +198,51 @@ class ClassProbabilities(Task):
         """Average several predictions of the same rows (TTA views, folds)."""
         return np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
 
-    def evaluate(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        return {"loss": logloss(targets, outputs), "score": self.metric(targets, outputs)}
+    def evaluate(self, outputs: np.ndarray, targets: np.ndarray, params: dict | None = None) -> dict[str, float]:
+        return {"loss": self.target.valid_loss(targets, outputs), "score": self.target.score(targets, outputs, params)}
+
+    def fit_params(self, outputs: np.ndarray, targets: np.ndarray) -> dict:
+        """Decision thresholds or cut points fitted on these OOF rows ({}: nothing to fit)."""
+        return self.target.fit_params(outputs, targets)
+
+    def fitted_scores(self, outputs: np.ndarray, targets: np.ndarray, folds: np.ndarray) -> dict:
+        """Decision settings fitted on all OOF rows (what submit applies), scored honestly: each fold's rows decided
+        by settings fitted on the other folds. {} when the metric needs nothing fitted."""
+        params = self.fit_params(outputs, targets)
+        if not params:
+            return {}
+        t, decided, per_fold = self.target, None, {}
+        for k in np.unique(folds):
+            held = folds == k
+            d = t.decide(outputs[held], self.fit_params(outputs[~held], targets[~held]))
+            decided = np.zeros((len(outputs), *d.shape[1:]), dtype=d.dtype) if decided is None else decided
+            decided[held] = d
+            per_fold[int(k)] = t.metric(targets[held], d)
+        return {"decisions": params, "cv": t.metric(targets, decided), "folds": per_fold,
+                "cv_fitted_in_sample": t.score(targets, outputs, params), "cv_default_decisions": t.score(targets, outputs)}
 
     def prediction_frame(self, rows: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
-        frame = pd.DataFrame(outputs.astype(self.cfg.predict.dtype), columns=[str(c) for c in self.classes])
+        frame = pd.DataFrame(outputs.astype(self.cfg.predict.dtype), columns=self.target.columns)
         keys = rows[[c for c in ("id", "target", "fold") if c in rows]].reset_index(drop=True)
         return pd.concat([keys, frame], axis=1)
 
     def read_outputs(self, frame: pd.DataFrame) -> np.ndarray:
-        return frame[[str(c) for c in self.classes]].to_numpy(dtype=np.float32)
+        return frame[self.target.columns].to_numpy(dtype=np.float32)
 
     def targets(self, frame: pd.DataFrame) -> np.ndarray:
-        index = {str(c): i for i, c in enumerate(self.classes)}
-        return frame["target"].astype(str).map(index).to_numpy(dtype=np.int64)
+        return self.target.encode(frame["target"])
 
     def blend(self, method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
               folds: np.ndarray) -> Blend:
-        return blend_probabilities(method, oofs, tests, target, folds, self.metric)
+        return blend_outputs(method, oofs, tests, target, folds, self.metric, self.target)
 
-    def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
-        return decode(test, sample, self.cfg, self.classes)
+    def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return decode(test, sample, self.cfg, self.target, params or {})
 
     def check_submission(self, sub: pd.DataFrame) -> None:
-        check_labels(sub, self.classes, self.cfg)
+        check_values(sub, self.target, self.cfg)
 
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
         from pipeline.report import oof_sections  # matplotlib only when a report is drawn
 
-        return oof_sections(oof, self.targets(oof), self.read_outputs(oof).astype(np.float64),
-                            [str(c) for c in self.classes], out)
+        return oof_sections(oof, self.targets(oof), self.read_outputs(oof).astype(np.float64), self.target, out)

@@ -1,4 +1,5 @@
-"""Image classification: a timm backbone, cross-entropy with label smoothing, optional mixup/cutmix."""
+"""Image classification and regression: a timm backbone with a head for the target type (pipeline.targets:
+classes, a binary or multilabel probability, a value or a grade), label smoothing, optional mixup/cutmix."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from pipeline.cache import cached_images, cached_side
 from pipeline.config import Config
 from pipeline.data import check_test_labels, read_test, read_train
 from pipeline.errors import UserError
+from pipeline.folds import resolve_target
 from pipeline.images import (
     ImageDataset,
     ImageFiles,
@@ -24,6 +25,7 @@ from pipeline.images import (
     image_paths,
     read_test_images,
 )
+from pipeline.labels import label_set
 from pipeline.models import build_classifier, normalisation
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
@@ -54,30 +56,31 @@ class ClassificationTask(ClassProbabilities):
         mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
         if mixing and cfg.train.batch_size % 2:
             raise UserError(f"mixup/cutmix pairs samples within a batch: make train.batch_size even (is {cfg.train.batch_size})")
-        smoothing = cfg.train.label_smoothing
-        # Mixup makes soft targets (with the smoothing folded in), so the loss must take soft targets too.
+        # Mixup makes soft targets (with the smoothing folded in); the target's loss takes them (pipeline.targets).
         self.mixup = Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob,
-                           label_smoothing=smoothing, num_classes=len(classes)) if mixing else None
-        self.criterion = SoftTargetCrossEntropy() if mixing else nn.CrossEntropyLoss(label_smoothing=smoothing)
+                           label_smoothing=cfg.train.label_smoothing, num_classes=max(1, len(classes))) if mixing else None
         self.mean, self.std = None, None
 
     @staticmethod
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
-        """train.csv (one row per image) and its sorted labels, after checking every image decodes."""
+        """train.csv (one row per image) and its label set (pipeline.labels: the target type is settled and logged
+        here), after checking every image decodes."""
         train = read_train(cfg)
+        kind, classes = label_set(cfg, train, cfg.data_path("train_csv"))
+        resolve_target(cfg, kind)
         paths = image_paths(cfg, train[cfg.data.id_col])  # refuses ids that leave data.root, even unchecked
         if cfg.data.check_images:
             check_images(paths, cfg.data_path("train_csv"))
         if cfg.data.cache:
             build_images(cfg, [])  # decode every train and test image into the cache now, not in fold 0's epoch 1
-        return train, sorted(train[cfg.data.target_col].unique().tolist())
+        return train, classes
 
     @staticmethod
     def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
         """test.csv (read_test_images); a label column in it (a labelled hold-out) may only hold train's labels."""
         test = read_test_images(cfg, check)
         target = cfg.data.target_col
-        if target in test.columns:
+        if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary"):
             check_test_labels(test, cfg.data_path("test_csv"), target, read_train(cfg)[target].unique())
         return test
 
@@ -91,7 +94,7 @@ class ClassificationTask(ClassProbabilities):
         return build_views(spec, self.cfg.augment)
 
     def build_model(self) -> nn.Module:
-        model = build_classifier(self.cfg.model, len(self.classes))
+        model = build_classifier(self.cfg.model, self.target.width)
         self.mean, self.std = normalisation(model, self.cfg.image.mean, self.cfg.image.std)
         return model
 
@@ -108,13 +111,13 @@ class ClassificationTask(ClassProbabilities):
     def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
         x, y = batch
         if mix and self.mixup is not None and model.training:
-            x, y = self.mixup(x, y)
-        return self.criterion(model(x), y)
+            x, y = self.mix(x, y, self.mixup)
+        return self.target.loss(model(x), y)
 
     def infer_batch(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
-        """[V, B, C] class probabilities: every TTA view of the batch in a single forward pass."""
+        """[V, B, C] outputs (probabilities or values): every TTA view of the batch in a single forward pass."""
         def forward(x):
-            return model(x.contiguous(memory_format=self.memory_format)).float().softmax(dim=1)
+            return self.target.activate(model(x.contiguous(memory_format=self.memory_format)))
         return torch.stack(run_views(forward, batch[0], views)).cpu()
 
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
@@ -123,6 +126,8 @@ class ClassificationTask(ClassProbabilities):
             hardest_images,  # matplotlib only when a report is drawn
         )
 
+        sections = super().report_sections(oof, out)
+        if self.target.kind != "multiclass":
+            return sections
         truth, probs = self.targets(oof), self.read_outputs(oof).astype(np.float64)
-        return [*super().report_sections(oof, out),
-                hardest_images(self.cfg, oof, probs, truth, [str(c) for c in self.classes], out)]
+        return [*sections, hardest_images(self.cfg, oof, probs, truth, [str(c) for c in self.classes], out)]

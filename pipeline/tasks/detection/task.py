@@ -49,6 +49,8 @@ class DetectionTask(Task):
     tunes_head = False  # torchvision detectors take neither dropout nor label smoothing
 
     def __init__(self, cfg: Config, classes: list):
+        if cfg.train.metric == "auto":
+            cfg.train.metric = "map50"
         if cfg.train.metric not in ("map50", "map"):
             raise UserError(f"train.metric={cfg.train.metric!r} is not a detection metric; set train.metric=map50 or map")
         super().__init__(cfg, [str(c) for c in classes])
@@ -142,7 +144,7 @@ class DetectionTask(Task):
         iou = d.wbf_iou if iou_thr is None else iou_thr
         return [fuse([m[i] for m in outputs], weights, iou, d.wbf_skip) for i in range(len(outputs[0]))]
 
-    def evaluate(self, outputs: list[Detections], targets: list) -> dict[str, float]:
+    def evaluate(self, outputs: list[Detections], targets: list, params: dict | None = None) -> dict[str, float]:
         scores = mean_average_precision(outputs, targets, self.cfg.detect.max_det)
         return {"score": scores[self.metric.name], **scores}
 
@@ -212,7 +214,7 @@ class DetectionTask(Task):
         used = [i for i, w in enumerate(weights) if w > 0]  # a zero weight leaves the member out altogether
         return self.merge([outputs[i] for i in used], [float(weights[i]) for i in used], iou)
 
-    def submission(self, test: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+    def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """PredictionString per sample id, in sample order (column name from sample_submission)."""
         if len(sample.columns) != 2:
             raise UserError(f"sample_submission has columns {list(sample.columns)}; detection expects an id and "

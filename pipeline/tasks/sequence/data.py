@@ -17,7 +17,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from pipeline.config import Config
-from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns, short
+from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns, short, with_target
 from pipeline.errors import UserError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -93,8 +93,10 @@ def read_series_labels(cfg: Config, series: Iterable[str]) -> pd.DataFrame:
                         "for text set data.text_col")
     path = cfg.data_path("labels_csv")
     labels = read_table(path, "labels_csv", d.id_col)
-    require_columns(labels, path, {"data.id_col": d.id_col, "data.target_col": d.target_col, "data.group_col": d.group_col})
+    require_columns(labels, path, {"data.id_col": d.id_col, "data.group_col": d.group_col})
     _require_clean_ids(labels, path, d.id_col)
+    labels = with_target(labels, path, cfg) if d.label_cols else labels
+    require_columns(labels, path, {"data.target_col": d.target_col})
     missing = labels[d.target_col].isna()
     if missing.any():
         raise UserError(f"{path}: series {', '.join(labels.loc[missing, d.id_col].astype(str)[:10])} have no label in "
@@ -116,9 +118,12 @@ def read_texts(cfg: Config, which: str, labelled: bool) -> pd.DataFrame:
     path = cfg.data_path(which)
     df = read_table(path, which, d.id_col)
     require_columns(df, path, {"data.id_col": d.id_col, "data.text_col": d.text_col,
-                               **({"data.target_col": d.target_col, "data.group_col": d.group_col} if labelled else {})})
+                               **({"data.group_col": d.group_col} if labelled else {})})
     _require_clean_ids(df, path, d.id_col)
-    if labelled:
+    if labelled and d.label_cols:
+        df = with_target(df, path, cfg)
+    elif labelled:
+        require_columns(df, path, {"data.target_col": d.target_col})
         missing = df[d.target_col].isna()
         if missing.any():
             raise UserError(f"{path}: {missing.sum()} empty labels in column {d.target_col!r} (rows {_row_numbers(missing)})")

@@ -17,6 +17,8 @@ from pipeline.config import Config
 from pipeline.data import check_test_labels
 from pipeline.duplicates import text_hashes
 from pipeline.errors import UserError
+from pipeline.folds import resolve_target
+from pipeline.labels import label_set
 from pipeline.seeding import sample_generator, unpack
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
@@ -53,7 +55,7 @@ class SequenceDataset(Dataset):
 
     def __init__(self, items: list[np.ndarray], labels, train: bool, cfg: Config):
         self.items, self.train, self.s = [torch.as_tensor(x) for x in items], train, cfg.sequence
-        self.labels = np.asarray(labels if labels is not None else [-1] * len(items), dtype=np.int64)
+        self.labels = np.asarray(labels) if labels is not None else np.full(len(items), -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -76,12 +78,12 @@ class SequenceDataset(Dataset):
                 x = x * (1 + s.scaling * torch.randn(1, x.shape[1], generator=g))
             if s.jitter > 0:
                 x = x + s.jitter * torch.randn(x.shape, generator=g)
-        return x, int(self.labels[i])
+        return x, self.labels[i]
 
     @staticmethod
     def collate(batch):
         items, labels = zip(*batch, strict=True)
-        return (*pad(list(items)), torch.as_tensor(labels, dtype=torch.int64))
+        return (*pad(list(items)), torch.as_tensor(np.stack(labels)))
 
 
 def pad(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +103,6 @@ class SequenceTask(ClassProbabilities):
 
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.text = cfg.data.text_col is not None
         self.normaliser: Normaliser | None = None
         self.vocab: Vocabulary | HFTokenizer | None = None
@@ -115,7 +116,9 @@ class SequenceTask(ClassProbabilities):
         else:
             series, _ = read_series(cfg, "train_csv")
             samples = read_series_labels(cfg, series)
-        return samples, sorted(samples[cfg.data.target_col].unique().tolist())
+        kind, classes = label_set(cfg, samples, cfg.data_path("train_csv" if cfg.data.text_col else "labels_csv"))
+        resolve_target(cfg, kind)
+        return samples, classes
 
     @staticmethod
     def fingerprints(cfg: Config, table: pd.DataFrame) -> list[str] | None:
@@ -127,7 +130,7 @@ class SequenceTask(ClassProbabilities):
         """Test ids (one row per series or text); reading checks every value (and test labels, if any)."""
         if cfg.data.text_col:
             test, target = read_texts(cfg, "test_csv", labelled=False), cfg.data.target_col
-            if target in test.columns:
+            if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary"):
                 train_labels = read_texts(cfg, "train_csv", labelled=True)[target].unique()
                 check_test_labels(test, cfg.data_path("test_csv"), target, train_labels)
             return test
@@ -152,7 +155,10 @@ class SequenceTask(ClassProbabilities):
         return self._data
 
     def fit_fold(self, train_rows: pd.DataFrame) -> dict:
-        """Channel statistics or the vocabulary, from this fold's training rows only."""
+        """Channel statistics or the vocabulary (and the target's state), from this fold's training rows only."""
+        return {**super().fit_fold(train_rows), **self._fit_inputs(train_rows)}
+
+    def _fit_inputs(self, train_rows: pd.DataFrame) -> dict:
         items = [self.data[str(i)] for i in train_rows["id"]]
         s = self.cfg.sequence
         if not self.text:
@@ -165,6 +171,7 @@ class SequenceTask(ClassProbabilities):
         return {"tokens": self.vocab.tokens, "lowercase": s.lowercase}
 
     def load_fold(self, state: dict) -> None:
+        super().load_fold(state)
         if "mean" in state:
             self.normaliser = Normaliser(np.asarray(state["mean"], np.float32), np.asarray(state["std"], np.float32))
         elif "hf_tokenizer" in state:
@@ -181,7 +188,7 @@ class SequenceTask(ClassProbabilities):
         if self.normaliser is None and self.vocab is None:
             raise RuntimeError("fit_fold() or load_fold() sets the preprocessing; call it before build_model()")
         channels = 0 if self.text else len(self.normaliser.mean)
-        return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, len(self.classes))
+        return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, self.target.width)
 
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> SequenceDataset:
         return SequenceDataset([self._encode(i) for i in rows["id"]], self.labels(rows), train, self.cfg)
@@ -196,8 +203,8 @@ class SequenceTask(ClassProbabilities):
             lam = float(np.random.beta(alpha, alpha))
             perm = torch.randperm(len(x), device=x.device)
             logits = model(lam * x + (1 - lam) * x[perm], mask | mask[perm])
-            return lam * self.criterion(logits, y) + (1 - lam) * self.criterion(logits, y[perm])
-        return self.criterion(model(x, mask), y)
+            return lam * self.target.loss(logits, y) + (1 - lam) * self.target.loss(logits, y[perm])
+        return self.target.loss(model(x, mask), y)
 
     def views(self, spec: str) -> list[View]:
         if spec not in SEQUENCE_TTA:
@@ -206,9 +213,9 @@ class SequenceTask(ClassProbabilities):
                 for name in SEQUENCE_TTA[spec]]
 
     def infer_batch(self, model: nn.Module, batch, views: list[View]) -> torch.Tensor:
-        """[V, B, C] probabilities; every view (crops of each sequence) in one padded forward pass."""
+        """[V, B, C] outputs (probabilities or values); every view (crops of each sequence) in one padded forward pass."""
         x, mask, _ = batch
         items = [x[i, : int(mask[i].sum())] for i in range(len(x))]
         xs, masks = pad([view.apply(item) for view in views for item in items])
-        probs = model(xs.to(x.device), masks.to(x.device)).float().softmax(dim=1)
+        probs = self.target.activate(model(xs.to(x.device), masks.to(x.device)))
         return probs.view(len(views), len(x), -1).cpu()

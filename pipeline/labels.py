@@ -1,0 +1,114 @@
+"""The training target column: which target type `data.target_type: auto` takes it for (and why), its checks,
+and its label set. Shared by image classification and sequences (series and text).
+
+    kind, classes = label_set(cfg, train_table, path)   # logs "target type binary: ..."
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.data import _row_numbers, short
+from pipeline.errors import UserError
+from pipeline.metrics import BINARY, MULTICLASS, MULTILABEL, ORDINAL, REGRESSION
+from pipeline.targets import split_tags, submission_column
+
+log = logging.getLogger(__name__)
+MANY_VALUES = 30  # whole-number targets with more distinct values than this (and few rows per value) are regression
+
+
+def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Config) -> tuple[str, str]:
+    """(target type, the reason) from the target column and what sample_submission asks for."""
+    col = cfg.data.target_col
+    asked = sample[submission_column(cfg, sample)] if sample is not None and len(sample.columns) > 1 else None
+    asks_fraction = asked is not None and _fractions(asked)
+    numbers = pd.to_numeric(values, errors="coerce")
+    if numbers.notna().all():
+        distinct = np.unique(numbers)
+        whole = np.allclose(distinct, np.round(distinct))
+        if len(distinct) == 2 and whole:
+            return BINARY, f"{col} holds two values ({short(distinct[0])}, {short(distinct[1])})"
+        if not whole:
+            return REGRESSION, f"{col} holds fractional values"
+        if asks_fraction:
+            return REGRESSION, f"{col} holds whole numbers and sample_submission asks for fractions"
+        if len(distinct) > MANY_VALUES and len(distinct) > len(values) / 20:
+            return REGRESSION, f"{col} holds {len(distinct)} distinct numbers"
+        return MULTICLASS, (f"{col} holds {len(distinct)} whole-number classes (set data.target_type=ordinal for "
+                            "ordered grades, or regression)")
+    text = values.astype(str)
+    tags = text.map(lambda v: split_tags(v, cfg.data.label_sep))
+    vocabulary = {t for row in tags for t in row}
+    if (tags.map(len) > 1).any() and len(vocabulary) < text.nunique():
+        return MULTILABEL, (f"{col} holds {text.nunique()} combinations of {len(vocabulary)} tags separated by "
+                            f"{cfg.data.label_sep!r}")
+    if text.nunique() == 2 and asks_fraction:
+        return BINARY, f"{col} holds two labels and sample_submission asks for a probability"
+    return MULTICLASS, f"{col} holds {text.nunique()} labels"
+
+
+def _fractions(column: pd.Series) -> bool:
+    numbers = pd.to_numeric(column, errors="coerce")
+    return bool(numbers.notna().all() and not np.allclose(numbers, np.round(numbers)))
+
+
+def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
+    """The resolved target type and its classes (labels, tags or grades; [] for regression), every value checked."""
+    d = cfg.data
+    values = table[d.target_col]
+    kind = d.target_type
+    if kind == "auto":
+        kind, why = infer_target_type(values, _sample(cfg), cfg)
+        log.info("target type %s: %s (data.target_type=auto; set it to override)", kind, why)
+    if kind in (REGRESSION, ORDINAL):
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna() | ~np.isfinite(numbers.fillna(0))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}: column {d.target_col!r} must hold numbers for a {kind} target, row {i + 2} holds "
+                            f"{short(values.iloc[i])} (rows {_row_numbers(bad)}); fix these rows or set data.target_type")
+        if kind == REGRESSION:
+            return kind, []
+        return kind, _classes(cfg, sorted(np.unique(numbers).tolist()), path, values)
+    if kind == MULTILABEL:
+        tags = values.map(lambda v: split_tags(v, d.label_sep))
+        return kind, _classes(cfg, sorted({t for row in tags for t in row}), path, values, tags)
+    labels = sorted(values.unique().tolist())
+    if kind == BINARY and len(labels) != 2 and not d.classes:
+        raise UserError(f"{path}: a binary target needs two labels, column {d.target_col!r} holds {len(labels)} "
+                        f"({', '.join(short(v) for v in labels[:5])}); set data.target_type=multiclass or fix the column")
+    return kind, _classes(cfg, labels, path, values) if d.classes else labels
+
+
+def _classes(cfg: Config, found: list, path: Path, values: pd.Series, tags: pd.Series | None = None) -> list:
+    """data.classes when set (every value must be one of them), else the values found."""
+    if not cfg.data.classes:
+        return found
+    known = {str(c) for c in cfg.data.classes}
+    unknown = [v for v in found if str(v) not in known]
+    if unknown:
+        rows = (tags.map(lambda row: any(t not in known for t in row)) if tags is not None else
+                ~values.astype(str).isin(known))
+        raise UserError(f"{path}: {short(unknown[0])} in column {cfg.data.target_col!r} is not in data.classes "
+                        f"(rows {_row_numbers(rows)}); add it to data.classes or fix these rows")
+    return list(cfg.data.classes)
+
+
+def _sample(cfg: Config) -> pd.DataFrame | None:
+    path = cfg.data_path("sample_submission")
+    return pd.read_csv(path, nrows=1000) if path.is_file() else None
+
+
+def require_tags(cfg: Config, table: pd.DataFrame, path: Path) -> None:
+    """data.min_tags: every training row of a multilabel target holds at least that many tags."""
+    if cfg.data.min_tags <= 0:
+        return
+    few = table[cfg.data.target_col].map(lambda v: len(split_tags(v, cfg.data.label_sep))) < cfg.data.min_tags
+    if few.any():
+        raise UserError(f"{path}: rows {_row_numbers(few)} have fewer than data.min_tags={cfg.data.min_tags} tags in "
+                        f"column {cfg.data.target_col!r}; tag them, or lower data.min_tags")

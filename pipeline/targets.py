@@ -1,0 +1,410 @@
+"""What one sample's target is, and everything that follows from it: the model's outputs, the loss, the
+decisions (labels, tags, grades) made from outputs, what is fitted on OOF, the blends and the submission file.
+
+    data.target_type: auto | multiclass | binary | multilabel | regression | ordinal
+
+Outputs are [N, width] float arrays everywhere (probabilities, or values in the target's units); truths are
+[N] class ids (multiclass, binary), [N, K] 0/1 (multilabel) or [N] values (regression, ordinal grades).
+Image classification and sequences share these classes; `infer_target_type` guesses the type for `auto`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from pipeline.config import Config
+from pipeline.errors import UserError
+from pipeline.metrics import BINARY, MULTICLASS, MULTILABEL, ORDINAL, REGRESSION, Metric, get_metric, logloss
+
+log = logging.getLogger(__name__)
+PREDICTION = "prediction"  # the output column of one-output targets (binary probability, value, grade)
+
+
+class Target(ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, cfg: Config, classes: list):
+        self.cfg, self.classes = cfg, list(classes)
+        self.metric = get_metric(cfg.train.metric, self.kind)
+
+    # -- shapes --------------------------------------------------------------------------------------
+    @property
+    def columns(self) -> list[str]:
+        """Output columns of oof/test.parquet."""
+        return [PREDICTION]
+
+    @property
+    def width(self) -> int:
+        """The model head's number of outputs."""
+        return len(self.columns)
+
+    @abstractmethod
+    def encode(self, values: pd.Series) -> np.ndarray:
+        """Truths from a folds-table target column (labels, tag strings, values)."""
+
+    def strata(self, values: pd.Series) -> np.ndarray:
+        """What stratified folds balance: the label ([N]), or a 0/1 matrix for iterative stratification."""
+        return values.astype(str).to_numpy()
+
+    # -- training ------------------------------------------------------------------------------------
+    def fit(self, truth: np.ndarray) -> dict:
+        """State fitted on a fold's training truths (target standardisation); {} = none."""
+        return {}
+
+    def load(self, state: dict) -> None:  # noqa: B027  (most targets fit nothing)
+        """Restore fit()'s state."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss on a batch's raw model outputs and truths (possibly mixed: soft labels, mixed values)."""
+
+    @abstractmethod
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Model outputs as stored outputs: probabilities, or values in the target's units."""
+
+    def mix(self, y: torch.Tensor, lam: float) -> torch.Tensor:
+        """Truths of a batch mixed with its reverse (mixup/cutmix pair sample i with B-1-i)."""
+        y = y.float()
+        return lam * y + (1 - lam) * y.flip(0)
+
+    # -- decisions and scores ------------------------------------------------------------------------
+    def decide(self, outputs: np.ndarray, params: dict | None = None) -> np.ndarray:
+        """Decisions from outputs (labels, tags, grades); params: thresholds or cut points fitted on OOF."""
+        return outputs[:, 0]
+
+    def fit_params(self, outputs: np.ndarray, truth: np.ndarray) -> dict:
+        """Decision parameters fitted on OOF rows for the metric; {} where nothing is fitted."""
+        return {}
+
+    def score(self, truth: np.ndarray, outputs: np.ndarray, params: dict | None = None) -> float:
+        m = self.metric
+        return m(truth, self.decide(outputs, params) if m.decisions else self.metric_outputs(outputs))
+
+    def metric_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs[:, 0]
+
+    def bound_metric(self) -> Metric:
+        """The metric as (truth, outputs) -> score with default decisions: what epochs, TTA search and blends use."""
+        return Metric(self.metric.name, lambda t, o: self.score(t, o), self.metric.greater_is_better,
+                      self.metric.on_labels if self.kind == MULTICLASS else None, self.metric.decisions,
+                      self.metric.targets)
+
+    @abstractmethod
+    def valid_loss(self, truth: np.ndarray, outputs: np.ndarray) -> float:
+        """The validation loss logged per epoch (log-loss, or mean squared error in the target's units)."""
+
+    # -- submission ----------------------------------------------------------------------------------
+    @abstractmethod
+    def submission_values(self, outputs: np.ndarray, sample: pd.DataFrame, column: str, params: dict) -> np.ndarray:
+        """One submission column's values from test outputs (rows in sample order)."""
+
+    def check_values(self, values: pd.Series, column: str) -> None:
+        """Content checks of a submission column; raises UserError naming the row."""
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = ~np.isfinite(numbers.to_numpy(dtype=np.float64))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"submission row {i + 2}, column {column!r}: {values.iloc[i]!r} is not a number")
+
+
+class Multiclass(Target):
+    kind = MULTICLASS
+
+    def __init__(self, cfg: Config, classes: list):
+        super().__init__(cfg, classes)
+        self.index = {str(c): i for i, c in enumerate(classes)}
+
+    @property
+    def columns(self) -> list[str]:
+        return [str(c) for c in self.classes]
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        return values.astype(str).map(self.index).to_numpy(dtype=np.int64)
+
+    def loss(self, logits, y):
+        if y.is_floating_point():  # soft targets from mixup/cutmix (smoothing folded in)
+            return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
+
+    def activate(self, logits):
+        return logits.float().softmax(dim=1)
+
+    def decide(self, outputs, params=None):
+        return outputs.argmax(axis=1)
+
+    def metric_outputs(self, outputs):
+        return outputs
+
+    def valid_loss(self, truth, outputs):
+        return logloss(truth, outputs)
+
+    def submission_values(self, outputs, sample, column, params):
+        if column in self.columns:
+            return outputs[:, self.columns.index(column)]
+        return np.asarray(self.classes, dtype=object)[outputs.argmax(axis=1)]
+
+    def check_values(self, values, column):
+        if column in self.columns:
+            return check_probabilities(values, column)
+        unknown = ~values.astype(str).isin(set(self.columns))
+        if unknown.any():
+            i = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise UserError(f"submission row {i + 2} has label {values.iloc[i]!r}, which train.csv never uses "
+                            f"(column {column!r})")
+
+
+class _Sigmoid(Target):
+    """Binary and multilabel: independent sigmoid outputs, BCE, decisions by thresholds fitted on OOF."""
+
+    def loss(self, logits, y):
+        y = y.float().view_as(logits)
+        eps = self.cfg.train.label_smoothing
+        y = y * (1 - eps) + eps / 2
+        name = self.cfg.train.loss
+        if name == "focal":
+            from torchvision.ops import sigmoid_focal_loss
+            return sigmoid_focal_loss(logits.float(), y, reduction="mean")
+        if name == "asl":
+            from timm.loss import AsymmetricLossMultiLabel
+            return AsymmetricLossMultiLabel()(logits.float(), y) / logits.numel()
+        return F.binary_cross_entropy_with_logits(logits.float(), y)
+
+    def activate(self, logits):
+        return logits.float().sigmoid()
+
+    def valid_loss(self, truth, outputs):
+        return logloss(truth, self.metric_outputs(outputs))
+
+    def threshold(self, params: dict | None) -> np.ndarray | float:
+        return np.asarray(params["threshold"]) if params and "threshold" in params else 0.5
+
+    def fit_params(self, outputs, truth):
+        """The threshold (multilabel: global, then per label where it helps) that maximises the metric on these rows."""
+        if not self.metric.decisions:
+            return {}
+        p = self.metric_outputs(outputs)
+        grid = np.round(np.arange(0.02, 0.99, 0.02), 2)
+        best = max(grid, key=lambda t: (self.metric(truth, (p >= t).astype(np.int64)), -abs(t - 0.5)))
+        if p.ndim == 1:
+            return {"threshold": float(best)}
+        per = np.full(p.shape[1], best)
+        for j in range(p.shape[1]):  # one coordinate-ascent pass, each label given the others' thresholds
+            def value(t, j=j):
+                trial = per.copy()
+                trial[j] = t
+                return self.metric(truth, (p >= trial).astype(np.int64)), -abs(t - best)
+            per[j] = max(grid, key=value)
+        return {"threshold": per.tolist()}
+
+
+class Binary(_Sigmoid):
+    """Two classes, one logit: the output is the probability of classes[1] (the positive class)."""
+
+    kind = BINARY
+
+    def encode(self, values):
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        return values.astype(str).map(index).to_numpy(dtype=np.int64)
+
+    def decide(self, outputs, params=None):
+        return (outputs[:, 0] >= self.threshold(params)).astype(np.int64)
+
+    def submission_values(self, outputs, sample, column, params):
+        if wants_labels(sample[column], self.metric):
+            return np.asarray(self.classes, dtype=object)[self.decide(outputs, params)]
+        return outputs[:, 0]
+
+    def check_values(self, values, column):
+        if values.astype(str).isin({str(c) for c in self.classes}).all():
+            return
+        check_probabilities(values, column)
+
+
+class Multilabel(_Sigmoid):
+    """K labels, each present or not: K sigmoid outputs; truths are tag strings (data.label_sep) in files."""
+
+    kind = MULTILABEL
+
+    @property
+    def columns(self):
+        return [str(c) for c in self.classes]
+
+    def encode(self, values):
+        index = {str(c): i for i, c in enumerate(self.classes)}
+        out = np.zeros((len(values), len(self.classes)), dtype=np.int64)
+        for i, tags in enumerate(values):
+            for tag in split_tags(tags, self.cfg.data.label_sep):
+                out[i, index[tag]] = 1
+        return out
+
+    def strata(self, values):
+        return self.encode(values)
+
+    def metric_outputs(self, outputs):
+        return outputs
+
+    def decide(self, outputs, params=None):
+        return (outputs >= self.threshold(params)).astype(np.int64)
+
+    def submission_values(self, outputs, sample, column, params):
+        if column in self.columns:  # one column per label: its probability, or 0/1 for a decision metric
+            j = self.columns.index(column)
+            return self.decide(outputs, params)[:, j] if self.metric.decisions else outputs[:, j]
+        decided = self.decide(outputs, params)
+        if self.cfg.data.min_tags:  # at least this many tags per row: the most likely ones when below threshold
+            top = np.argsort(-outputs, axis=1)[:, : self.cfg.data.min_tags]
+            np.put_along_axis(decided, top, 1, axis=1)
+        names = np.asarray(self.columns, dtype=object)
+        return np.array([self.cfg.data.label_sep.join(names[row.astype(bool)]) for row in decided], dtype=object)
+
+    def check_values(self, values, column):
+        if column in self.columns:
+            return check_probabilities(values, column)
+        known = set(self.columns)
+        for i, tags in enumerate(values.fillna("").astype(str)):
+            unknown = [t for t in split_tags(tags, self.cfg.data.label_sep) if t not in known]
+            if unknown:
+                raise UserError(f"submission row {i + 2}, column {column!r}: tag {unknown[0]!r} is not one train.csv uses")
+
+
+class Regression(Target):
+    """A continuous value: one output, standardised per fold with the training rows' mean and spread."""
+
+    kind = REGRESSION
+
+    def __init__(self, cfg: Config, classes: list):
+        super().__init__(cfg, classes)
+        self.mean, self.std = 0.0, 1.0
+
+    def encode(self, values):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+
+    def strata(self, values):
+        return quantile_bins(self.encode(values), self.cfg.cv.folds)
+
+    def fit(self, truth):
+        self.mean, self.std = float(np.mean(truth)), float(np.std(truth)) or 1.0
+        return {"mean": self.mean, "std": self.std}
+
+    def load(self, state):
+        self.mean, self.std = state.get("mean", 0.0), state.get("std", 1.0)
+
+    def loss(self, logits, y):
+        z = (y.float().view(-1) - self.mean) / self.std
+        pred = logits.float().view(-1)
+        name = self.cfg.train.loss
+        if name == "auto":  # the loss of the metric: absolute error for MAE, squared error otherwise
+            name = "l1" if self.metric.name == "mae" else "mse"
+        losses = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
+        if name not in losses:
+            raise UserError(f"train.loss={name} does not fit a {self.kind} target; use mse, l1 or huber")
+        return losses[name](pred, z)
+
+    def activate(self, logits):
+        return logits.float() * self.std + self.mean
+
+    def valid_loss(self, truth, outputs):
+        return float(np.mean((outputs[:, 0] - truth) ** 2))
+
+    def submission_values(self, outputs, sample, column, params):
+        return self.decide(outputs, params)
+
+
+class Ordinal(Regression):
+    """Ordered grades: regression on the grade value, cut into grades by cut points fitted on OOF (for QWK)."""
+
+    kind = ORDINAL
+
+    def strata(self, values):
+        return values.astype(str).to_numpy()
+
+    def default_cuts(self) -> np.ndarray:
+        g = np.asarray(self.classes, dtype=np.float64)
+        return (g[1:] + g[:-1]) / 2
+
+    def decide(self, outputs, params=None):
+        cuts = np.asarray(params["cuts"]) if params and "cuts" in params else self.default_cuts()
+        return np.asarray(self.classes, dtype=np.float64)[np.searchsorted(cuts, outputs[:, 0])]
+
+    def fit_params(self, outputs, truth):
+        """Cut points that maximise the metric on these rows (Nelder-Mead from the midpoints, kept sorted)."""
+        if not self.metric.decisions or len(self.classes) < 2:
+            return {}
+        from scipy.optimize import minimize
+
+        start = self.default_cuts()
+        sign = -1 if self.metric.greater_is_better else 1
+        def objective(cuts):
+            return sign * self.score(truth, outputs, {"cuts": np.sort(cuts)})
+        found = minimize(objective, start, method="Nelder-Mead", options={"maxiter": 400 * len(start), "xatol": 1e-3})
+        cuts = np.sort(found.x) if objective(found.x) < objective(start) else start
+        return {"cuts": cuts.tolist()}
+
+    def submission_values(self, outputs, sample, column, params):
+        grades = self.decide(outputs, params)
+        return np.asarray(self.classes, dtype=object)[np.searchsorted(np.asarray(self.classes, np.float64), grades)]
+
+    def check_values(self, values, column):
+        super().check_values(values, column)
+        known = np.asarray(self.classes, dtype=np.float64)
+        off = ~np.isin(pd.to_numeric(values).to_numpy(dtype=np.float64), known)
+        if off.any():
+            i = int(np.flatnonzero(off)[0])
+            raise UserError(f"submission row {i + 2}, column {column!r}: {values.iloc[i]!r} is not a grade train.csv uses")
+
+
+TARGETS: dict[str, type[Target]] = {t.kind: t for t in (Multiclass, Binary, Multilabel, Regression, Ordinal)}
+
+
+def build_target(cfg: Config, classes: list) -> Target:
+    """The target of a (resolved) config; 'auto' here means multiclass, what experiments were before target types."""
+    kind = cfg.data.target_type
+    return TARGETS[MULTICLASS if kind == "auto" else kind](cfg, classes)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def split_tags(tags, sep: str) -> list[str]:
+    if tags is None or (isinstance(tags, float) and math.isnan(tags)):
+        return []
+    return [t for t in str(tags).split(sep if sep.strip() else None) if t]
+
+
+def quantile_bins(values: np.ndarray, k: int) -> np.ndarray:
+    """Bins of equal counts for stratifying a continuous target: as many as leave >= 2 x K rows per bin, at most 10."""
+    n_bins = int(max(1, min(10, len(values) // (2 * k))))
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    return np.searchsorted(edges, values, side="right").astype(str)
+
+
+def wants_labels(column: pd.Series, metric: Metric) -> bool:
+    """Does a sample submission column ask for labels rather than probabilities? Fractions ask for probabilities,
+    text for labels; whole numbers (0/1 placeholders) go by the metric: a decision metric scores labels."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.isna().any():
+        return True
+    if not np.allclose(numbers, np.round(numbers)):
+        return False
+    return metric.decisions
+
+
+def check_probabilities(values: pd.Series, column: str) -> None:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() | (numbers < 0) | (numbers > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"submission row {i + 2}, column {column!r}: {values.iloc[i]!r} is not a probability in [0, 1]")
+
+
+def submission_column(cfg: Config, sample: pd.DataFrame) -> str:
+    """The sample's label column: the only one besides the id, else data.target_col."""
+    rest = [c for c in sample.columns if c != cfg.data.id_col]
+    return rest[0] if len(rest) == 1 else cfg.data.target_col
+
