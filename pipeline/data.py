@@ -106,7 +106,8 @@ def with_target(df: pd.DataFrame, path: Path, cfg: Config) -> pd.DataFrame:
         df[d.target_col] = tags_from_columns(df, path, cfg)
         return df
     require_columns(df, path, {"data.target_col": d.target_col})
-    _require_labels(df, path, d.target_col)
+    if d.target_type != "multilabel":  # a multilabel row may have no tags (data.min_tags says if it must)
+        _require_labels(df, path, d.target_col)
     return df
 
 
@@ -158,7 +159,8 @@ def _require_labels(df: pd.DataFrame, path: Path, col: str) -> None:
     if missing.any():
         # pandas, like Kaggle's scorers, reads NA, NaN, None, null and blank cells as missing
         raise UserError(f"{path}: {missing.sum()} empty labels in column {col!r} (rows {_row_numbers(missing)}; "
-                        "blank or NA/NaN/None/null); fill or drop these rows")
+                        "blank or NA/NaN/None/null); fill or drop these rows (tags, where a row may have none: "
+                        "set data.target_type=multilabel)")
 
 
 def _row_numbers(mask: pd.Series) -> str:

@@ -25,7 +25,10 @@ MANY_VALUES = 30  # whole-number targets with more distinct values than this (an
 def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Config) -> tuple[str, str]:
     """(target type, the reason) from the target column and what sample_submission asks for."""
     col = cfg.data.target_col
-    asked = sample[submission_column(cfg, sample)] if sample is not None and len(sample.columns) > 1 else None
+    if cfg.data.label_cols:
+        return MULTILABEL, f"data.label_cols names {len(cfg.data.label_cols)} 0/1 label columns"
+    column = submission_column(cfg, sample) if sample is not None else None
+    asked = sample[column] if column in getattr(sample, "columns", ()) else None
     asks_fraction = asked is not None and _fractions(asked)
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().all():
@@ -76,6 +79,7 @@ def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
             return kind, []
         return kind, _classes(cfg, sorted(np.unique(numbers).tolist()), path, values)
     if kind == MULTILABEL:
+        require_tags(cfg, table, path)
         tags = values.map(lambda v: split_tags(v, d.label_sep))
         return kind, _classes(cfg, sorted({t for row in tags for t in row}), path, values, tags)
     labels = sorted(values.unique().tolist())

@@ -34,6 +34,17 @@ def build_classifier(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def zero_head(model: nn.Module) -> nn.Module:
+    """Start a one-value head (binary logit, regression value) at zero: p = 0.5, the training mean. timm's
+    EfficientNet head draws weights from U(-1/sqrt(outputs), ...), U(-1, 1) for one output, so an untrained
+    age model first predicted ~150 years (utkface-age, MAE 178 after 3 steps)."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
+
+
 def check_model_name(name: str) -> None:
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]

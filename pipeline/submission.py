@@ -106,6 +106,8 @@ def check_values(sub: pd.DataFrame, target: Target | list, cfg: Config) -> None:
     in [0, 1], finite numbers)."""
     target = _as_target(target, cfg)
     nan = sub.isna()
+    if target.kind == "multilabel" and not cfg.data.min_tags:  # a row may have no tag: an empty cell
+        nan = nan.drop(columns=[c for c in sub.columns if str(c) not in target.columns and c != cfg.data.id_col])
     if nan.any().any():
         rows = nan.any(axis=1)
         raise UserError(f"submission has empty values in {rows.sum()} rows (first: row {np.flatnonzero(rows)[0] + 2}) "

@@ -255,9 +255,9 @@ class Multilabel(_Sigmoid):
         return (outputs >= self.threshold(params)).astype(np.int64)
 
     def submission_values(self, outputs, sample, column, params):
-        if column in self.columns:  # one column per label: its probability, or 0/1 for a decision metric
+        if column in self.columns:  # one column per label: its probability, or 0/1 where the sample asks for labels
             j = self.columns.index(column)
-            return self.decide(outputs, params)[:, j] if self.metric.decisions else outputs[:, j]
+            return self.decide(outputs, params)[:, j] if wants_labels(sample[column], self.metric) else outputs[:, j]
         decided = self.decide(outputs, params)
         if self.cfg.data.min_tags:  # at least this many tags per row: the most likely ones when below threshold
             top = np.argsort(-outputs, axis=1)[:, : self.cfg.data.min_tags]

@@ -26,7 +26,7 @@ from pipeline.images import (
     read_test_images,
 )
 from pipeline.labels import label_set
-from pipeline.models import build_classifier, normalisation
+from pipeline.models import build_classifier, normalisation, zero_head
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
 from pipeline.tasks.classification.demo_data import write_digits_competition
@@ -95,6 +95,8 @@ class ClassificationTask(ClassProbabilities):
 
     def build_model(self) -> nn.Module:
         model = build_classifier(self.cfg.model, self.target.width)
+        if self.target.kind != "multiclass":  # probabilities of independent labels, values: start neutral
+            zero_head(model)
         self.mean, self.std = normalisation(model, self.cfg.image.mean, self.cfg.image.std)
         return model
 
