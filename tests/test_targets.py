@@ -66,9 +66,9 @@ def test_map_at_k_matches_kaggle_formula():
                 score += hits / (i + 1)
         return score / min(len(actual), k)
     top = np.argsort(-MC_P, axis=1, kind="stable")
-    assert get_metric("map@3")(MC_T, MC_P) == pytest.approx(np.mean([apk([t], list(p), 3) for t, p in zip(MC_T, top)]))
+    assert get_metric("map@3")(MC_T, MC_P) == pytest.approx(np.mean([apk([t], list(p), 3) for t, p in zip(MC_T, top, strict=True)]))
     tops = np.argsort(-ML_P, axis=1, kind="stable")
-    expected = np.mean([apk(list(np.flatnonzero(t)), list(p), 2) if t.any() else 0.0 for t, p in zip(ML_T, tops)])
+    expected = np.mean([apk(list(np.flatnonzero(t)), list(p), 2) if t.any() else 0.0 for t, p in zip(ML_T, tops, strict=True)])
     assert get_metric("map@2")(ML_T, ML_P) == pytest.approx(expected)
 
 
