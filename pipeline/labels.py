@@ -61,7 +61,30 @@ def _fractions(column: pd.Series) -> bool:
 
 
 def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
-    """The resolved target type and its classes (labels, tags or grades; [] for regression), every value checked."""
+    """The resolved target type and its classes (labels, tags or grades; [] for regression), every value checked,
+    and sample_submission's columns checked against it."""
+    kind, classes = _label_set(cfg, table, path)
+    check_sample_columns(cfg, kind, classes)
+    return kind, classes
+
+
+def check_sample_columns(cfg: Config, kind: str, classes: list) -> None:
+    """sample_submission holds the id and one column (labels, tags, a probability, a value), or one column per class
+    or label (multiclass, multilabel): anything else fits no target type, and is refused before any training."""
+    sample = _sample(cfg)
+    if sample is None or cfg.data.id_col not in sample.columns:
+        return  # submit names what is missing
+    rest = [str(c) for c in sample.columns if c != cfg.data.id_col]
+    per_class = kind in (MULTICLASS, MULTILABEL) and len(rest) > 1 and set(rest) <= {str(c) for c in classes}
+    if len(rest) == 1 or per_class:
+        return
+    what = ("one column per class or label (" + ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
+            + ") or " if kind in (MULTICLASS, MULTILABEL) else "")
+    raise UserError(f"{cfg.data_path('sample_submission')}: columns {', '.join(rest) or '(none)'} besides "
+                    f"{cfg.data.id_col!r} fit no {kind} target; it needs {what}one column to predict")
+
+
+def _label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
     d = cfg.data
     values = table[d.target_col]
     kind = d.target_type

@@ -219,7 +219,11 @@ class Binary(_Sigmoid):
 
     def submission_values(self, outputs, sample, column, params):
         if wants_labels(sample[column], self.metric):
+            log.info("submission column %s: labels %s at threshold %.2f (sample_submission holds labels, or whole "
+                     "numbers and %s scores labels)", column, self.classes, self.threshold(params), self.metric.name)
             return np.asarray(self.classes, dtype=object)[self.decide(outputs, params)]
+        log.info("submission column %s: the probability of %s (sample_submission holds fractions, or whole numbers "
+                 "and %s scores probabilities)", column, self.classes[1], self.metric.name)
         return outputs[:, 0]
 
     def check_values(self, values, column):
