@@ -56,7 +56,10 @@ def run(cfg: Config, force: bool = False) -> None:
     write_csv(run_dir.duplicates, found)  # before folds.csv, which marks a finished prepare
     save_folds(cfg, folds, strategy)
     sizes = folds.table["fold"].value_counts().sort_index().tolist()
-    log.info("%d rows, %d classes, %s %d-fold (sizes %s, cv.seed %d) -> %s", len(samples), len(folds.classes), strategy,
+    what = {"multilabel": "tags", "ordinal": "grades"}.get(cfg.data.target_type, "classes")
+    kind = "" if cfg.task == "detection" else f"{cfg.data.target_type} target, "
+    log.info("%d rows, %s%s, %s %d-fold (sizes %s, cv.seed %d) -> %s", len(samples), kind,
+             "values" if cfg.data.target_type == "regression" else f"{len(folds.classes)} {what}", strategy,
              cfg.cv.folds, sizes, cfg.cv.seed, run_dir.folds_csv)
 
 
