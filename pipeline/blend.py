@@ -243,8 +243,7 @@ def blend_outputs(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.nd
     if values and method in ("rank", "geometric"):
         raise UserError(f"--method {method} blends probabilities; a {target.kind} target blends values: "
                         "use mean, weighted or stack")
-    def mix(name, members, weights):
-        return combine_columns(name, members, weights)
+    mix = combine_columns
     if method == "stack":
         members = as_float32(oofs)
         oof, test = stack_columns(members, truth, folds, as_float32(tests), values)

@@ -63,15 +63,15 @@ def _fractions(column: pd.Series) -> bool:
 def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
     """The resolved target type and its classes (labels, tags or grades; [] for regression), every value checked,
     and sample_submission's columns checked against it."""
-    kind, classes = _label_set(cfg, table, path)
-    check_sample_columns(cfg, kind, classes)
+    sample = _sample(cfg)
+    kind, classes = _label_set(cfg, table, path, sample)
+    check_sample_columns(cfg, kind, classes, sample)
     return kind, classes
 
 
-def check_sample_columns(cfg: Config, kind: str, classes: list) -> None:
+def check_sample_columns(cfg: Config, kind: str, classes: list, sample: pd.DataFrame | None) -> None:
     """sample_submission holds the id and one column (labels, tags, a probability, a value), or one column per class
     or label (multiclass, multilabel): anything else fits no target type, and is refused before any training."""
-    sample = _sample(cfg)
     if sample is None or cfg.data.id_col not in sample.columns:
         return  # submit names what is missing
     rest = [str(c) for c in sample.columns if c != cfg.data.id_col]
@@ -84,12 +84,12 @@ def check_sample_columns(cfg: Config, kind: str, classes: list) -> None:
                     f"{cfg.data.id_col!r} fit no {kind} target; it needs {what}one column to predict")
 
 
-def _label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
+def _label_set(cfg: Config, table: pd.DataFrame, path: Path, sample: pd.DataFrame | None) -> tuple[str, list]:
     d = cfg.data
     values = table[d.target_col]
     kind = d.target_type
     if kind == "auto":
-        kind, why = infer_target_type(values, _sample(cfg), cfg)
+        kind, why = infer_target_type(values, sample, cfg)
         log.info("target type %s: %s (data.target_type=auto; set it to override)", kind, why)
     if kind in (REGRESSION, ORDINAL):
         numbers = pd.to_numeric(values, errors="coerce")

@@ -117,11 +117,6 @@ def check_values(sub: pd.DataFrame, target: Target | list, cfg: Config) -> None:
             target.check_values(sub[col].reset_index(drop=True), str(col))
 
 
-def check_labels(sub: pd.DataFrame, classes: list, cfg: Config) -> None:
-    """check_values for a multiclass submission (labels, or one probability column per class)."""
-    check_values(sub, classes, cfg)
-
-
 def score_against_solution(submission: Path, solution: Path, cfg: Config | None = None) -> float:
     """Accuracy of a label submission on the answers Kaggle would keep private (the demos' solution.csv)."""
     id_col = cfg.data.id_col if cfg else "image"

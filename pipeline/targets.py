@@ -284,9 +284,17 @@ class Regression(Target):
 
     kind = REGRESSION
 
+    LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
+
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
         self.mean, self.std = 0.0, 1.0
+        name = cfg.train.loss
+        if name == "auto":  # the loss of the metric: absolute error for MAE, squared error otherwise
+            name = "l1" if self.metric.name == "mae" else "mse"
+        if name not in self.LOSSES:
+            raise UserError(f"train.loss={name} does not fit a {self.kind} target; use mse, l1 or huber")
+        self.criterion = self.LOSSES[name]
 
     def encode(self, values):
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
@@ -303,14 +311,7 @@ class Regression(Target):
 
     def loss(self, logits, y):
         z = (y.float().view(-1) - self.mean) / self.std
-        pred = logits.float().view(-1)
-        name = self.cfg.train.loss
-        if name == "auto":  # the loss of the metric: absolute error for MAE, squared error otherwise
-            name = "l1" if self.metric.name == "mae" else "mse"
-        losses = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
-        if name not in losses:
-            raise UserError(f"train.loss={name} does not fit a {self.kind} target; use mse, l1 or huber")
-        return losses[name](pred, z)
+        return self.criterion(logits.float().view(-1), z)
 
     def activate(self, logits):
         return logits.float() * self.std + self.mean
