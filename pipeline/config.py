@@ -33,7 +33,9 @@ class DataConfig:
     # binary: one probability; multilabel: tags; regression: a value; ordinal: grades, cut points fitted on OOF
     target_type: Literal["auto", "multiclass", "binary", "multilabel", "regression", "ordinal"] = "auto"
     label_sep: str = " "  # multilabel: the separator of tags in one cell (Kaggle Planet: "clear primary")
-    label_cols: list[str] | None = None  # multilabel: one 0/1 column per label instead of a tag column (Jigsaw)
+    # one 0/1 column per label instead of a tag column (multilabel, Jigsaw), or several value columns (regression,
+    # CommonLit/ELL: auto takes numbers that are not all 0/1 for values)
+    label_cols: list[str] | None = None
     min_tags: int = 0  # multilabel: tags every row has (train rows are checked; submissions get the top ones)
     group_col: str | None = None  # rows sharing a group stay in one fold (patient, plant, session ...)
     image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path

@@ -99,16 +99,47 @@ def read_train(cfg: Config) -> pd.DataFrame:
 
 
 def with_target(df: pd.DataFrame, path: Path, cfg: Config) -> pd.DataFrame:
-    """The table with a label on every row in data.target_col: read, or made from data.label_cols (0/1 columns)."""
+    """The table with a label on every row in data.target_col: read, or made from data.label_cols (0/1 label
+    columns as tags, or several value columns of a regression as one row of values)."""
     d = cfg.data
     if d.label_cols:
         require_columns(df, path, {f"data.label_cols[{i}]": c for i, c in enumerate(d.label_cols)})
-        df[d.target_col] = tags_from_columns(df, path, cfg)
+        if label_cols_kind(df, cfg) == "regression":
+            df[d.target_col] = values_from_columns(df, path, cfg)
+        else:
+            df[d.target_col] = tags_from_columns(df, path, cfg)
         return df
     require_columns(df, path, {"data.target_col": d.target_col})
     if d.target_type != "multilabel":  # a multilabel row may have no tags (data.min_tags says if it must)
         _require_labels(df, path, d.target_col)
     return df
+
+
+def label_cols_kind(df: pd.DataFrame, cfg: Config) -> str:
+    """What data.label_cols are: a regression's value columns (data.target_type=regression, or auto on numbers that
+    are not all 0/1), else multilabel 0/1 label columns."""
+    kind = cfg.data.target_type
+    if kind == "ordinal":
+        raise UserError("data.label_cols with data.target_type=ordinal: an ordinal target is one grade column; "
+                        "set data.target_col, or data.target_type=regression for several value columns")
+    if kind != "auto":
+        return kind
+    values = df[cfg.data.label_cols].apply(pd.to_numeric, errors="coerce")
+    return "regression" if values.notna().all().all() and not values.isin([0, 1]).all().all() else "multilabel"
+
+
+def values_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
+    """data.label_cols of a multi-output regression as one text cell per row ("v1 v2 ..."): the folds table keeps
+    one target column; pipeline.targets.Regression reads the values back in data.label_cols order."""
+    values = df[cfg.data.label_cols].apply(pd.to_numeric, errors="coerce")
+    bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+    if bad.any():
+        i, j = (int(a[0]) for a in np.nonzero(bad))
+        col = cfg.data.label_cols[j]
+        raise UserError(f"{path}: row {i + 2}, column {col!r} holds {short(df[col].iloc[i])}; a regression's "
+                        "data.label_cols hold numbers")
+    return pd.Series([" ".join(repr(float(v)) for v in row) for row in values.to_numpy(dtype=np.float64)],
+                     index=df.index)
 
 
 def tags_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
@@ -119,7 +150,7 @@ def tags_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
     if bad.any().any():
         i, col = int(np.flatnonzero(bad.any(axis=1))[0]), bad.columns[bad.any()][0]
         raise UserError(f"{path}: row {i + 2}, column {col!r} holds {short(df[col].iloc[i])}; data.label_cols "
-                        "columns hold 0 or 1")
+                        "of a multilabel target hold 0 or 1 (set data.target_type=regression for value columns)")
     names = np.asarray(cols, dtype=object)
     return pd.Series([cfg.data.label_sep.join(names[row.astype(bool)]) for row in values.to_numpy()], index=df.index)
 

@@ -95,6 +95,9 @@ def assign_folds(target, groups: pd.Series | None, k: int, strategy: str, seed: 
     if np.ndim(target) == 2 and strategy in ("stratified", "stratified_group"):
         return _multilabel_folds(np.asarray(target), groups if strategy == "stratified_group" else None, k, seed)
     stratify = np.asarray(target).astype(str) if np.ndim(target) == 1 else np.zeros(n)
+    if strategy == "stratified" and pd.Series(stratify).value_counts().max() < k:  # too few rows per stratum
+        log.warning("every stratum has fewer than cv.folds=%d rows; the folds are not stratified", k)
+        strategy = "kfold"
     with warnings.catch_warnings():  # make_folds already warned about rare classes, by name
         warnings.filterwarnings("ignore", message="The least populated class")
         for i, (_, valid) in enumerate(splitters[strategy]().split(np.zeros(n), stratify, groups)):

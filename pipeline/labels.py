@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
-from pipeline.data import _row_numbers, short
+from pipeline.data import _row_numbers, label_cols_kind, short
 from pipeline.errors import UserError
 from pipeline.metrics import BINARY, MULTICLASS, MULTILABEL, ORDINAL, REGRESSION
 from pipeline.targets import split_tags, submission_column
@@ -25,8 +25,6 @@ MANY_VALUES = 30  # whole-number targets with more distinct values than this (an
 def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Config) -> tuple[str, str]:
     """(target type, the reason) from the target column and what sample_submission asks for."""
     col = cfg.data.target_col
-    if cfg.data.label_cols:
-        return MULTILABEL, f"data.label_cols names {len(cfg.data.label_cols)} 0/1 label columns"
     column = submission_column(cfg, sample) if sample is not None else None
     asked = sample[column] if column in getattr(sample, "columns", ()) else None
     asks_fraction = asked is not None and _fractions(asked)
@@ -55,6 +53,11 @@ def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Confi
     return MULTICLASS, f"{col} holds {text.nunique()} labels"
 
 
+def _label_cols_type(cfg: Config, table: pd.DataFrame) -> tuple[str, str]:
+    kind, n = label_cols_kind(table, cfg), len(cfg.data.label_cols)
+    return kind, f"data.label_cols names {n} " + ("columns of values" if kind == REGRESSION else "0/1 label columns")
+
+
 def _fractions(column: pd.Series) -> bool:
     numbers = pd.to_numeric(column, errors="coerce")
     return bool(numbers.notna().all() and not np.allclose(numbers, np.round(numbers)))
@@ -71,17 +74,19 @@ def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
 
 def check_sample_columns(cfg: Config, kind: str, classes: list, sample: pd.DataFrame | None) -> None:
     """sample_submission holds the id and one column (labels, tags, a probability, a value), or one column per class
-    or label (multiclass, multilabel): anything else fits no target type, and is refused before any training."""
+    or label (multiclass, multilabel) or per value (data.label_cols of a regression): anything else fits no target type, and is refused before any training."""
     if sample is None or cfg.data.id_col not in sample.columns:
         return  # submit names what is missing
     rest = [str(c) for c in sample.columns if c != cfg.data.id_col]
-    per_class = kind in (MULTICLASS, MULTILABEL) and len(rest) > 1 and set(rest) <= {str(c) for c in classes}
-    if len(rest) == 1 or per_class:
+    per_class = kind in (MULTICLASS, MULTILABEL, REGRESSION) and len(rest) > 1 and set(rest) <= {str(c) for c in classes}
+    several_values = kind == REGRESSION and bool(classes)  # data.label_cols values: one column each
+    if per_class or (len(rest) == 1 and not several_values):
         return
-    what = ("one column per class or label (" + ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
-            + ") or " if kind in (MULTICLASS, MULTILABEL) else "")
+    names = ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
+    what = (f"one column per class or label ({names}) or " if classes and kind in (MULTICLASS, MULTILABEL) else "")
     raise UserError(f"{cfg.data_path('sample_submission')}: columns {', '.join(rest) or '(none)'} besides "
-                    f"{cfg.data.id_col!r} fit no {kind} target; it needs {what}one column to predict")
+                    f"{cfg.data.id_col!r} fit no {kind} target; it needs " +
+                    (f"one column per value ({names})" if several_values else f"{what}one column to predict"))
 
 
 def _label_set(cfg: Config, table: pd.DataFrame, path: Path, sample: pd.DataFrame | None) -> tuple[str, list]:
@@ -89,8 +94,10 @@ def _label_set(cfg: Config, table: pd.DataFrame, path: Path, sample: pd.DataFram
     values = table[d.target_col]
     kind = d.target_type
     if kind == "auto":
-        kind, why = infer_target_type(values, sample, cfg)
+        kind, why = infer_target_type(values, sample, cfg) if not d.label_cols else _label_cols_type(cfg, table)
         log.info("target type %s: %s (data.target_type=auto; set it to override)", kind, why)
+    if d.label_cols and kind == REGRESSION:  # with_target checked the values
+        return kind, list(d.label_cols) if len(d.label_cols) > 1 else []
     if kind in (REGRESSION, ORDINAL):
         numbers = pd.to_numeric(values, errors="coerce")
         bad = numbers.isna() | ~np.isfinite(numbers.fillna(0))

@@ -83,7 +83,7 @@ def _columnwise(fn):
 def _rmsle(t: np.ndarray, p: np.ndarray) -> float:
     """Root mean squared log error; predictions below zero count as zero (the log needs p > -1, and a
     negative count, price or age is never right)."""
-    return float(np.sqrt(skm.mean_squared_log_error(t, np.clip(p, 0, None))))
+    return float(skm.root_mean_squared_log_error(t, np.clip(p, 0, None)))
 
 
 def map_at_k(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -118,7 +118,10 @@ METRICS = {
                      targets=frozenset({MULTICLASS, BINARY, MULTILABEL})),
     "qwk": _label_metric("qwk", lambda t, y: skm.cohen_kappa_score(t, y, weights="quadratic"),
                          frozenset({ORDINAL, MULTICLASS})),
-    "rmse": Metric("rmse", lambda t, p: math.sqrt(skm.mean_squared_error(t, p)), False, targets=VALUES),
+    # On several value columns each metric is the mean of the columns' (sklearn's uniform_average): rmse is then
+    # Kaggle's MCRMSE (mean columnwise RMSE), also available under that name.
+    "rmse": Metric("rmse", skm.root_mean_squared_error, False, targets=VALUES),
+    "mcrmse": Metric("mcrmse", skm.root_mean_squared_error, False, targets=VALUES),
     "rmsle": Metric("rmsle", _rmsle, False, targets=VALUES),
     "mae": Metric("mae", skm.mean_absolute_error, False, targets=VALUES),
     "r2": Metric("r2", skm.r2_score, True, targets=VALUES),

@@ -65,17 +65,33 @@ def multilabel(oof: pd.DataFrame, truth: np.ndarray, outputs: np.ndarray, target
 
 
 def regression(oof: pd.DataFrame, truth: np.ndarray, outputs: np.ndarray, target, out: Path) -> list[Section]:
-    pred = outputs[:, 0]
-    residual = pred - truth
-    fig, (scatter, hist) = plt.subplots(1, 2, figsize=(10, 4))
-    scatter.scatter(truth, pred, s=6, alpha=0.4)
-    lo, hi = float(min(truth.min(), pred.min())), float(max(truth.max(), pred.max()))
-    scatter.plot([lo, hi], [lo, hi], ":", color="grey")
-    scatter.set(title="predicted vs true", xlabel="true", ylabel="predicted")
-    hist.hist(residual, bins=40)
-    hist.set(title="residuals (predicted - true)", xlabel="residual")
-    body = (f"<p>{len(oof)} OOF rows; RMSE {np.sqrt(np.mean(residual ** 2)):.4f}, MAE {np.abs(residual).mean():.4f}, "
-            f"R² {skm.r2_score(truth, pred):.4f}, mean residual {residual.mean():+.4f}.</p>")
+    truth = truth.reshape(len(truth), -1)
+    names = target.columns
+    shown = names[:4]  # predicted-vs-true and residuals of the first value columns
+    fig, axes = plt.subplots(len(shown), 2, figsize=(10, 4 * len(shown)), squeeze=False)
+    rows = {}
+    for j, name in enumerate(names):
+        t, p = truth[:, j], outputs[:, j]
+        r = p - t
+        rows[name] = {"rmse": np.sqrt(np.mean(r ** 2)), "mae": np.abs(r).mean(), "r2": skm.r2_score(t, p),
+                      "mean residual": r.mean()}
+        if j < len(shown):
+            scatter, hist = axes[j]
+            scatter.scatter(t, p, s=6, alpha=0.4)
+            lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+            scatter.plot([lo, hi], [lo, hi], ":", color="grey")
+            scatter.set(title=f"{name}: predicted vs true" if len(names) > 1 else "predicted vs true",
+                        xlabel="true", ylabel="predicted")
+            hist.hist(r, bins=40)
+            hist.set(title="residuals (predicted - true)", xlabel="residual")
+    per_column = pd.DataFrame(rows).T
+    if len(names) == 1:
+        m = per_column.iloc[0]
+        body = (f"<p>{len(oof)} OOF rows; RMSE {m['rmse']:.4f}, MAE {m['mae']:.4f}, R² {m['r2']:.4f}, mean residual "
+                f"{m['mean residual']:+.4f}.</p>")
+    else:
+        body = (f"<p>{len(oof)} OOF rows, {len(names)} values; mean columnwise RMSE {per_column['rmse'].mean():.4f}. "
+                "Per value column:</p>" + table(per_column.round(4)))
     return [Section("Out-of-fold predictions", body, [save(fig, out / "regression.png")])]
 
 

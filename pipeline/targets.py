@@ -4,7 +4,8 @@ decisions (labels, tags, grades) made from outputs, what is fitted on OOF, the b
     data.target_type: auto | multiclass | binary | multilabel | regression | ordinal
 
 Outputs are [N, width] float arrays everywhere (probabilities, or values in the target's units); truths are
-[N] class ids (multiclass, binary), [N, K] 0/1 (multilabel) or [N] values (regression, ordinal grades).
+[N] class ids (multiclass, binary), [N, K] 0/1 (multilabel), [N] values (regression, ordinal grades) or [N, K]
+values (a regression on several data.label_cols).
 Image classification and sequences share these classes; `infer_target_type` guesses the type for `auto`.
 """
 
@@ -280,7 +281,9 @@ class Multilabel(_Sigmoid):
 
 
 class Regression(Target):
-    """A continuous value: one output, standardised per fold with the training rows' mean and spread."""
+    """Continuous values: one output (data.target_col), or one per column of data.label_cols (the classes here), each
+    standardised per fold with the training rows' mean and spread. On several columns the metrics average the
+    columns' scores (rmse: Kaggle's mean columnwise RMSE)."""
 
     kind = REGRESSION
 
@@ -288,7 +291,8 @@ class Regression(Target):
 
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
-        self.mean, self.std = 0.0, 1.0
+        self.mean, self.std = 0.0, 1.0  # floats for one value, [K] arrays for several (fit, load)
+        self._affine: dict = {}  # (mean, std) as tensors per device, for several values
         name = cfg.train.loss
         if name == "auto":  # the loss of the metric: absolute error for MAE, squared error otherwise
             name = "l1" if self.metric.name == "mae" else "mse"
@@ -296,31 +300,69 @@ class Regression(Target):
             raise UserError(f"train.loss={name} does not fit a {self.kind} target; use mse, l1 or huber")
         self.criterion = self.LOSSES[name]
 
+    @property
+    def columns(self):
+        return [str(c) for c in self.classes] if self.several else [PREDICTION]
+
+    @property
+    def several(self) -> bool:
+        return self.kind == REGRESSION and len(self.classes) > 1
+
     def encode(self, values):
+        if self.several:  # rows of values joined by data.with_target
+            rows = [str(v).split() for v in values]
+            return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.classes))
         return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
 
     def strata(self, values):
-        return quantile_bins(self.encode(values), self.cfg.cv.folds)
+        v = self.encode(values)
+        if v.ndim == 2:  # several values: bins of the row's mean standardised value
+            v = ((v - v.mean(axis=0)) / (v.std(axis=0) + 1e-12)).mean(axis=1)
+        return quantile_bins(v, self.cfg.cv.folds)
 
     def fit(self, truth):
-        self.mean, self.std = float(np.mean(truth)), float(np.std(truth)) or 1.0
-        return {"mean": self.mean, "std": self.std}
+        mean, std = np.mean(truth, axis=0), np.std(truth, axis=0)
+        std = np.where(std > 0, std, 1.0)
+        self.load({"mean": mean.tolist(), "std": std.tolist()})
+        return {"mean": mean.tolist(), "std": std.tolist()}
 
     def load(self, state):
-        self.mean, self.std = state.get("mean", 0.0), state.get("std", 1.0)
+        mean, std = state.get("mean", 0.0), state.get("std", 1.0)
+        if isinstance(mean, list):
+            self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        else:
+            self.mean, self.std = float(mean), float(std)
+        self._affine = {}
+
+    def affine(self, like: torch.Tensor) -> tuple:
+        """(mean, std) to broadcast over [B, K] outputs: floats, or [K] tensors on the outputs' device."""
+        if isinstance(self.mean, float):
+            return self.mean, self.std
+        if like.device not in self._affine:
+            self._affine[like.device] = tuple(torch.as_tensor(a, device=like.device) for a in (self.mean, self.std))
+        return self._affine[like.device]
 
     def loss(self, logits, y):
-        z = (y.float().view(-1) - self.mean) / self.std
-        return self.criterion(logits.float().view(-1), z)
+        mean, std = self.affine(logits)
+        z = (y.float().view(len(y), -1) - mean) / std
+        return self.criterion(logits.float().view(len(y), -1), z)
 
     def activate(self, logits):
-        return logits.float() * self.std + self.mean
+        mean, std = self.affine(logits)
+        return logits.float() * std + mean
+
+    def decide(self, outputs, params=None):
+        return outputs if self.several else outputs[:, 0]
+
+    def metric_outputs(self, outputs):
+        return self.decide(outputs)
 
     def valid_loss(self, truth, outputs):
-        return float(np.mean((outputs[:, 0] - truth) ** 2))
+        return float(np.mean((outputs - truth.reshape(len(truth), -1)) ** 2))
 
     def submission_values(self, outputs, sample, column, params):
-        return self.decide(outputs, params)
+        decided = self.decide(outputs, params)
+        return decided[:, self.columns.index(column)] if self.several else decided
 
 
 class Ordinal(Regression):

@@ -41,6 +41,8 @@ REG_P = REG_T + rng.normal(0, 3, N)
     ("pr_auc", BIN_T, BIN_P, skm.average_precision_score(BIN_T, BIN_P)),
     ("qwk", MC_T, MC_T[::-1], skm.cohen_kappa_score(MC_T, MC_T[::-1], weights="quadratic")),
     ("rmse", REG_T, REG_P, math.sqrt(skm.mean_squared_error(REG_T, REG_P))),
+    ("mcrmse", np.c_[REG_T, REG_T / 2], np.c_[REG_P, REG_P[::-1]],  # Kaggle's mean columnwise RMSE
+     np.mean([math.sqrt(np.mean((REG_P - REG_T) ** 2)), math.sqrt(np.mean((REG_P[::-1] - REG_T / 2) ** 2))])),
     ("rmsle", REG_T, REG_P, math.sqrt(skm.mean_squared_log_error(REG_T, REG_P.clip(0)))),
     ("mae", REG_T, REG_P, skm.mean_absolute_error(REG_T, REG_P)),
     ("r2", REG_T, REG_P, skm.r2_score(REG_T, REG_P)),
@@ -244,6 +246,71 @@ def test_text_tags_from_0_1_columns_through_the_cli(tmp_path, make_config):
     assert list(sub.columns) == ["id", "rude", "threat", "happy"]
     values = sub[["rude", "threat", "happy"]].stack()
     assert values.between(0, 1).all() and not values.isin([0, 1]).all()  # the sample asks for probabilities
+
+
+def write_essays(root):
+    """Texts with two values each: cohesion and syntax go up with "clear" and down with "messy"."""
+    root.mkdir()
+    rows = []
+    for i in range(120):
+        good, bad = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+        text = " ".join(["clear"] * good + ["messy"] * bad + list(rng.choice(["the", "essay", "is", "on", "a"], 4)))
+        rows.append({"id": i, "text": text, "cohesion": 1.0 + good - 0.5 * bad, "syntax": 3.0 - bad})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    test = pd.DataFrame({"id": range(120, 130), "text": ["clear clear the essay"] * 5 + ["messy messy messy"] * 5})
+    test.to_csv(root / "test.csv", index=False)
+    test[["id"]].assign(syntax=3.0, cohesion=3.0).to_csv(root / "sample_submission.csv", index=False)
+    return root, rows
+
+
+ESSAYS = {"task": "sequence", "data": {"id_col": "id", "text_col": "text", "label_cols": ["cohesion", "syntax"]},
+          "model": {"name": "gru"}, "predict": {"tta": "none"}}
+
+
+def test_several_value_columns_are_checked_at_prepare(tmp_path, make_config):
+    from tests.conftest import SEQ
+
+    root, _ = write_essays(tmp_path / "essays")
+    path, _ = make_config(root, base={**SEQ, **ESSAYS}, sequence={"min_freq": 1})
+    pd.read_csv(root / "sample_submission.csv")[["id", "syntax"]].to_csv(root / "sample_submission.csv", index=False)
+    assert_refused(invoke("prepare", "--config", path), "needs one column per value (cohesion, syntax)")
+    assert_refused(invoke("prepare", "--config", path, "--set", "data.target_type=ordinal"),
+                   "an ordinal target is one grade column")
+    train = pd.read_csv(root / "train.csv", dtype={"syntax": str})
+    train.loc[7, "syntax"] = "n/a"
+    train.to_csv(root / "train.csv", index=False)
+    assert_refused(invoke("prepare", "--config", path, "--set", "data.target_type=regression"),
+                   "row 9, column 'syntax'", "hold numbers", file="train.csv")
+
+
+def test_text_values_from_several_columns_through_the_cli(tmp_path, make_config):
+    """CommonLit/ELL style: several value columns per text (data.label_cols), one output each, scored by MCRMSE;
+    the sample's value columns are filled in its order, and a stack blend keeps every column."""
+    from tests.conftest import SEQ
+
+    root, rows = write_essays(tmp_path / "essays")
+    path, cfg = make_config(root, base={**SEQ, **ESSAYS}, train={"epochs": 10, "metric": "mcrmse", "base_lr": 0.3},
+                            sequence={"min_freq": 1})
+    cli("prepare", "--config", path)
+    meta = json.loads((cfg.run_dir / "folds.json").read_text())
+    assert (meta["target_type"], meta["classes"]) == ("regression", ["cohesion", "syntax"])
+    cli("train", "--config", path, "--fold", "all")
+    cli("predict", "--config", path)
+    state = json.loads((cfg.run_dir / "fold0" / "preprocess.json").read_text())["target"]
+    assert len(state["mean"]) == len(state["std"]) == 2  # each column standardised on its own
+    oof = pd.read_parquet(cfg.run_dir / "oof.parquet")
+    truth = pd.DataFrame(rows).set_index("id").loc[oof["id"].astype(int)]
+    rmse = [math.sqrt(np.mean((oof[c].to_numpy() - truth[c].to_numpy()) ** 2)) for c in ("cohesion", "syntax")]
+    scores = json.loads((cfg.run_dir / "scores.json").read_text())
+    assert scores["cv"] == pytest.approx(np.mean(rmse), rel=1e-4)
+    assert scores["cv"] < 0.8 * np.mean([truth[c].std() for c in ("cohesion", "syntax")])  # beats the mean
+    cli("report", cfg.name, "--runs-dir", cfg.runs_dir)
+    assert "Per value column" in (cfg.run_dir / "report.html").read_text()
+    cli("ensemble", cfg.name, cfg.name, "--method", "stack", "--name", "stacked", "--runs-dir", cfg.runs_dir)
+    cli("submit", "stacked", "--runs-dir", cfg.runs_dir)
+    sub = pd.read_csv(cfg.submissions_dir + "/stacked.csv")
+    assert list(sub.columns) == ["id", "syntax", "cohesion"]
+    assert sub.loc[:4, "syntax"].mean() > sub.loc[5:, "syntax"].mean()  # "messy" texts score lower syntax
 
 
 def test_series_regression_and_its_ensembles(tmp_path, make_config):
