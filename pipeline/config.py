@@ -94,6 +94,8 @@ class ImageConfig:
     # validation/test: the short side to size / crop_pct, then the centre size x size (timm's eval crop uses 0.875,
     # which shows objects about as large as training's random crops do); 1.0 keeps the whole of a square image
     crop_pct: float = 1.0
+    # resampling of training crops and validation/test resizes (OpenCV): linear, cubic (timm's bicubic) or area
+    interpolation: Literal["linear", "cubic", "area"] = "linear"
 
 
 @dataclass

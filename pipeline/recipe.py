@@ -21,15 +21,18 @@ log = logging.getLogger(__name__)
 
 # Dotted keys (or whole sections) that shaped a fold's model and its inputs.
 # image.crop_pct is not among them: how test images are framed is a predict-time choice, like TTA.
-RECIPE = ("task", "model", "image.size", "image.mean", "image.std", "image.cache_margin", "augment", "sequence",
-          "detect.fpn_channels", "detect.freeze_bn", "data.feature_cols", "data.step_col", "data.text_col")
+RECIPE = ("task", "model", "image.size", "image.mean", "image.std", "image.cache_margin", "image.interpolation",
+          "augment", "sequence", "detect.fpn_channels", "detect.freeze_bn", "data.feature_cols", "data.step_col", "data.text_col")
 SHOWN = ("model.name", "image.size")  # the recipe keys logged per fold
 
 
-def _get(tree: dict, key: str) -> Any:
+MISSING = object()
+
+
+def _get(tree: dict, key: str, default: Any = None) -> Any:
     for part in key.split("."):
-        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
-    return tree
+        tree = tree.get(part, MISSING) if isinstance(tree, dict) else MISSING
+    return default if tree is MISSING else tree
 
 
 def saved_config(fold: FoldDir) -> dict:
@@ -43,9 +46,9 @@ def saved_config(fold: FoldDir) -> dict:
 
 def fold_recipe(cfg: Config, fold: FoldDir) -> Config:
     """Today's config with every RECIPE key as fold k was trained; predict.image_size, if set, overrides image.size."""
-    tree, saved = to_dict(cfg), saved_config(fold)
-    for key in RECIPE:
-        _assign(tree, key.split("."), _get(saved, key))
+    tree, saved, defaults = to_dict(cfg), saved_config(fold), to_dict(Config())
+    for key in RECIPE:  # a key newer than the checkpoint: the fold was trained with its default
+        _assign(tree, key.split("."), _get(saved, key, _get(defaults, key)))
     recipe = config_from_dict(tree, f"{fold.best} (its training recipe)")
     if cfg.predict.image_size:
         log.info("fold %d: predicting at %d px (predict.image_size), trained at %d px", fold.k,

@@ -44,6 +44,23 @@ def test_a_checkpoint_without_its_recipe_is_a_clear_error(competition, make_conf
         predict.run(cfg, fold=0)
 
 
+def test_a_recipe_key_newer_than_the_checkpoint_takes_its_default(competition, make_config):
+    """A fold saved before image.interpolation existed was trained with the default (linear) resampling: predict
+    frames its images so, whatever today's config says."""
+    from pipeline.recipe import fold_recipe
+
+    _, cfg = make_config(competition, train={"epochs": 1})
+    prepare.run(cfg)
+    train.run(cfg, fold=0)
+    fold = RunDir(cfg.run_dir).fold(0)
+    state = checkpoint.load(fold.best)
+    del state["config"]["image"]["interpolation"]
+    torch.save(state, fold.best)
+    today = load_config(cfg.run_dir / "config.yaml", ["image.interpolation=cubic"])
+    assert fold_recipe(today, fold).image.interpolation == "linear"
+    predict.run(today, fold=0)
+
+
 def test_experiments_that_differ_only_in_seed_share_folds_and_blend(competition, make_config):
     runs = {}
     for seed in (1, 2):
