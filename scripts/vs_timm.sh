@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Side by side at equal budget: `pipeline train` against timm's own train.py, fine-tuning tf_efficientnet_lite0 from
+# the same ImageNet file on the same images: fold 0 of configs/leaves-dev.yaml (3,379 training rows, 845 validation
+# rows), 128 px, batch 32, 6 epochs, the same LR, weight decay, label smoothing and vflip; timm's own defaults
+# otherwise. Prints both validation accuracies (each script's best epoch).
+#
+#   scripts/vs_timm.sh /path/to/pytorch-image-models [OUT]      (OUT defaults to runs/vs-timm)
+#
+# timm's train.py is not in the timm wheel: point at a source checkout (github.com/huggingface/pytorch-image-models)
+# whose train.py runs with the installed timm.
+set -euo pipefail
+TIMM=${1:?usage: scripts/vs_timm.sh /path/to/pytorch-image-models [OUT]}
+OUT=$(realpath -m "${2:-runs/vs-timm}")
+PY=.venv/bin/python
+CONFIG=configs/leaves-dev.yaml
+EPOCHS=6 SIZE=128 BATCH=32
+[ -f "$TIMM/train.py" ] || { echo "error: $TIMM/train.py not found; pass a pytorch-image-models checkout" >&2; exit 2; }
+SETS=(--set name=vs-timm --set "runs_dir=$OUT" --set image.size=$SIZE --set train.epochs=$EPOCHS
+      --set train.batch_size=$BATCH --set tracking.wandb=disabled --set tracking.quiet=true --set train.patience=0)
+mkdir -p "$OUT"
+
+# Ours: fold 0 of the config's folds.
+$PY -m pipeline prepare -c $CONFIG "${SETS[@]}"
+$PY -m pipeline train -c $CONFIG --fold 0 --force "${SETS[@]}" | tail -1
+
+# timm: the same split as an ImageFolder of links, and the ImageNet file with a fresh head as its initial checkpoint;
+# its LR is ours for this batch (train.base_lr x batch / train.base_batch).
+LR=$($PY - "$OUT" "$CONFIG" <<'PY'
+import sys
+from pathlib import Path
+
+import pandas as pd
+import timm
+import torch
+
+from pipeline.config import load_config
+from pipeline.models import load_backbone
+
+out, config = Path(sys.argv[1]), sys.argv[2]
+cfg = load_config(config, ["image.size=128", "train.batch_size=32"])
+folds = pd.read_csv(out / "vs-timm" / "folds.csv", dtype={"id": str})
+root = Path(cfg.data.root).resolve()
+for split, rows in (("train", folds[folds.fold != 0]), ("validation", folds[folds.fold == 0])):
+    for image, label in zip(rows["id"], rows["target"].astype(str)):
+        link = out / "imagefolder" / split / label / Path(image).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(root / cfg.data.image_dir / f"{image}{cfg.data.image_ext}")
+model = timm.create_model(cfg.model.name, num_classes=folds["target"].nunique())
+load_backbone(model, Path(cfg.model.weights_file))
+torch.save({"state_dict": model.state_dict()}, out / "timm-initial.pth")
+print(cfg.train.base_lr * cfg.train.batch_size / cfg.train.base_batch)
+PY
+)
+WEIGHT_DECAY=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.weight_decay)")
+SMOOTHING=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.label_smoothing)")
+VFLIP=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').augment.vflip)")
+$PY "$TIMM/train.py" --data-dir "$OUT/imagefolder" --model tf_efficientnet_lite0 \
+  --initial-checkpoint "$OUT/timm-initial.pth" --num-classes 176 --img-size $SIZE -b $BATCH --epochs $EPOCHS \
+  --opt adamw --lr "$LR" --weight-decay "$WEIGHT_DECAY" --smoothing "$SMOOTHING" --vflip "$VFLIP" \
+  --warmup-epochs 1 --workers 0 --device cpu --no-prefetcher --output "$OUT/timm" --experiment lite0 \
+  --log-interval 1000 > "$OUT/timm.log" 2>&1 || { tail -20 "$OUT/timm.log" >&2; exit 1; }
+
+$PY - "$OUT" <<'PY'
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+out = Path(sys.argv[1])
+ours = pd.read_csv(out / "vs-timm" / "fold0" / "metrics.csv")
+timm = pd.read_csv(out / "timm" / "lite0" / "summary.csv")
+best = max(ours["valid/score"].max(), ours.get("valid_ema/score", ours["valid/score"]).max())
+print(f"validation accuracy on the 845 rows of fold 0 (best epoch): pipeline {best:.4f}  "
+      f"timm train.py {timm['eval_top1'].max() / 100:.4f}")
+PY
