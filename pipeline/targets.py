@@ -291,8 +291,7 @@ class Regression(Target):
 
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
-        self.mean, self.std = 0.0, 1.0  # floats for one value, [K] arrays for several (fit, load)
-        self._affine: dict = {}  # (mean, std) as tensors per device, for several values
+        self.load({})  # mean, std, lo, hi: floats for one value, [K] arrays for several (fit, load)
         name = cfg.train.loss
         if name == "auto":  # the loss of the metric: absolute error for MAE, squared error otherwise
             name = "l1" if self.metric.name == "mae" else "mse"
@@ -321,35 +320,43 @@ class Regression(Target):
         return quantile_bins(v, self.cfg.cv.folds)
 
     def fit(self, truth):
-        mean, std = np.mean(truth, axis=0), np.std(truth, axis=0)
-        std = np.where(std > 0, std, 1.0)
-        self.load({"mean": mean.tolist(), "std": std.tolist()})
-        return {"mean": mean.tolist(), "std": std.tolist()}
+        std = np.std(truth, axis=0)
+        state = {"mean": np.mean(truth, axis=0), "std": np.where(std > 0, std, 1.0),
+                 "min": np.min(truth, axis=0), "max": np.max(truth, axis=0)}
+        state = {k: v.tolist() for k, v in state.items()}
+        self.load(state)
+        return state
 
     def load(self, state):
-        mean, std = state.get("mean", 0.0), state.get("std", 1.0)
-        if isinstance(mean, list):
-            self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        """mean/std standardise; min/max (the training rows' range) bound predictions: a value outside every training
+        value is rarely right (a negative age). States from before the range was kept are unbounded."""
+        keys = {"mean": 0.0, "std": 1.0, "min": -math.inf, "max": math.inf}
+        values = {k: state.get(k, default) for k, default in keys.items()}
+        if isinstance(values["mean"], list):
+            width = len(values["mean"])
+            values = {k: np.broadcast_to(np.asarray(v, np.float32), (width,)) for k, v in values.items()}
         else:
-            self.mean, self.std = float(mean), float(std)
+            values = {k: float(v) for k, v in values.items()}
+        self.mean, self.std, self.lo, self.hi = values["mean"], values["std"], values["min"], values["max"]
         self._affine = {}
 
     def affine(self, like: torch.Tensor) -> tuple:
-        """(mean, std) to broadcast over [B, K] outputs: floats, or [K] tensors on the outputs' device."""
+        """(mean, std, min, max) to broadcast over [B, K] outputs: floats, or [K] tensors on the outputs' device."""
         if isinstance(self.mean, float):
-            return self.mean, self.std
+            return self.mean, self.std, self.lo, self.hi
         if like.device not in self._affine:
-            self._affine[like.device] = tuple(torch.as_tensor(a, device=like.device) for a in (self.mean, self.std))
+            self._affine[like.device] = tuple(torch.as_tensor(np.array(a), device=like.device)
+                                              for a in (self.mean, self.std, self.lo, self.hi))
         return self._affine[like.device]
 
     def loss(self, logits, y):
-        mean, std = self.affine(logits)
+        mean, std, _, _ = self.affine(logits)
         z = (y.float().view(len(y), -1) - mean) / std
         return self.criterion(logits.float().view(len(y), -1), z)
 
     def activate(self, logits):
-        mean, std = self.affine(logits)
-        return logits.float() * std + mean
+        mean, std, lo, hi = self.affine(logits)
+        return torch.clamp(logits.float() * std + mean, lo, hi)
 
     def decide(self, outputs, params=None):
         return outputs if self.several else outputs[:, 0]

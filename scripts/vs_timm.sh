@@ -55,11 +55,30 @@ PY
 WEIGHT_DECAY=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.weight_decay)")
 SMOOTHING=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.label_smoothing)")
 VFLIP=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').augment.vflip)")
-$PY "$TIMM/train.py" --data-dir "$OUT/imagefolder" --model tf_efficientnet_lite0 \
+# train.py has no --device option and takes CUDA; on a machine without one, its parsed args get device=cpu.
+$PY - "$TIMM" --data-dir "$OUT/imagefolder" --model tf_efficientnet_lite0 \
   --initial-checkpoint "$OUT/timm-initial.pth" --num-classes 176 --img-size $SIZE -b $BATCH --epochs $EPOCHS \
   --opt adamw --lr "$LR" --weight-decay "$WEIGHT_DECAY" --smoothing "$SMOOTHING" --vflip "$VFLIP" \
-  --warmup-epochs 1 --workers 0 --device cpu --no-prefetcher --output "$OUT/timm" --experiment lite0 \
-  --log-interval 1000 > "$OUT/timm.log" 2>&1 || { tail -20 "$OUT/timm.log" >&2; exit 1; }
+  --warmup-epochs 1 --workers 0 --no-prefetcher --output "$OUT/timm" --experiment lite0 \
+  --log-interval 1000 > "$OUT/timm.log" 2>&1 <<'PY' || { tail -20 "$OUT/timm.log" >&2; exit 1; }
+import sys
+
+import torch
+
+timm_dir = sys.argv.pop(1)
+sys.path.insert(0, timm_dir)
+sys.argv[0] = f"{timm_dir}/train.py"
+import train  # noqa: E402  (timm's script, from the checkout)
+
+parse = train._parse_args
+def on_this_machine():
+    args, text = parse()
+    if not torch.cuda.is_available():
+        args.device = "cpu"
+    return args, text
+train._parse_args = on_this_machine
+train.main()
+PY
 
 $PY - "$OUT" <<'PY'
 import sys

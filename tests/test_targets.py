@@ -195,6 +195,22 @@ def test_every_target_type_runs_the_five_commands(competition, make_config, kind
     cli("report", cfg.name, "--runs-dir", cfg.runs_dir)
 
 
+def test_values_are_standardised_and_bounded_by_the_folds_training_rows():
+    import torch
+
+    cfg = load_config(None, ["data.target_type=regression", "train.metric=mae"])
+    target = build_target(cfg, [])
+    state = target.fit(np.array([1.0, 5.0, 9.0]))
+    assert (state["min"], state["max"]) == (1.0, 9.0)
+    z = torch.tensor([[-4.0], [0.0], [4.0]])  # standardised outputs: far below, at the mean, far above
+    assert target.activate(z).view(-1).tolist() == [1.0, 5.0, 9.0]  # a negative age is never predicted
+    target.load({"mean": 5.0, "std": 2.0})  # saved before the range was kept: unbounded, as trained
+    assert target.activate(z).view(-1).tolist() == [-3.0, 5.0, 13.0]
+    several = build_target(cfg, ["a", "b"])
+    several.fit(np.array([[0.0, 10.0], [2.0, 30.0]]))
+    assert several.activate(torch.tensor([[5.0, 0.0], [-5.0, 0.5]])).tolist() == [[2.0, 20.0], [0.0, 25.0]]
+
+
 def test_a_regression_column_with_text_is_one_line_naming_the_row(competition, make_config):
     relabel(competition, "regression")
     train = pd.read_csv(competition / "train.csv")
@@ -331,7 +347,7 @@ def test_series_regression_and_its_ensembles(tmp_path, make_config):
         cli("predict", "--config", path)
         names.append(cfg.name)
     state = json.loads((cfg.run_dir / "fold0" / "preprocess.json").read_text())
-    assert set(state["target"]) == {"mean", "std"} and "mean" in state  # the value's and the channels' statistics
+    assert set(state["target"]) == {"mean", "std", "min", "max"} and "mean" in state  # the value's and the channels' statistics
     assert json.loads((cfg.run_dir / "scores.json").read_text())["metric"] == "rmse"
     for method in ("weighted", "stack"):
         cli("ensemble", *names, "--method", method, "--name", f"blend-{method}", "--runs-dir", cfg.runs_dir)
