@@ -120,7 +120,10 @@ class TrainConfig:
     accum_steps: int = 1  # gradient accumulation; effective batch = batch_size x accum_steps x world size
     weight_decay: float = 0.05  # AdamW decoupled decay; never applied to norms and biases
     backbone_lr_mult: float = 1.0  # backbone LR = mult x head LR; 0.1-0.3 protects pretrained features
-    warmup_epochs: float = 1.0  # linear warmup length, fractions allowed
+    warmup_epochs: float = 1.0  # linear warmup length, fractions allowed (per optimizer step)
+    # short runs: the warmup and the EMA's averaging window (1 / (1 - decay) steps) never span more than this share
+    # of the run's optimizer steps, so a 6-epoch run is not a sixth warmup; 1.0 leaves both uncapped
+    short_run_cap: float = 0.1
     min_lr_ratio: float = 0.01  # cosine floor as a fraction of the peak LR
     clip_grad: float = 1.0  # max global grad norm; 0 turns clipping off
     label_smoothing: float = 0.1  # cross-entropy smoothing (binary/multilabel: of the 0/1 truths); 0.1 is the usual default

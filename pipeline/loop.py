@@ -64,8 +64,8 @@ def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: Da
     if resume is not None:
         state.load_state_dict(resume)
         log.info("resuming after epoch %d (step %d) from %s", state.progress.epoch + 1, state.progress.step, fold.last)
-    log.info("device %s, precision %s, %s, %d steps/epoch", device, str(dtype).removeprefix("torch."), state.lr,
-             state.steps_per_epoch)
+    log.info("device %s, precision %s, %s, %d steps/epoch, warmup %d steps", device, str(dtype).removeprefix("torch."),
+             state.lr, state.steps_per_epoch, state.warmup_steps)
     tracker.summary({"lr": state.lr.lr, "effective_batch": state.lr.effective_batch, "lr_rule": state.lr.rule})
     top = TopEpochs(fold.top, t.keep_top, task.metric.greater_is_better)
     start = state.snapshot() if t.on_nan == "rollback" and resume is None else None  # a first-epoch NaN's way back

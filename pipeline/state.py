@@ -75,6 +75,7 @@ class TrainingState:
     steps_per_epoch: int
     device: torch.device
     dtype: torch.dtype  # autocast precision (float32: none)
+    warmup_steps: int = 0  # as the short-run cap left it, logged
     progress: Progress = field(default_factory=Progress)
     metrics: list[dict] = field(default_factory=list)  # one row per finished epoch: metrics.csv
 
@@ -91,10 +92,14 @@ class TrainingState:
         net = torch.compile(net) if t.compile else net  # the compiled wrapper shares model's parameters
         lr = scale_lr(t, world.size)
         optimizer = build_optimizer(model, t, lr.lr)
-        scheduler = build_scheduler(optimizer, t.epochs * steps, round(t.warmup_epochs * steps), t.min_lr_ratio)
+        total = t.epochs * steps
+        cap = max(1, round(t.short_run_cap * total))  # steps the warmup and the EMA window may span
+        warmup = min(round(t.warmup_epochs * steps), cap)
+        scheduler = build_scheduler(optimizer, total, warmup, t.min_lr_ratio)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else NoEMA()
-        return cls(model, net, ema, optimizer, scheduler, scaler, lr, steps, device, dtype)
+        # timm's warmup grows the EMA window as (1 + step)^(2/3); the ceiling keeps it within the cap at the end
+        ema = ModelEmaV3(model, decay=min(t.ema_decay, 1 - 1 / cap), use_warmup=True) if t.ema else NoEMA()
+        return cls(model, net, ema, optimizer, scheduler, scaler, lr, steps, device, dtype, warmup)
 
     def weights(self) -> dict[str, nn.Module]:
         """The weights evaluated each epoch: raw, and EMA when it is on."""

@@ -41,6 +41,7 @@ VARIANTS = {
     "crop_0875": ["image.crop_pct=0.875"],
     "cubic": ["image.interpolation=cubic"],
     "warmup_025": ["train.warmup_epochs=0.25"],
+    "uncapped": ["train.short_run_cap=1.0"],  # warmup and EMA window as before the short-run cap
     "no_ema": ["train.ema=false"],
 }
 COMMON = ["tracking.wandb=disabled", "tracking.quiet=true", "data.cache=true", "train.keep_top=0",

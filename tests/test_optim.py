@@ -48,3 +48,18 @@ def test_warmup_then_cosine_per_step():
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+@pytest.mark.parametrize("epochs, cap, warmup, ema_decay", [
+    (6, 0.1, 6, 1 - 1 / 6),      # 6 epochs of 10 steps: a 1-epoch warmup would be a sixth of the run
+    (30, 0.1, 10, 1 - 1 / 30),   # long enough: the configured epoch of warmup
+    (6, 1.0, 10, 1 - 1 / 60),    # uncapped: as configured (a window of the whole run never binds timm's warmup)
+])
+def test_short_runs_cap_the_warmup_and_the_ema_window(epochs, cap, warmup, ema_decay):
+    from pipeline.state import TrainingState
+
+    cfg = load_config(None, [f"train.epochs={epochs}", f"train.short_run_cap={cap}", "train.warmup_epochs=1"])
+    state = TrainingState.build(timm.create_model("test_resnet", num_classes=3), cfg, 10, torch.device("cpu"),
+                                torch.float32)
+    assert state.warmup_steps == warmup
+    assert state.ema.decay == pytest.approx(ema_decay)
