@@ -13,7 +13,7 @@ TIMM=${1:?usage: scripts/vs_timm.sh /path/to/pytorch-image-models [OUT]}
 OUT=$(realpath -m "${2:-runs/vs-timm}")
 PY=.venv/bin/python
 CONFIG=configs/leaves-dev.yaml
-EPOCHS=6 SIZE=128 BATCH=32
+EPOCHS=${EPOCHS:-6} SIZE=${SIZE:-128} BATCH=${BATCH:-32}  # the comparison's budget; EPOCHS=1 SIZE=64 for a smoke run
 [ -f "$TIMM/train.py" ] || { echo "error: $TIMM/train.py not found; pass a pytorch-image-models checkout" >&2; exit 2; }
 SETS=(--set name=vs-timm --set "runs_dir=$OUT" --set image.size=$SIZE --set train.epochs=$EPOCHS
       --set train.batch_size=$BATCH --set tracking.wandb=disabled --set tracking.quiet=true --set train.patience=0)
@@ -25,7 +25,7 @@ $PY -m pipeline train -c $CONFIG --fold 0 --force "${SETS[@]}" | tail -1
 
 # timm: the same split as an ImageFolder of links, and the ImageNet file with a fresh head as its initial checkpoint;
 # its LR is ours for this batch (train.base_lr x batch / train.base_batch).
-LR=$($PY - "$OUT" "$CONFIG" <<'PY'
+LR=$($PY - "$OUT" "$CONFIG" "$BATCH" <<'PY'
 import sys
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from pipeline.config import load_config
 from pipeline.models import load_backbone
 
 out, config = Path(sys.argv[1]), sys.argv[2]
-cfg = load_config(config, ["image.size=128", "train.batch_size=32"])
+cfg = load_config(config, [f"train.batch_size={sys.argv[3]}"])
 folds = pd.read_csv(out / "vs-timm" / "folds.csv", dtype={"id": str})
 root = Path(cfg.data.root).resolve()
 for split, rows in (("train", folds[folds.fold != 0]), ("validation", folds[folds.fold == 0])):
@@ -90,6 +90,7 @@ out = Path(sys.argv[1])
 ours = pd.read_csv(out / "vs-timm" / "fold0" / "metrics.csv")
 timm = pd.read_csv(out / "timm" / "lite0" / "summary.csv")
 best = max(ours["valid/score"].max(), ours.get("valid_ema/score", ours["valid/score"]).max())
-print(f"validation accuracy on the 845 rows of fold 0 (best epoch): pipeline {best:.4f}  "
+print(f"validation accuracy on the {len(pd.read_parquet(out / 'vs-timm' / 'fold0' / 'oof.parquet'))} rows of fold 0 "
+      f"(best epoch): pipeline {best:.4f}  "
       f"timm train.py {timm['eval_top1'].max() / 100:.4f}")
 PY
