@@ -104,6 +104,10 @@ def with_target(df: pd.DataFrame, path: Path, cfg: Config) -> pd.DataFrame:
     d = cfg.data
     if d.label_cols:
         require_columns(df, path, {f"data.label_cols[{i}]": c for i, c in enumerate(d.label_cols)})
+        if d.target_col in d.label_cols:  # the joined labels would overwrite one of the columns they come from
+            raise UserError(f"data.target_col={d.target_col!r} is also in data.label_cols; with label columns the "
+                            "target column is made from them: set data.target_col to a name train.csv does not use, "
+                            "e.g. --set data.target_col=targets")
         if label_cols_kind(df, cfg) == "regression":
             df[d.target_col] = values_from_columns(df, path, cfg)
         else:

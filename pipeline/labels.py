@@ -74,13 +74,17 @@ def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:
 
 def check_sample_columns(cfg: Config, kind: str, classes: list, sample: pd.DataFrame | None) -> None:
     """sample_submission holds the id and one column (labels, tags, a probability, a value), or one column per class
-    or label (multiclass, multilabel) or per value (data.label_cols of a regression): anything else fits no target type, and is refused before any training."""
+    or label (multiclass, multilabel) or per value (data.label_cols of a regression): anything else fits no target
+    type, and is refused before any training."""
     if sample is None or cfg.data.id_col not in sample.columns:
         return  # submit names what is missing
     rest = [str(c) for c in sample.columns if c != cfg.data.id_col]
-    per_class = kind in (MULTICLASS, MULTILABEL, REGRESSION) and len(rest) > 1 and set(rest) <= {str(c) for c in classes}
-    several_values = kind == REGRESSION and bool(classes)  # data.label_cols values: one column each
-    if per_class or (len(rest) == 1 and not several_values):
+    known = {str(c) for c in classes}
+    several_values = kind == REGRESSION and bool(classes)  # data.label_cols values: every one a column
+    if several_values:
+        if set(rest) == known:
+            return
+    elif len(rest) == 1 or (kind in (MULTICLASS, MULTILABEL) and len(rest) > 1 and set(rest) <= known):
         return
     names = ", ".join(map(str, classes[:5])) + (", ..." if len(classes) > 5 else "")
     what = (f"one column per class or label ({names}) or " if classes and kind in (MULTICLASS, MULTILABEL) else "")

@@ -60,9 +60,9 @@ def fold_recipe(cfg: Config, fold: FoldDir) -> Config:
 
 def differences(a: dict, b: dict) -> list[str]:
     """The RECIPE keys whose values differ between two config trees, as `key=b (a)`."""
-    out = []
-    for key in RECIPE:
-        va, vb = _get(a, key), _get(b, key)
+    out, defaults = [], to_dict(Config())
+    for key in RECIPE:  # a key newer than a checkpoint holds its default there, as in fold_recipe
+        va, vb = _get(a, key, _get(defaults, key)), _get(b, key, _get(defaults, key))
         if isinstance(va, dict) and isinstance(vb, dict):
             out += [f"{key}.{k}={vb.get(k)!r} ({va.get(k)!r})" for k in sorted(set(va) | set(vb))
                     if va.get(k) != vb.get(k) and k not in ("pretrained", "weights_file")]

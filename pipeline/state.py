@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import checkpoint, distributed
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.optim import ResolvedLR, build_optimizer, build_scheduler, scale_lr
 
 
@@ -92,6 +93,9 @@ class TrainingState:
         net = torch.compile(net) if t.compile else net  # the compiled wrapper shares model's parameters
         lr = scale_lr(t, world.size)
         optimizer = build_optimizer(model, t, lr.lr)
+        if not 0 < t.short_run_cap <= 1:
+            raise UserError(f"train.short_run_cap={t.short_run_cap}: the share of a run's steps that warmup and the "
+                            "EMA window may span, in (0, 1]; 1 leaves them uncapped")
         total = t.epochs * steps
         cap = max(1, round(t.short_run_cap * total))  # steps the warmup and the EMA window may span
         warmup = min(round(t.warmup_epochs * steps), cap)

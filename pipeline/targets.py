@@ -361,8 +361,8 @@ class Regression(Target):
     def decide(self, outputs, params=None):
         return outputs if self.several else outputs[:, 0]
 
-    def metric_outputs(self, outputs):
-        return self.decide(outputs)
+    def metric_outputs(self, outputs):  # raw values, also for ordinal (rmse on grades scores the regression)
+        return outputs if self.several else outputs[:, 0]
 
     def valid_loss(self, truth, outputs):
         return float(np.mean((outputs - truth.reshape(len(truth), -1)) ** 2))

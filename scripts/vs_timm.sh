@@ -17,15 +17,17 @@ EPOCHS=${EPOCHS:-6} SIZE=${SIZE:-128} BATCH=${BATCH:-32}  # the comparison's bud
 [ -f "$TIMM/train.py" ] || { echo "error: $TIMM/train.py not found; pass a pytorch-image-models checkout" >&2; exit 2; }
 SETS=(--set name=vs-timm --set "runs_dir=$OUT" --set image.size=$SIZE --set train.epochs=$EPOCHS
       --set train.batch_size=$BATCH --set tracking.wandb=disabled --set tracking.quiet=true --set train.patience=0)
+rm -rf "$OUT/timm" "$OUT/imagefolder"  # timm appends to an old summary.csv; old links could cross the split
 mkdir -p "$OUT"
 
 # Ours: fold 0 of the config's folds.
 $PY -m pipeline prepare -c $CONFIG "${SETS[@]}"
 $PY -m pipeline train -c $CONFIG --fold 0 --force "${SETS[@]}" | tail -1
 
-# timm: the same split as an ImageFolder of links, and the ImageNet file with a fresh head as its initial checkpoint;
-# its LR is ours for this batch (train.base_lr x batch / train.base_batch).
-LR=$($PY - "$OUT" "$CONFIG" "$BATCH" <<'PY'
+# timm: the same split as an ImageFolder of links (with a class map, so both splits index classes alike), and the
+# ImageNet file with a fresh head as its initial checkpoint. Its LR is our head's for this batch (train.lr_scale);
+# our backbone trains at train.backbone_lr_mult of it, one of the recipe differences measured.
+read -r LR NUM_CLASSES MODEL < <($PY - "$OUT" "$CONFIG" "$BATCH" <<'PY'
 import sys
 from pathlib import Path
 
@@ -35,6 +37,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.models import load_backbone
+from pipeline.optim import scale_lr
 
 out, config = Path(sys.argv[1]), sys.argv[2]
 cfg = load_config(config, [f"train.batch_size={sys.argv[3]}"])
@@ -46,18 +49,20 @@ for split, rows in (("train", folds[folds.fold != 0]), ("validation", folds[fold
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(root / cfg.data.image_dir / f"{image}{cfg.data.image_ext}")
-model = timm.create_model(cfg.model.name, num_classes=folds["target"].nunique())
+classes = sorted(folds["target"].astype(str).unique())
+(out / "class_map.txt").write_text("\n".join(classes) + "\n")
+model = timm.create_model(cfg.model.name, num_classes=len(classes))
 load_backbone(model, Path(cfg.model.weights_file))
 torch.save({"state_dict": model.state_dict()}, out / "timm-initial.pth")
-print(cfg.train.base_lr * cfg.train.batch_size / cfg.train.base_batch)
+print(scale_lr(cfg.train, world_size=1).lr, len(classes), cfg.model.name)
 PY
 )
 WEIGHT_DECAY=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.weight_decay)")
 SMOOTHING=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.label_smoothing)")
 VFLIP=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').augment.vflip)")
 # train.py has no --device option and takes CUDA; on a machine without one, its parsed args get device=cpu.
-$PY - "$TIMM" --data-dir "$OUT/imagefolder" --model tf_efficientnet_lite0 \
-  --initial-checkpoint "$OUT/timm-initial.pth" --num-classes 176 --img-size $SIZE -b $BATCH --epochs $EPOCHS \
+$PY - "$TIMM" --data-dir "$OUT/imagefolder" --model "$MODEL" --class-map "$OUT/class_map.txt" \
+  --initial-checkpoint "$OUT/timm-initial.pth" --num-classes "$NUM_CLASSES" --img-size $SIZE -b $BATCH --epochs $EPOCHS \
   --opt adamw --lr "$LR" --weight-decay "$WEIGHT_DECAY" --smoothing "$SMOOTHING" --vflip "$VFLIP" \
   --warmup-epochs 1 --workers 0 --no-prefetcher --output "$OUT/timm" --experiment lite0 \
   --log-interval 1000 > "$OUT/timm.log" 2>&1 <<'PY' || { tail -20 "$OUT/timm.log" >&2; exit 1; }

@@ -47,7 +47,8 @@ def test_a_checkpoint_without_its_recipe_is_a_clear_error(competition, make_conf
 def test_a_recipe_key_newer_than_the_checkpoint_takes_its_default(competition, make_config):
     """A fold saved before image.interpolation existed was trained with the default (linear) resampling: predict
     frames its images so, whatever today's config says."""
-    from pipeline.recipe import fold_recipe
+    from pipeline.config import to_dict
+    from pipeline.recipe import differences, fold_recipe
 
     _, cfg = make_config(competition, train={"epochs": 1})
     prepare.run(cfg)
@@ -58,6 +59,7 @@ def test_a_recipe_key_newer_than_the_checkpoint_takes_its_default(competition, m
     torch.save(state, fold.best)
     today = load_config(cfg.run_dir / "config.yaml", ["image.interpolation=cubic"])
     assert fold_recipe(today, fold).image.interpolation == "linear"
+    assert differences(state["config"], to_dict(load_config(cfg.run_dir / "config.yaml"))) == []  # no false warning
     predict.run(today, fold=0)
 
 

@@ -211,6 +211,13 @@ def test_values_are_standardised_and_bounded_by_the_folds_training_rows():
     assert several.activate(torch.tensor([[5.0, 0.0], [-5.0, 0.5]])).tolist() == [[2.0, 20.0], [0.0, 25.0]]
 
 
+def test_ordinal_grades_scored_by_a_value_metric_are_scored_on_the_raw_values():
+    cfg = load_config(None, ["data.target_type=ordinal", "train.metric=rmse"])
+    target = build_target(cfg, [0, 1, 2])
+    outputs, truth = np.array([[0.4], [1.4], [1.6]]), np.array([0.0, 1.0, 2.0])
+    assert target.score(truth, outputs) == pytest.approx(0.4)  # not 0.0, as the grades cut at midpoints would be
+
+
 def test_a_regression_column_with_text_is_one_line_naming_the_row(competition, make_config):
     relabel(competition, "regression")
     train = pd.read_csv(competition / "train.csv")
@@ -292,6 +299,8 @@ def test_several_value_columns_are_checked_at_prepare(tmp_path, make_config):
     assert_refused(invoke("prepare", "--config", path), "needs one column per value (cohesion, syntax)")
     assert_refused(invoke("prepare", "--config", path, "--set", "data.target_type=ordinal"),
                    "an ordinal target is one grade column")
+    assert_refused(invoke("prepare", "--config", path, "--set", "data.target_col=syntax"),
+                   "data.target_col='syntax' is also in data.label_cols")
     train = pd.read_csv(root / "train.csv", dtype={"syntax": str})
     train.loc[7, "syntax"] = "n/a"
     train.to_csv(root / "train.csv", index=False)
