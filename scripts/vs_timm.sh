@@ -60,12 +60,14 @@ PY
 WEIGHT_DECAY=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.weight_decay)")
 SMOOTHING=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.label_smoothing)")
 VFLIP=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').augment.vflip)")
-# train.py has no --device option and takes CUDA; on a machine without one, its parsed args get device=cpu.
+# train.py has no --device option and takes CUDA (its epoch and validation loops default to device=cuda); on a
+# machine without CUDA its parsed args and both loops get the CPU.
 $PY - "$TIMM" --data-dir "$OUT/imagefolder" --model "$MODEL" --class-map "$OUT/class_map.txt" \
   --initial-checkpoint "$OUT/timm-initial.pth" --num-classes "$NUM_CLASSES" --img-size $SIZE -b $BATCH --epochs $EPOCHS \
   --opt adamw --lr "$LR" --weight-decay "$WEIGHT_DECAY" --smoothing "$SMOOTHING" --vflip "$VFLIP" \
   --warmup-epochs 1 --workers 0 --no-prefetcher --output "$OUT/timm" --experiment lite0 \
   --log-interval 1000 > "$OUT/timm.log" 2>&1 <<'PY' || { tail -20 "$OUT/timm.log" >&2; exit 1; }
+import functools
 import sys
 
 import torch
@@ -82,6 +84,9 @@ def on_this_machine():
         args.device = "cpu"
     return args, text
 train._parse_args = on_this_machine
+if not torch.cuda.is_available():
+    for loop in ("train_one_epoch", "validate"):
+        setattr(train, loop, functools.partial(getattr(train, loop), device=torch.device("cpu")))
 train.main()
 PY
 
