@@ -119,6 +119,11 @@ def with_target(df: pd.DataFrame, path: Path, cfg: Config) -> pd.DataFrame:
     return df
 
 
+def label_values(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """data.label_cols as numbers, NaN where a cell holds something else."""
+    return df[cfg.data.label_cols].apply(pd.to_numeric, errors="coerce")
+
+
 def label_cols_kind(df: pd.DataFrame, cfg: Config) -> str:
     """What data.label_cols are: a regression's value columns (data.target_type=regression, or auto on numbers that
     are not all 0/1), else multilabel 0/1 label columns."""
@@ -128,14 +133,14 @@ def label_cols_kind(df: pd.DataFrame, cfg: Config) -> str:
                         "set data.target_col, or data.target_type=regression for several value columns")
     if kind != "auto":
         return kind
-    values = df[cfg.data.label_cols].apply(pd.to_numeric, errors="coerce")
+    values = label_values(df, cfg)
     return "regression" if values.notna().all().all() and not values.isin([0, 1]).all().all() else "multilabel"
 
 
 def values_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
     """data.label_cols of a multi-output regression as one text cell per row ("v1 v2 ..."): the folds table keeps
     one target column; pipeline.targets.Regression reads the values back in data.label_cols order."""
-    values = df[cfg.data.label_cols].apply(pd.to_numeric, errors="coerce")
+    values = label_values(df, cfg)
     bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
     if bad.any():
         i, j = (int(a[0]) for a in np.nonzero(bad))
@@ -149,7 +154,7 @@ def values_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
 def tags_from_columns(df: pd.DataFrame, path: Path, cfg: Config) -> pd.Series:
     """data.label_cols (one 0/1 column per label, Jigsaw style) as tag strings joined by data.label_sep."""
     cols = cfg.data.label_cols
-    values = df[cols].apply(pd.to_numeric, errors="coerce")
+    values = label_values(df, cfg)
     bad = ~values.isin([0, 1])
     if bad.any().any():
         i, col = int(np.flatnonzero(bad.any(axis=1))[0]), bad.columns[bad.any()][0]

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # Dotted keys (or whole sections) that shaped a fold's model and its inputs.
 # image.crop_pct is not among them: how test images are framed is a predict-time choice, like TTA.
 RECIPE = ("task", "model", "image.size", "image.mean", "image.std", "image.cache_margin", "image.interpolation",
-          "augment", "sequence", "detect.fpn_channels", "detect.freeze_bn", "data.feature_cols", "data.step_col", "data.text_col")
+          "augment", "sequence", "detect.fpn_channels", "detect.freeze_bn", "data.feature_cols", "data.step_col",
+          "data.text_col")
 SHOWN = ("model.name", "image.size")  # the recipe keys logged per fold
 
 
@@ -33,6 +34,12 @@ def _get(tree: dict, key: str, default: Any = None) -> Any:
     for part in key.split("."):
         tree = tree.get(part, MISSING) if isinstance(tree, dict) else MISSING
     return default if tree is MISSING else tree
+
+
+def _recipe_value(tree: dict, key: str, defaults: dict) -> Any:
+    """A RECIPE key's value in a config tree; a key newer than a checkpoint holds its default there (the fold was
+    trained with it)."""
+    return _get(tree, key, _get(defaults, key))
 
 
 def saved_config(fold: FoldDir) -> dict:
@@ -47,8 +54,8 @@ def saved_config(fold: FoldDir) -> dict:
 def fold_recipe(cfg: Config, fold: FoldDir) -> Config:
     """Today's config with every RECIPE key as fold k was trained; predict.image_size, if set, overrides image.size."""
     tree, saved, defaults = to_dict(cfg), saved_config(fold), to_dict(Config())
-    for key in RECIPE:  # a key newer than the checkpoint: the fold was trained with its default
-        _assign(tree, key.split("."), _get(saved, key, _get(defaults, key)))
+    for key in RECIPE:
+        _assign(tree, key.split("."), _recipe_value(saved, key, defaults))
     recipe = config_from_dict(tree, f"{fold.best} (its training recipe)")
     if cfg.predict.image_size:
         log.info("fold %d: predicting at %d px (predict.image_size), trained at %d px", fold.k,
@@ -61,8 +68,8 @@ def fold_recipe(cfg: Config, fold: FoldDir) -> Config:
 def differences(a: dict, b: dict) -> list[str]:
     """The RECIPE keys whose values differ between two config trees, as `key=b (a)`."""
     out, defaults = [], to_dict(Config())
-    for key in RECIPE:  # a key newer than a checkpoint holds its default there, as in fold_recipe
-        va, vb = _get(a, key, _get(defaults, key)), _get(b, key, _get(defaults, key))
+    for key in RECIPE:
+        va, vb = _recipe_value(a, key, defaults), _recipe_value(b, key, defaults)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += [f"{key}.{k}={vb.get(k)!r} ({va.get(k)!r})" for k in sorted(set(va) | set(vb))
                     if va.get(k) != vb.get(k) and k not in ("pretrained", "weights_file")]

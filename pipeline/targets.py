@@ -359,7 +359,7 @@ class Regression(Target):
         return torch.clamp(logits.float() * std + mean, lo, hi)
 
     def decide(self, outputs, params=None):
-        return outputs if self.several else outputs[:, 0]
+        return self.metric_outputs(outputs)
 
     def metric_outputs(self, outputs):  # raw values, also for ordinal (rmse on grades scores the regression)
         return outputs if self.several else outputs[:, 0]
