@@ -16,6 +16,8 @@ SET ?=
 GPUS ?= 1
 # the leaves dev set when ../shared is there, else the embedded digits (bench writes them if missing)
 BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/bench.yaml,configs/bench-demo.yaml)
+# and a text row (MiniLM on the review sentences) where ../shared has them
+BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--text-config configs/sentiment-minilm.yaml,)
 SETS := $(foreach s,$(SET),--set $(s))
 
 .PHONY: setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
@@ -28,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch>=2.3" "torchvision>=0.18"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,text]"
 	touch $@
 
 test: setup
@@ -69,7 +71,7 @@ train-all: prepare
 	done; status=0; for p in "$${pids[@]}"; do wait $$p || status=1; done; exit $$status
 
 bench: setup
-	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(SETS)
+	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(BENCH_TEXT) $(SETS)
 
 predict: setup
 	$(BIN)/pipeline predict --config $(CONFIG) --fold $(or $(FOLD_PREDICT),all) $(SETS) $(if $(TTA),--tta $(TTA))

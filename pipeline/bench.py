@@ -5,7 +5,8 @@
 Each measurement runs in a fresh process, so its peak memory is its own. Parts: (a) a bare loop on a
 synthetic batch in memory and (b) the pipeline's train_epoch on the real loader, timed in alternating
 chunks in one process (a shared CPU's speed drifts ~6% between processes); (c) the loader alone, without
-and with the decoded cache; (d) prediction per TTA view set; (e) `pipeline ensemble` on N members.
+and with the decoded cache; (d) prediction per TTA view set; (e) `pipeline ensemble` on N members; (f) with
+--text-config, (a) and (b) for a text model: the bare loop replays the loader's own padded batches from the device.
 """
 
 from __future__ import annotations
@@ -78,6 +79,35 @@ def bare_runner(cfg: Config, task: Task, device, dtype):
     return run
 
 
+def bare_batches_runner(cfg: Config, task: Task, device, dtype, train_rows, batches: int):
+    """(a) for token sequences: forward, loss, backward and an AdamW step of a fresh model on the first `batches`
+    batches the training loader yields (dynamically padded, length-grouped), collected onto the device first. They
+    are the batches (b) trains on: its loader starts the same epoch every time."""
+    from pipeline.data import build_loader
+    from pipeline.loop import autocast
+    from pipeline.optim import build_optimizer
+
+    model = task.build_model().to(device).train()
+    loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
+    held = [task.to_device(b, device) for b, _ in zip(loader, range(batches), strict=False)]
+    optimizer = build_optimizer(model, cfg.train, 1e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def run(n: int) -> int:
+        samples = 0
+        for x, mask, y in held[:n]:
+            with autocast(device, dtype):
+                loss = criterion(model(x, mask), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            samples += len(x)
+        _sync(device)
+        return samples
+
+    return run
+
+
 def pipeline_runner(cfg: Config, task: Task, model, device, dtype, train_rows):
     """(b) `pipeline train`'s own train_epoch (EMA, clipping, schedule, augmentation) on the real loader."""
     from pipeline.data import build_loader
@@ -100,7 +130,9 @@ def training(cfg: Config, steps: int, warmup: int, chunks: int = 4) -> dict:
     """(a) and (b) in one process, timed in alternating chunks (a, b, a, b, ...): whatever else the machine
     does slows both alike, and the ratio is the median of the chunk pairs' ratios."""
     task, model, device, dtype, train_rows, _ = _setup(cfg)
-    runners = {"bare": bare_runner(cfg, task, device, dtype),
+    bare = bare_batches_runner(cfg, task, device, dtype, train_rows, max(warmup, steps // chunks)) \
+        if cfg.task == "sequence" else bare_runner(cfg, task, device, dtype)
+    runners = {"bare": bare,
                "pipeline": pipeline_runner(cfg, task, model, device, dtype, train_rows)}
     for run in runners.values():
         run(warmup)
@@ -239,8 +271,9 @@ def _row(part: str, batch, result: dict, base: float | None = None, unit: str = 
 
 
 def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warmup: int = 5,
-        tta: tuple[str, ...] = ("none", "hflip", "d4"), ensemble: tuple[int, int, int] = (20, 100_000, 176)) -> list[list[str]]:
-    """Measure every part, print the table, return its rows."""
+        tta: tuple[str, ...] = ("none", "hflip", "d4"), ensemble: tuple[int, int, int] = (20, 100_000, 176),
+        text: Config | None = None) -> list[list[str]]:
+    """Measure every part, print the table, return its rows (text: a text config for part f)."""
     from pipeline.stages import prepare
     from pipeline.stages.demo import DEMOS
     from pipeline.tasks.classification.task import build_images
@@ -276,8 +309,23 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
     for method in ("mean", "weighted"):
         rows.append(_row(f"(e) pipeline ensemble --method {method}: {n} x {r:,} rows x {k} {cfg.predict.dtype}", "",
                          isolated(ensembling, cfg, n, r, k, method), unit="seconds"))
+    if text is not None:
+        rows += text_rows(text, steps, warmup)
     print_table(rows, cfg)
     return rows
+
+
+def text_rows(cfg: Config, steps: int, warmup: int) -> list[list[str]]:
+    """(f) a text model's bare loop and the pipeline's train loop on the same batches."""
+    from pipeline.stages import prepare
+
+    prepare.run(cfg)
+    result = isolated(training, cfg, steps, warmup)
+    b, what = cfg.train.batch_size, f"{cfg.model.name.rsplit('/', 1)[-1]}, {cfg.name}"
+    if "error" in result:
+        return [_row(f"(f) text training ({what})", b, result)]
+    return [_row(f"(f) text, bare loop on the loader's batches ({what})", b, {**result, "samples/s": result["bare"]}),
+            ["(f) text, pipeline train loop", str(b), f"{result['pipeline']:,.1f}", f"{result['ratio']:.2f}", ""]]
 
 
 def print_table(rows: list[list[str]], cfg: Config) -> None:

@@ -166,6 +166,7 @@ def bench(
     batch_sizes: str = typer.Option(None, "--batch-sizes", help="comma list, e.g. 32,64,128 (default: train.batch_size)"),
     steps: int = typer.Option(20, "--steps", help="timed steps per measurement, after 5 warm-up steps"),
     ensemble: str = typer.Option("20x100000x176", "--ensemble", help="members x rows x classes for the blend timing"),
+    text_config: Path = typer.Option(None, "--text-config", help="also time a text model's loop (its own config)"),
     set_: list[str] = SetOpt,
 ) -> None:
     """Samples/s of the bare compute loop vs the pipeline's loop, the loader, TTA and ensembling; peak memory.
@@ -179,7 +180,9 @@ def bench(
         shape = tuple(int(v) for v in ensemble.lower().split("x"))
     except ValueError:
         raise UserError("--batch-sizes is a comma list of integers, --ensemble is MEMBERSxROWSxCLASSES") from None
-    stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape)
+    text = load_config(text_config, ["name=bench-text", "tracking.wandb=disabled", "tracking.quiet=true"]) \
+        if text_config else None
+    stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape, text=text)
 
 
 @app.command()

@@ -60,6 +60,9 @@ class DataConfig:
     step_col: str | None = "step"  # orders the rows of a series; null = file order
     feature_cols: list[str] | None = None  # null = every numeric column except id, step and group
     text_col: str | None = None  # token sequences: the text column; set it for text, leave null for series
+    # several text columns as one input (a title and a body), joined by the tokenizer's separator token (word
+    # vocabularies: a space), in this order; text_col may then be left out (it becomes the first of them)
+    text_cols: list[str] | None = None
 
 
 @dataclass
@@ -76,11 +79,15 @@ class CVConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # any timm model name (`timm.list_models()`)
+    # any timm model name (`timm.list_models()`); sequences: inception resnet1d gru lstm transformer, or
+    # hf:<folder>, a pretrained Hugging Face text encoder in a local folder (pip install -e '.[text]')
+    name: str = "resnet18"
     pretrained: bool = False  # download ImageNet weights from the hub (needs internet; see weights_file)
     weights_file: str | None = None  # local state_dict for the backbone; the head is re-initialised
     drop_rate: float = 0.0  # dropout before the classifier; 0.1-0.3 for big heads on small data
     drop_path_rate: float = 0.0  # stochastic depth; ~0.1 for convnext/vit fine-tuning
+    pooling: Literal["mean", "cls"] = "mean"  # hf: encoders: average the states over the attention mask, or the first token's
+    dropout_samples: int = 1  # hf: multi-sample dropout: training averages the head over this many dropout draws
 
 
 @dataclass
@@ -120,6 +127,10 @@ class TrainConfig:
     accum_steps: int = 1  # gradient accumulation; effective batch = batch_size x accum_steps x world size
     weight_decay: float = 0.05  # AdamW decoupled decay; never applied to norms and biases
     backbone_lr_mult: float = 1.0  # backbone LR = mult x head LR; 0.1-0.3 protects pretrained features
+    # layer-wise LR decay (hf: encoders): each layer down from the top multiplies the backbone LR by this once
+    # more, the embeddings most of all; 0.8-0.95 is the usual range for BERT-like encoders; 1.0 off
+    layer_lr_decay: float = 1.0
+    grad_checkpointing: bool = False  # hf: encoders recompute activations in backward: less memory, ~30% slower
     warmup_epochs: float = 1.0  # linear warmup length, fractions allowed (per optimizer step)
     # short runs: the warmup and the EMA's averaging window (1 / (1 - decay) steps) never span more than this share
     # of the run's optimizer steps, so a 6-epoch run is not a sixth warmup; 1.0 leaves both uncapped
@@ -194,6 +205,7 @@ class SequenceConfig:
     heads: int = 4  # transformer attention heads; dim must divide by it
     layers: int = 2  # GRU/LSTM/transformer layers; inception stacks 3 modules per layer
     max_len: int = 0  # keep at most this many steps (series: centre crop, text: the start); 0 = all
+    # (hf: encoders: tokens with the special ones, truncated at tokenisation; 0 = the model's limit, at most 512)
     vocab_size: int = 20000  # most frequent training-fold tokens kept, beside <pad> and <unk>
     min_freq: int = 2  # tokens seen fewer times in the training fold become <unk>
     lowercase: bool = True  # lowercase text before splitting into words

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.config import Config
 from pipeline.distributed import ShardSampler, world
 from pipeline.errors import UserError
-from pipeline.seeding import SeededSampler
+from pipeline.seeding import LengthGroupedSampler, SeededSampler
 
 MAX_LISTED = 20  # bad rows printed one per line; the rest are counted
 
@@ -231,6 +231,8 @@ def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int, se
     w = world()  # under torchrun each rank trains on its share and evaluates one contiguous block
     if train:
         shuffle = DistributedSampler(dataset, num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+        if hasattr(dataset, "lengths"):  # variable-length items (token ids): batches of similar lengths pad less
+            shuffle = LengthGroupedSampler(shuffle, dataset.lengths, batch_size, seed)
         sampler = SeededSampler(shuffle, seed)
     else:
         sampler = ShardSampler(len(dataset), w.rank, w.size) if w.size > 1 else None

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # image.crop_pct is not among them: how test images are framed is a predict-time choice, like TTA.
 RECIPE = ("task", "model", "image.size", "image.mean", "image.std", "image.cache_margin", "image.interpolation",
           "augment", "sequence", "detect.fpn_channels", "detect.freeze_bn", "data.feature_cols", "data.step_col",
-          "data.text_col")
+          "data.text_col", "data.text_cols")
 SHOWN = ("model.name", "image.size")  # the recipe keys logged per fold
 
 

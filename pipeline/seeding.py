@@ -61,6 +61,37 @@ class SeededSampler(Sampler):
         return len(self.sampler)
 
 
+class LengthGroupedSampler(Sampler):
+    """Batches of similar lengths, still shuffled: the inner sampler's order (seeded per epoch) is cut into chunks
+    of `mega` batches, each chunk sorted by length and cut into batches, and the full batches are shuffled (the
+    one short batch goes last, where drop_last finds it). Padding then costs little: text batches from dynamic
+    padding are as long as their longest item (the trick of Hugging Face's group_by_length)."""
+
+    def __init__(self, sampler: Sampler, lengths, batch_size: int, seed: int, mega: int = 50):
+        self.sampler, self.lengths, self.batch_size, self.seed, self.mega = sampler, lengths, batch_size, seed, mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order, size = list(self.sampler), self.batch_size
+        batches = []
+        for start in range(0, len(order), size * self.mega):
+            chunk = sorted(order[start:start + size * self.mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[j:j + size] for j in range(0, len(chunk), size)]
+        short = [b for b in batches if len(b) < size]
+        full = [b for b in batches if len(b) == size]
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        for b in [*(full[i] for i in torch.randperm(len(full), generator=g).tolist()), *short]:
+            yield from b
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def unpack(key) -> tuple[int, int | None]:
     """(index, seed) from a SeededSampler key; a plain index (validation, prediction) has no seed."""
     return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)

@@ -21,6 +21,7 @@ from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_
 from pipeline.errors import UserError
 
 PAD, UNK = "<pad>", "<unk>"
+TEXT = "__text__"  # read_texts' column of whole texts: a string, or a tuple of several text columns' strings
 WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -113,11 +114,21 @@ def read_series_labels(cfg: Config, series: Iterable[str]) -> pd.DataFrame:
     return labels
 
 
+def text_columns(cfg: Config) -> list[str]:
+    """The columns that make one text: data.text_cols, else data.text_col; [] for series."""
+    d = cfg.data
+    return list(d.text_cols) if d.text_cols else [d.text_col] if d.text_col else []
+
+
 def read_texts(cfg: Config, which: str, labelled: bool) -> pd.DataFrame:
+    """The text table, its text columns filled ("" for empty cells) and joined, several of them, into a tuple per
+    row in column TEXT."""
     d = cfg.data
     path = cfg.data_path(which)
     df = read_table(path, which, d.id_col)
-    require_columns(df, path, {"data.id_col": d.id_col, "data.text_col": d.text_col,
+    columns = text_columns(cfg)
+    require_columns(df, path, {"data.id_col": d.id_col, **{f"data.text_cols[{i}]" if d.text_cols else "data.text_col": c
+                                                            for i, c in enumerate(columns)},
                                **({"data.group_col": d.group_col} if labelled else {})})
     _require_clean_ids(df, path, d.id_col)
     if labelled and d.label_cols:
@@ -127,7 +138,9 @@ def read_texts(cfg: Config, which: str, labelled: bool) -> pd.DataFrame:
         missing = df[d.target_col].isna()
         if missing.any():
             raise UserError(f"{path}: {missing.sum()} empty labels in column {d.target_col!r} (rows {_row_numbers(missing)})")
-    df[d.text_col] = df[d.text_col].fillna("").astype(str)
+    for c in columns:
+        df[c] = df[c].fillna("").astype(str)
+    df[TEXT] = df[columns[0]] if len(columns) == 1 else list(zip(*(df[c] for c in columns), strict=True))
     return df
 
 
@@ -148,7 +161,8 @@ class Normaliser:
         return (x - self.mean) / self.std
 
 
-def words(text: str, lowercase: bool) -> list[str]:
+def words(text: str | tuple[str, ...], lowercase: bool) -> list[str]:
+    text = text if isinstance(text, str) else " ".join(text)  # several text columns: one run of words
     return WORD.findall(text.lower() if lowercase else text)
 
 
@@ -194,6 +208,7 @@ class HFTokenizer:
     def __len__(self) -> int:
         return len(self.tokenizer) + 1
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str | tuple[str, ...]) -> np.ndarray:
+        text = text if isinstance(text, str) else f" {self.tokenizer.sep_token or ''} ".join(text)
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         return np.asarray([i + 1 for i in ids] or [1], dtype=np.int64)

@@ -23,14 +23,23 @@ from pipeline.seeding import sample_generator, unpack
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
 from pipeline.tasks.sequence.data import (
+    TEXT,
     HFTokenizer,
     Normaliser,
     Vocabulary,
     read_series,
     read_series_labels,
     read_texts,
+    text_columns,
 )
 from pipeline.tasks.sequence.demo_data import write_digit_series_competition
+from pipeline.tasks.sequence.encoder import (
+    Tokens,
+    build_encoder_model,
+    check_folder,
+    encoder_folder,
+    keep_files,
+)
 from pipeline.tasks.sequence.models import build_sequence_model
 from pipeline.tta import VIEWS, View
 
@@ -86,6 +95,24 @@ class SequenceDataset(Dataset):
         return (*pad(list(items)), torch.as_tensor(np.stack(labels)))
 
 
+class TokenDataset(Dataset):
+    """Token-id arrays for a pretrained encoder, with no augmentation (a crop would cut its special tokens);
+    `lengths` makes the training loader batch similar lengths together (pipeline.seeding.LengthGroupedSampler)."""
+
+    def __init__(self, items: list[np.ndarray], labels):
+        self.items = [torch.as_tensor(x) for x in items]
+        self.lengths = [len(x) for x in items]
+        self.labels = np.asarray(labels) if labels is not None else np.full(len(items), -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        return self.items[unpack(key)[0]], self.labels[unpack(key)[0]]
+
+    collate = staticmethod(SequenceDataset.collate)
+
+
 def pad(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest item: (x [B, T(, C)], mask [B, T] True on real steps)."""
     longest = max(len(x) for x in items)
@@ -103,32 +130,39 @@ class SequenceTask(ClassProbabilities):
 
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
-        self.text = cfg.data.text_col is not None
+        self.text = bool(text_columns(cfg))
         self.normaliser: Normaliser | None = None
         self.vocab: Vocabulary | HFTokenizer | None = None
         self._data: dict | None = None
+        # model.name=hf:<folder>: a pretrained encoder, fine-tuned from that folder (fit_fold) or rebuilt from the
+        # run's copy of its config and tokenizer plus a checkpoint (load_fold)
+        self.encoder = encoder_folder(cfg.model.name)
+        if self.encoder and not self.text:
+            raise UserError(f"model.name={cfg.model.name}: a text encoder needs texts; set data.text_col")
+        self.tokens: Tokens | None = None
+        self.pretrained = False
 
     # -- data ------------------------------------------------------------------------------------------
     @staticmethod
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
-        if cfg.data.text_col:
+        if text_columns(cfg):
             samples = read_texts(cfg, "train_csv", labelled=True)
         else:
             series, _ = read_series(cfg, "train_csv")
             samples = read_series_labels(cfg, series)
-        kind, classes = label_set(cfg, samples, cfg.data_path("train_csv" if cfg.data.text_col else "labels_csv"))
+        kind, classes = label_set(cfg, samples, cfg.data_path("train_csv" if text_columns(cfg) else "labels_csv"))
         resolve_target(cfg, kind)
         return samples, classes
 
     @staticmethod
     def fingerprints(cfg: Config, table: pd.DataFrame) -> list[str] | None:
         """Texts are hashed for duplicate detection; series are not (yet): None."""
-        return text_hashes(table[cfg.data.text_col]) if cfg.data.text_col in table else None
+        return text_hashes(table[TEXT]) if TEXT in table else None
 
     @staticmethod
     def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
         """Test ids (one row per series or text); reading checks every value (and test labels, if any)."""
-        if cfg.data.text_col:
+        if text_columns(cfg):
             test, target = read_texts(cfg, "test_csv", labelled=False), cfg.data.target_col
             if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary"):
                 train_labels = read_texts(cfg, "train_csv", labelled=True)[target].unique()
@@ -144,7 +178,7 @@ class SequenceTask(ClassProbabilities):
             d = self.cfg.data
             if self.text:
                 frames = [read_texts(self.cfg, "train_csv", True), read_texts(self.cfg, "test_csv", False)]
-                self._data = {str(i): t for f in frames for i, t in zip(f[d.id_col], f[d.text_col], strict=True)}
+                self._data = {str(i): t for f in frames for i, t in zip(f[d.id_col], f[TEXT], strict=True)}
             else:
                 train, features = read_series(self.cfg, "train_csv")
                 test, test_features = read_series(self.cfg, "test_csv")
@@ -164,6 +198,11 @@ class SequenceTask(ClassProbabilities):
         if not self.text:
             self.normaliser = Normaliser.fit(items)
             return {"mean": self.normaliser.mean.tolist(), "std": self.normaliser.std.tolist()}
+        if self.encoder:  # nothing is fitted: the pretrained tokenizer, kept with the run for predict and export
+            check_folder(self.encoder, weights=True)
+            keep_files(self.encoder, self.run_encoder)
+            self.tokens, self.pretrained = Tokens(self.encoder, s.max_len), True
+            return {"encoder": self.run_encoder.name}
         if s.hf_tokenizer:
             self.vocab = HFTokenizer(s.hf_tokenizer)
             return {"hf_tokenizer": s.hf_tokenizer}
@@ -174,10 +213,19 @@ class SequenceTask(ClassProbabilities):
         super().load_fold(state)
         if "mean" in state:
             self.normaliser = Normaliser(np.asarray(state["mean"], np.float32), np.asarray(state["std"], np.float32))
+        elif "encoder" in state:
+            folder = self.cfg.run_dir / state["encoder"]
+            check_folder(folder, weights=False)
+            self.tokens, self.pretrained = Tokens(folder, self.cfg.sequence.max_len), False
         elif "hf_tokenizer" in state:
             self.vocab = HFTokenizer(state["hf_tokenizer"])
         else:
             self.vocab = Vocabulary(state["tokens"], state["lowercase"])
+
+    @property
+    def run_encoder(self):
+        """runs/<exp>/encoder/: the encoder's config and tokenizer files, shared by the folds."""
+        return self.cfg.run_dir / "encoder"
 
     def _encode(self, key) -> np.ndarray:
         item = self.data[str(key)]
@@ -185,12 +233,19 @@ class SequenceTask(ClassProbabilities):
 
     # -- model and steps ---------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        if self.normaliser is None and self.vocab is None:
+        if self.normaliser is None and self.vocab is None and self.tokens is None:
             raise RuntimeError("fit_fold() or load_fold() sets the preprocessing; call it before build_model()")
+        if self.encoder:
+            m, t = self.cfg.model, self.cfg.train
+            return build_encoder_model(self.encoder if self.pretrained else self.run_encoder, self.target.width,
+                                       self.tokens.pad_id, self.pretrained, m.pooling, m.drop_rate,
+                                       m.dropout_samples, t.grad_checkpointing)
         channels = 0 if self.text else len(self.normaliser.mean)
         return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, self.target.width)
 
-    def build_dataset(self, rows: pd.DataFrame, train: bool) -> SequenceDataset:
+    def build_dataset(self, rows: pd.DataFrame, train: bool) -> SequenceDataset | TokenDataset:
+        if self.encoder:  # one batched tokenizer call per dataset: once per fold, not per epoch
+            return TokenDataset(self.tokens.encode([self.data[str(i)] for i in rows["id"]]), self.labels(rows))
         return SequenceDataset([self._encode(i) for i in rows["id"]], self.labels(rows), train, self.cfg)
 
     def to_device(self, batch, device: torch.device):
@@ -209,6 +264,11 @@ class SequenceTask(ClassProbabilities):
     def views(self, spec: str) -> list[View]:
         if spec not in SEQUENCE_TTA:
             raise UserError(f"predict.tta={spec!r}: sequence TTA is one of {', '.join(SEQUENCE_TTA)}")
+        if self.encoder and spec in ("crops", "shifts"):
+            raise UserError(f"predict.tta={spec}: a pretrained encoder's inputs are not cropped (that would cut its "
+                            "special tokens); use predict.tta=none")
+        if self.encoder:  # auto, none and search's candidates: the text as it is
+            return [VIEWS["identity"]]
         return [VIEWS["identity"] if name == "identity" else _crop_view(name, self.cfg.sequence.tta_crop)
                 for name in SEQUENCE_TTA[spec]]
 
