@@ -47,10 +47,11 @@ def _setup(cfg: Config):
     seed_everything(cfg.seed)
     folds = load_folds(cfg)
     task = build_task(cfg, folds.classes)
+    train_rows, valid_rows = folds.split(0)
+    task.fit_fold(train_rows)  # what `pipeline train` fits per fold (a vocabulary, a tokenizer, a target's scale)
     model = task.build_model()
     device = pick_device()
     model.to(device, memory_format=task.memory_format)
-    train_rows, valid_rows = folds.split(0)
     return task, model, device, resolve_precision(cfg.train.precision, device), train_rows, valid_rows
 
 

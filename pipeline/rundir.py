@@ -2,6 +2,7 @@
 
     runs/<exp>/  config.yaml meta.json folds.csv folds.json duplicates.csv oof.parquet test.parquet scores.json
                  (ensembles: members.json weights.json)  report.html report/
+                 (hf: text encoders: encoder/, the model's config.json and tokenizer files, no weights)
       fold<k>/   last.pt best.pt avg.pt top/epoch<e>.pt metrics.csv train.log train.lock preprocess.json
                  oof.parquet oof_no_tta.parquet test.parquet predict.json
 

@@ -33,7 +33,8 @@ SETS = {
 VARIANTS = {
     "base": [],
     "seed1": ["seed=1"],  # the same recipe, another seed: how far scores move by chance
-    "backbone_lr_1": ["train.backbone_lr_mult=1.0"],
+    "backbone_lr_1": ["train.backbone_lr_mult=1.0"],  # issue 18's configs had 0.5; they now ship 1.0
+    "backbone_lr_05": ["train.backbone_lr_mult=0.5"],
     "scale_008": ["augment.scale_min=0.08"],
     "jitter_04": ["augment.color_jitter=0.4"],
     "no_jitter": ["augment.color_jitter=0"],

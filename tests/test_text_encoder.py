@@ -59,6 +59,11 @@ def write_reviews(root, n=60, tags=False):
     return root
 
 
+def head(*sets: str):
+    """A config for build_encoder_model: mean pooling, no dropout, unless told."""
+    return load_config(None, ["model.drop_rate=0", *sets])
+
+
 def encoder_base(folder) -> dict:
     return {**SEQ, "data": {"id_col": "id", "text_cols": ["title", "body"], "target_col": "label"},
             "model": {"name": f"hf:{folder}", "drop_rate": 0.1}, "predict": {"tta": "none"},
@@ -67,8 +72,7 @@ def encoder_base(folder) -> dict:
 
 def test_padding_does_not_change_the_output(tiny_bert):
     tokens = Tokens(tiny_bert, 0)
-    model = build_encoder_model(tiny_bert, 3, tokens.pad_id, pretrained=True, pooling="mean", dropout=0.0,
-                                samples=1, checkpointing=False).eval()
+    model = build_encoder_model(head(), tiny_bert, 3, tokens.pad_id, pretrained=True).eval()
     items = [torch.as_tensor(x) for x in tokens.encode(["good food", ("the title", "a very very bad body"), "fine"])]
     x, mask = pad(items)
     with torch.no_grad():
@@ -81,8 +85,7 @@ def test_padding_does_not_change_the_output(tiny_bert):
 
 
 def test_layer_lr_decay_groups(tiny_bert):
-    model = build_encoder_model(tiny_bert, 2, 0, pretrained=True, pooling="mean", dropout=0.0, samples=1,
-                                checkpointing=False)
+    model = build_encoder_model(head(), tiny_bert, 2, 0, pretrained=True)
     groups = param_groups(model, lr=1.0, weight_decay=0.05, backbone_lr_mult=0.5, layer_lr_decay=0.8)
     lr = {id(p): g["lr"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -181,8 +184,7 @@ def test_without_transformers_the_extra_is_named(tiny_bert, monkeypatch):
 def test_minilm_loads_its_pretrained_weights():
     """Mean-pooled MiniLM sentence vectors as its README measured them: similar reviews close, unrelated far."""
     tokens = Tokens(MINILM, 0)
-    model = build_encoder_model(MINILM, 2, tokens.pad_id, pretrained=True, pooling="mean", dropout=0.0, samples=1,
-                                checkpointing=False).eval()
+    model = build_encoder_model(head(), MINILM, 2, tokens.pad_id, pretrained=True).eval()
     texts = ["The food was delicious and the staff were friendly.", "Great meal, lovely service.",
              "My phone battery died after two days."]
     x, mask = pad([torch.as_tensor(t) for t in tokens.encode(texts)])
@@ -214,10 +216,11 @@ def test_options_train_a_step(tiny_bert):
     """CLS pooling, multi-sample dropout and gradient checkpointing: one AdamW step moves every weight that has
     a gradient, and the dropout samples average to one output per row."""
     tokens = Tokens(tiny_bert, 8)
-    model = build_encoder_model(tiny_bert, 2, tokens.pad_id, pretrained=True, pooling="cls", dropout=0.3,
-                                samples=4, checkpointing=True).train()
+    model = build_encoder_model(head("model.pooling=cls", "model.drop_rate=0.3", "model.dropout_samples=4",
+                                     "train.grad_checkpointing=true"), tiny_bert, 2, tokens.pad_id, pretrained=True).train()
     x, mask = pad([torch.as_tensor(t) for t in tokens.encode(["good food and very very good service indeed", "bad"])])
     assert x.shape[1] == 8  # truncated at tokenisation to sequence.max_len, special tokens kept
+    assert getattr(model.encoder, "is_activation_checkpointing", None) or model.encoder.is_gradient_checkpointing
     before = [p.detach().clone() for p in model.parameters()]
     out = model(x, mask)
     assert out.shape == (2, 2)
@@ -225,3 +228,16 @@ def test_options_train_a_step(tiny_bert):
     torch.optim.AdamW(model.parameters(), lr=1e-2).step()
     moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
     assert sum(moved) > 0.9 * len(moved)
+
+
+def test_bench_times_the_text_loop_on_the_loaders_batches(tiny_bert, tmp_path, make_config):
+    from pipeline import bench
+    from pipeline.stages import prepare
+
+    root = write_reviews(tmp_path / "reviews")
+    _, cfg = make_config(root, base=encoder_base(tiny_bert))
+    prepare.run(cfg)
+    result = bench.training(cfg, 2, 1, chunks=2)
+    assert result["bare"] > 0 and result["pipeline"] > 0 and np.isfinite(result["ratio"])
+    rows = bench.text_rows(cfg, 2, 1)
+    assert [r[0][:9] for r in rows] == ["(f) text,"] * 2 and rows[1][3] != "error"

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.files import atomic_dir
 
@@ -139,9 +140,9 @@ class EncoderClassifier(nn.Module):
         return torch.stack([self.head(drop(pooled)) for drop in self.dropouts]).mean(0)
 
 
-def build_encoder_model(folder: Path, num_outputs: int, pad_id: int, pretrained: bool, pooling: str,
-                        dropout: float, samples: int, checkpointing: bool) -> EncoderClassifier:
-    """From the folder's weights (pretrained, to fine-tune) or its config alone (a checkpoint's weights follow)."""
+def build_encoder_model(cfg: Config, folder: Path, num_outputs: int, pad_id: int, pretrained: bool) -> EncoderClassifier:
+    """From the folder's weights (pretrained, to fine-tune) or its config alone (a checkpoint's weights follow);
+    model.pooling, model.drop_rate, model.dropout_samples and train.grad_checkpointing shape it."""
     tf = transformers()
     try:
         if pretrained:
@@ -150,6 +151,10 @@ def build_encoder_model(folder: Path, num_outputs: int, pad_id: int, pretrained:
             encoder = tf.AutoModel.from_config(tf.AutoConfig.from_pretrained(str(folder), local_files_only=True))
     except (OSError, ValueError) as e:
         raise UserError(f"{folder}: the encoder does not load ({str(e).splitlines()[0]})") from None
-    if checkpointing:
-        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return EncoderClassifier(encoder, num_outputs, pad_id, pooling, dropout, samples)
+    if cfg.train.grad_checkpointing:  # transformers 5 renamed it (4.x has only the old name)
+        if hasattr(encoder, "activation_checkpointing_enable"):
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m = cfg.model
+    return EncoderClassifier(encoder, num_outputs, pad_id, m.pooling, m.drop_rate, m.dropout_samples)

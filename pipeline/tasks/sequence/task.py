@@ -236,10 +236,8 @@ class SequenceTask(ClassProbabilities):
         if self.normaliser is None and self.vocab is None and self.tokens is None:
             raise RuntimeError("fit_fold() or load_fold() sets the preprocessing; call it before build_model()")
         if self.encoder:
-            m, t = self.cfg.model, self.cfg.train
-            return build_encoder_model(self.encoder if self.pretrained else self.run_encoder, self.target.width,
-                                       self.tokens.pad_id, self.pretrained, m.pooling, m.drop_rate,
-                                       m.dropout_samples, t.grad_checkpointing)
+            return build_encoder_model(self.cfg, self.encoder if self.pretrained else self.run_encoder,
+                                       self.target.width, self.tokens.pad_id, self.pretrained)
         channels = 0 if self.text else len(self.normaliser.mean)
         return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, self.target.width)
 
