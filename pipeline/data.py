@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.config import Config
 from pipeline.distributed import ShardSampler, world
 from pipeline.errors import UserError
-from pipeline.seeding import LengthGroupedSampler, SeededSampler
+from pipeline.seeding import LengthGroupedSampler, LengthSortedSampler, SeededSampler
 
 MAX_LISTED = 20  # bad rows printed one per line; the rest are counted
 
@@ -234,8 +234,10 @@ def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int, se
         if hasattr(dataset, "lengths"):  # variable-length items (token ids): batches of similar lengths pad less
             shuffle = LengthGroupedSampler(shuffle, dataset.lengths, batch_size, seed)
         sampler = SeededSampler(shuffle, seed)
-    else:
-        sampler = ShardSampler(len(dataset), w.rank, w.size) if w.size > 1 else None
+    elif w.size > 1:
+        sampler = ShardSampler(len(dataset), w.rank, w.size)
+    else:  # variable-length items are inferred longest first (outputs come back in dataset order)
+        sampler = LengthSortedSampler(dataset.lengths) if hasattr(dataset, "lengths") else None
     return DataLoader(
         dataset,
         batch_size=batch_size,

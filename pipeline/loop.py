@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -215,7 +216,9 @@ def infer(task: Task, model: nn.Module, loader: DataLoader, device: torch.device
         batch = task.to_device(batch, device)
         with autocast(device, dtype):
             outputs.append(task.infer_batch(model, batch, views or IDENTITY))
-    return task.gather(distributed.gather_chunks(outputs, loader))
+    outputs = task.gather(distributed.gather_chunks(outputs, loader))
+    order = getattr(loader.sampler, "order", None)  # a length-sorted loader: back to the dataset's order
+    return outputs if order is None else task.reorder(outputs, np.argsort(order))
 
 
 def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype) -> dict[str, float]:

@@ -92,6 +92,20 @@ class LengthGroupedSampler(Sampler):
         return len(self.sampler)
 
 
+class LengthSortedSampler(Sampler):
+    """Inference in order of length, longest first, so each padded batch is as long as its items; `order` lets
+    the loop put the outputs back in dataset order (pipeline.loop.infer)."""
+
+    def __init__(self, lengths):
+        self.order = np.argsort(-np.asarray(lengths), kind="stable")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 def unpack(key) -> tuple[int, int | None]:
     """(index, seed) from a SeededSampler key; a plain index (validation, prediction) has no seed."""
     return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)

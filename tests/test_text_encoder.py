@@ -246,3 +246,26 @@ def test_bench_times_the_text_loop_on_the_loaders_batches(tiny_bert, tmp_path, m
     assert result["bare"] > 0 and result["pipeline"] > 0 and np.isfinite(result["ratio"])
     rows = bench.text_rows(cfg, 2, 1)
     assert [r[0][:9] for r in rows] == ["(f) text,"] * 2 and rows[1][3] != "error"
+
+
+def test_inference_sorted_by_length_comes_back_in_row_order(tiny_bert, tmp_path, make_config):
+    """The validation/test loader runs longest first; infer's outputs are each row's own, as one row at a time."""
+    from pipeline.data import build_loader
+    from pipeline.loop import infer
+
+    root = write_reviews(tmp_path / "reviews")
+    _, cfg = make_config(root, base=encoder_base(tiny_bert))
+    task = SequenceTask(cfg, ["neg", "pos"])
+    rows = pd.DataFrame({"id": [str(i) for i in range(12)], "target": ["pos", "neg"] * 6})
+    task.fit_fold(rows)
+    model = task.build_model().eval()
+    data = task.build_dataset(rows, train=False)
+    data.items[3] = torch.cat([data.items[3][:-1], data.items[3][1:]])  # a long row in the middle
+    data.lengths[3] = len(data.items[3])
+    loader = build_loader(data, cfg, False, 5)
+    assert list(loader.sampler)[0] == 3
+    batched = infer(task, model, loader, torch.device("cpu"), torch.float32)[0]
+    with torch.no_grad():
+        alone = [task.target.activate(model(x[None], torch.ones(1, len(x), dtype=torch.bool)))[0].numpy()
+                 for x in data.items]
+    np.testing.assert_allclose(batched, np.stack(alone), atol=1e-5)

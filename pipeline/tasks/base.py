@@ -194,6 +194,10 @@ class ClassProbabilities(Task):
         """[V, N, C] from per-batch [V, B, C] outputs."""
         return torch.cat(chunks, dim=1).numpy()
 
+    def reorder(self, outputs: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """[V, N, C] outputs with their rows taken in `index` order (a length-sorted loader's, undone)."""
+        return outputs[:, index]
+
     def merge(self, outputs: list[np.ndarray], weights=None) -> np.ndarray:
         """Average several predictions of the same rows (TTA views, folds)."""
         return np.average(np.stack(outputs), axis=0, weights=weights).astype(np.float32)
