@@ -269,3 +269,20 @@ def test_inference_sorted_by_length_comes_back_in_row_order(tiny_bert, tmp_path,
         alone = [task.target.activate(model(x[None], torch.ones(1, len(x), dtype=torch.bool)))[0].numpy()
                  for x in data.items]
     np.testing.assert_allclose(batched, np.stack(alone), atol=1e-5)
+
+
+def test_the_run_copy_follows_the_model_it_was_trained_on(tiny_bert, tmp_path):
+    from pipeline.tasks.sequence.encoder import keep_files
+
+    run = tmp_path / "run" / "encoder"
+    keep_files(tiny_bert, run)
+    stamp = (run / "config.json").stat().st_mtime_ns
+    keep_files(tiny_bert, run)  # the same folder again: left as it is
+    assert (run / "config.json").stat().st_mtime_ns == stamp
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    keep_files(other, run)  # retrained on another model: its files replace the old copy
+    assert json.loads((run / "config.json").read_text())["num_hidden_layers"] == 1
+    assert sorted(p.name for p in run.parent.iterdir()) == ["encoder"]  # no temporary or stale folders left

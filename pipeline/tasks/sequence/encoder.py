@@ -8,7 +8,9 @@ folder rebuild the model anywhere, without the original weights.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -70,13 +72,24 @@ def check_folder(folder: Path, weights: bool) -> None:
 
 
 def keep_files(source: Path, run_encoder: Path) -> None:
-    """Copy the architecture and tokenizer files into the run (once; a finished copy is left as it is)."""
-    if (run_encoder / "config.json").is_file():
+    """Copy the architecture and tokenizer files into the run; a copy of another folder (the experiment retrained
+    on a different model) is replaced, one of this folder left as it is."""
+    names = [n for n in KEPT if (source / n).is_file()]
+    if all(_same(source / n, run_encoder / n) for n in names):
         return
+    if run_encoder.exists():
+        log.warning("%s holds another model's files; replacing them with %s's", run_encoder, source)
+        stale = run_encoder.with_name(f".{run_encoder.name}.{os.getpid()}.old")
+        with contextlib.suppress(FileNotFoundError):  # another rank moved it first
+            os.replace(run_encoder, stale)
+        shutil.rmtree(stale, ignore_errors=True)
     with atomic_dir(run_encoder) as tmp:
-        for name in KEPT:
-            if (source / name).is_file():
-                shutil.copy2(source / name, tmp / name)
+        for name in names:
+            shutil.copy2(source / name, tmp / name)
+
+
+def _same(a: Path, b: Path) -> bool:
+    return b.is_file() and a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 class Tokens:
