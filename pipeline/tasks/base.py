@@ -111,6 +111,11 @@ class Task(ABC):
     def gather(self, chunks: list) -> Any:
         """Per-batch infer_batch() outputs joined into per-view outputs for the whole loader."""
 
+    def reorder(self, outputs: Any, index: np.ndarray) -> Any:
+        """gather()'s outputs with their samples taken in `index` order: what infer does after a loader that
+        yields samples out of order (variable-length items, longest first); only such tasks need it."""
+        raise NotImplementedError(f"{type(self).__name__} has no variable-length inputs to sort")
+
     @abstractmethod
     def merge(self, outputs: list, weights=None) -> Any:
         """One output from several of the same samples (TTA views, folds): a mean, or fused boxes."""
