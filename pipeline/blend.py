@@ -149,23 +149,23 @@ def _in_threads(fn, items: list) -> list:
 
 
 def stack(members: list[np.ndarray], target: np.ndarray, folds: np.ndarray, tests: list[np.ndarray],
-          n_classes: int, c: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+          n_classes: int, c: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Logistic regression on the members' log-probabilities, cross-validated on the same folds.
 
-    Returns (stacked OOF, test): each OOF row comes from a meta-model that never saw its fold, and the
-    test prediction is the mean of those K meta-models, exactly as fold models are averaged.
+    Returns (stacked OOF, test, stacker): each OOF row comes from a meta-model that never saw its fold, and the
+    test prediction is the mean of those K meta-models, exactly as fold models are averaged; the stacker holds
+    their coefficients, for `apply_stacker` on another test set (pipeline infer).
     """
     x = np.hstack([np.log(np.clip(p, EPS, 1.0)) for p in members])
-    x_test = np.hstack([np.log(np.clip(p, EPS, 1.0)) for p in tests])
     oof = np.zeros((len(x), n_classes), dtype=np.float32)
-    test = np.zeros((len(x_test), n_classes), dtype=np.float64)
-    ks = np.unique(folds)
-    for k in ks:
+    metas = []
+    for k in np.unique(folds):
         fit, held = folds != k, folds == k
         meta = LogisticRegression(C=c, max_iter=2000).fit(x[fit], target[fit])
         oof[held] = _full_proba(meta, x[held], n_classes)
-        test += _full_proba(meta, x_test, n_classes) / len(ks)
-    return oof, test.astype(np.float32)
+        metas.append(_meta_state(meta))
+    stacker = {"kind": "logistic", "classes": n_classes, "metas": metas}
+    return oof, apply_stacker(stacker, tests), stacker
 
 
 def _full_proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.ndarray:
@@ -173,6 +173,54 @@ def _full_proba(model: LogisticRegression, x: np.ndarray, n_classes: int) -> np.
     out = np.zeros((len(x), n_classes))
     out[:, model.classes_] = model.predict_proba(x)
     return out
+
+
+def _meta_state(model) -> dict:
+    """A fitted linear meta-model as plain lists (JSON), exact to the last bit (float64 reprs round-trip)."""
+    state = {"coef": model.coef_.tolist(), "intercept": np.atleast_1d(model.intercept_).tolist()}
+    if hasattr(model, "classes_"):
+        state["classes"] = model.classes_.tolist()
+    return state
+
+
+def _meta_model(state: dict):
+    """The sklearn model of a _meta_state, ready to predict (as fitted: the same arithmetic, the same outputs)."""
+    from sklearn.linear_model import Ridge
+
+    if "classes" not in state:  # ridge on values
+        model = Ridge()
+        model.coef_, model.intercept_ = np.asarray(state["coef"]), float(state["intercept"][0])
+    else:
+        model = LogisticRegression(max_iter=2000)
+        model.coef_, model.intercept_ = np.asarray(state["coef"]), np.asarray(state["intercept"])
+        model.classes_ = np.asarray(state["classes"])
+    model.n_features_in_ = model.coef_.shape[-1]
+    return model
+
+
+def apply_stacker(stacker: dict, tests: Sequence[np.ndarray]) -> np.ndarray:
+    """A saved stacker (stack's or stack_columns') on members' test outputs: the mean of its K meta-models."""
+    tests = as_float32(tests)
+    if stacker["kind"] == "logistic":
+        x = np.hstack([np.log(np.clip(p, EPS, 1.0)) for p in tests])
+        out = np.zeros((len(x), stacker["classes"]), dtype=np.float64)
+        for state in stacker["metas"]:
+            out += _full_proba(_meta_model(state), x, stacker["classes"]) / len(stacker["metas"])
+        return out.astype(np.float32)
+    values = stacker["kind"] == "ridge"
+    out = np.zeros_like(tests[0], dtype=np.float64)
+    for j, metas in enumerate(stacker["columns"]):
+        x = np.stack([p[:, j] for p in tests], axis=1).astype(np.float64)
+        if not values:
+            x = np.log(np.clip(x, EPS, 1 - EPS)) - np.log(np.clip(1 - x, EPS, 1.0))
+        for state in metas:
+            if "rate" in state:  # a label absent (or everywhere) in these folds: its rate
+                pred = np.full(len(x), state["rate"])
+            else:
+                model = _meta_model(state)
+                pred = model.predict(x) if values else model.predict_proba(x)[:, 1]
+            out[:, j] += pred / len(metas)
+    return out.astype(np.float32)
 
 
 @dataclass
@@ -184,6 +232,16 @@ class Blend:
     weights: np.ndarray | None  # per member, summing to one; None for a meta-model
     held_out: float | None  # score with weights fitted on the other folds; None when nothing was fitted
     params: dict = field(default_factory=dict)  # other fitted settings (e.g. the WBF IoU)
+    stacker: dict | None = None  # a meta-model's coefficients (method stack), for apply_stacker
+
+
+def apply_blend(method: str, tests: Sequence[np.ndarray], weights: np.ndarray | None, stacker: dict | None,
+                columns: bool) -> np.ndarray:
+    """An ensemble's fitted blend on its members' outputs for another test set: what the ensemble stage computed
+    for test.parquet, by the same functions (columns: independent probabilities or values, not classes)."""
+    if method == "stack":
+        return apply_stacker(stacker, tests)
+    return (combine_columns if columns else combine)(method, tests, np.asarray(weights, dtype=np.float64))
 
 
 def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.ndarray], target: np.ndarray,
@@ -197,8 +255,8 @@ def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence
     """
     if method == "stack":
         members = as_float32(oofs)
-        oof, test = stack(members, target, folds, tests, members[0].shape[1])
-        return Blend(oof, test, None, metric(target, oof))  # stacked OOF is already fitted on other folds
+        oof, test, stacker = stack(members, target, folds, tests, members[0].shape[1])
+        return Blend(oof, test, None, metric(target, oof), stacker=stacker)  # stacked OOF: fitted on other folds
     if method == "weighted":
         oofs = as_float32(oofs)  # in memory, converted once for all K+1 climbs and the blend
         weights, held_out_oof, params = fit_weights(oofs, target, folds, metric)
@@ -246,8 +304,8 @@ def blend_outputs(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.nd
     mix = combine_columns
     if method == "stack":
         members = as_float32(oofs)
-        oof, test = stack_columns(members, truth, folds, as_float32(tests), values)
-        return Blend(oof, test, None, metric(truth, oof))
+        oof, test, stacker = stack_columns(members, truth, folds, as_float32(tests), values)
+        return Blend(oof, test, None, metric(truth, oof), stacker=stacker)
     if method != "weighted":
         weights = np.full(len(oofs), 1 / len(oofs))
         return Blend(mix(method, oofs, weights), mix(method, tests, weights), weights, None)
@@ -307,30 +365,35 @@ def climb_columns(members: list[np.ndarray], truth: np.ndarray, metric: Metric, 
 
 
 def stack_columns(members: list[np.ndarray], truth: np.ndarray, folds: np.ndarray, tests: list[np.ndarray],
-                  values: bool) -> tuple[np.ndarray, np.ndarray]:
+                  values: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """Cross-fitted meta-models on the same folds: ridge on members' values (alpha by inner CV), or per label a
-    logistic regression on the members' logits of that label; test = the mean of the K meta-models."""
+    logistic regression on the members' logits of that label; test = the mean of the K meta-models (the stacker,
+    applied by apply_stacker)."""
     from sklearn.linear_model import RidgeCV
 
     oof = np.zeros_like(members[0], dtype=np.float32)
-    test = np.zeros_like(tests[0], dtype=np.float64)
     truth2 = truth.reshape(len(truth), -1)
     ks = np.unique(folds)
+    columns = []
     for j in range(members[0].shape[1]):
         x = np.stack([p[:, j] for p in members], axis=1).astype(np.float64)
-        x_test = np.stack([p[:, j] for p in tests], axis=1).astype(np.float64)
         if not values:
-            x, x_test = (np.log(np.clip(a, EPS, 1 - EPS)) - np.log(np.clip(1 - a, EPS, 1.0)) for a in (x, x_test))
+            x = np.log(np.clip(x, EPS, 1 - EPS)) - np.log(np.clip(1 - x, EPS, 1.0))
+        metas = []
         for k in ks:
             fit, held = folds != k, folds == k
             y = truth2[fit, j] if truth2.shape[1] > 1 else truth2[fit, 0]
             if values:
                 meta = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(x[fit], y)
-                oof[held, j], pred = meta.predict(x[held]), meta.predict(x_test)
+                oof[held, j] = meta.predict(x[held])
             elif len(np.unique(y)) < 2:  # a label absent (or everywhere) in these folds: its rate
-                oof[held, j], pred = float(y.mean()), np.full(len(x_test), float(y.mean()))
+                oof[held, j] = float(y.mean())
+                metas.append({"rate": float(y.mean())})
+                continue
             else:
                 meta = LogisticRegression(max_iter=2000).fit(x[fit], y)
-                oof[held, j], pred = meta.predict_proba(x[held])[:, 1], meta.predict_proba(x_test)[:, 1]
-            test[:, j] += pred / len(ks)
-    return oof, test.astype(np.float32)
+                oof[held, j] = meta.predict_proba(x[held])[:, 1]
+            metas.append(_meta_state(meta))
+        columns.append(metas)
+    stacker = {"kind": "ridge" if values else "logistic-columns", "columns": columns}
+    return oof, apply_stacker(stacker, tests), stacker

@@ -143,6 +143,50 @@ def submit(
 
 @app.command()
 @user_errors
+def export(
+    experiment: str = typer.Argument(..., help="experiment or ensemble name under runs/ (or its directory)"),
+    out: Path = typer.Option(None, "--out", "-o", help="export folder (default: exports/<exp>)"),
+    folds: str = typer.Option(None, "--folds", help="comma-separated folds to keep, e.g. 0,1,2 (default: all predicted)"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (submits exactly what `submit` would) | fp16 (half the size)"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+    force: bool = typer.Option(False, "--force", help="replace an existing export folder"),
+) -> None:
+    """The inference-only folder of an experiment or ensemble: fold weights (safetensors), recipes, blend,
+    manifest with sha256s, the package wheel and a Kaggle notebook -> exports/<exp>/.
+
+    Example: pipeline export blend --out exports/blend --dtype fp16
+    """
+    from pipeline.stages import export as stage
+
+    chosen = None if folds is None else [int(k) for k in folds.replace(" ", "").split(",") if k]
+    stage.run(experiment, out=out, folds=chosen, dtype=dtype, runs_dir=runs_dir, force=force)
+
+
+@app.command()
+@user_errors
+def infer(
+    export: Path = typer.Argument(..., help="a folder made by `pipeline export`"),
+    data: Path = typer.Option(..., "--data", "-d", help="competition folder: test.csv, sample_submission.csv, test files"),
+    test_csv: str = typer.Option(None, "--test-csv", help="test table inside --data (default: training's name)"),
+    sample_submission: str = typer.Option(None, "--sample-submission", help="sample submission inside --data"),
+    out: Path = typer.Option(Path("submission.csv"), "--out", "-o", help="submission CSV to write"),
+    batch_size: int = typer.Option(None, "--batch-size", help="inference batch size (default: the recipe's)"),
+    device: str = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (default: the GPU if there is one)"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="drop TTA views, then folds, to fit this estimate"),
+) -> None:
+    """Predict a competition folder from an export alone (no train.csv, runs/, W&B or network) -> a submission
+    validated as `pipeline submit` validates it.
+
+    Example: pipeline infer exports/blend --data /kaggle/input/classify-leaves --out /kaggle/working/submission.csv
+    """
+    from pipeline.stages import infer as stage
+
+    stage.run(export, data, test_csv=test_csv, sample_submission=sample_submission, out=out, batch_size=batch_size,
+              device=device, max_minutes=max_minutes)
+
+
+@app.command()
+@user_errors
 def demo(
     task: str = typer.Option("classification", "--task",
                              help="classification (digit images) | detection (digits on canvases) | sequence (digit rows)"),

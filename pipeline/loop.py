@@ -208,11 +208,14 @@ def _check_finite(loss: float, epoch: int, first_bad: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def infer(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype,
-          views: list[View] | None = None):
-    """Outputs for every sample of the loader, in order, one slice per TTA view ([V, N, C] for classes)."""
+          views: list[View] | None = None, progress: str | None = None):
+    """Outputs for every sample of the loader, in order, one slice per TTA view ([V, N, C] for classes);
+    progress: a bar over the batches, with this label."""
     model.eval()
     outputs = []
-    for batch in loader:
+    batches = loader if progress is None else tqdm(loader, desc=progress, leave=False, dynamic_ncols=True,
+                                                   unit="batch", disable=None)
+    for batch in batches:
         batch = task.to_device(batch, device)
         with autocast(device, dtype):
             outputs.append(task.infer_batch(model, batch, views or IDENTITY))

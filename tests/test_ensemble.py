@@ -1,9 +1,19 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.averaging import average_state_dicts
-from pipeline.blend import combine, fit_weights, held_out_weights_score, hill_climb, stack
+from pipeline.blend import (
+    apply_blend,
+    combine,
+    fit_weights,
+    held_out_weights_score,
+    hill_climb,
+    stack,
+    stack_columns,
+)
 from pipeline.metrics import CLASS_METRICS as METRICS
 
 ACC = METRICS["accuracy"]
@@ -74,7 +84,7 @@ def test_stacking_on_noise_reports_chance_not_more():
     target = rng.integers(0, c, n)
     members = [rng.dirichlet(np.ones(c), n).astype(np.float32) for _ in range(3)]
     folds = np.arange(n) % 5
-    oof, test = stack(members, target, folds, [m[:10] for m in members], c)
+    oof, test, _ = stack(members, target, folds, [m[:10] for m in members], c)
     assert ACC(target, oof) < 1 / c + 0.06  # honest: pure noise cannot beat chance out of fold
     assert test.shape == (10, c) and np.allclose(test.sum(1), 1, atol=1e-5)
 
@@ -83,8 +93,33 @@ def test_stacking_learns_from_informative_members():
     rng = np.random.default_rng(3)
     target = rng.integers(0, 4, 800)
     members = noisy_members(rng, target, 4, [1.0, 1.0])
-    oof, _ = stack(members, target, np.arange(800) % 4, members, 4)
+    oof, _, _ = stack(members, target, np.arange(800) % 4, members, 4)
     assert ACC(target, oof) > ACC(target, members[0])
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "multilabel", "regression"])
+def test_a_saved_stacker_reproduces_the_ensembles_test_outputs_on_new_rows(kind):
+    """pipeline infer applies an ensemble's meta-models from weights.json (JSON) to a test set it never saw: the
+    result must be the stage's own, bit for bit, so an exported stack submits what `pipeline submit` would."""
+    rng = np.random.default_rng(4)
+    n = 400
+    folds = np.arange(n) % 4
+    if kind == "multiclass":
+        target = rng.integers(0, 3, n)
+        members = noisy_members(rng, target, 3, [1.0, 2.0])
+        new = [rng.dirichlet(np.ones(3), 50).astype(np.float32) for _ in members]
+        _, test, stacker = stack(members, target, folds, new, 3)
+    else:
+        values = kind == "regression"
+        target = rng.normal(size=(n, 1)) if values else (rng.random((n, 3)) < 0.3).astype(np.float32)
+        target[:, -1:] = target[:, -1:] if values else 0  # a label never present: its rate, not a model
+        width = target.shape[1]
+        members = [(target + rng.normal(scale=s, size=target.shape)).astype(np.float32) if values else
+                   np.clip(target * 0.6 + rng.random(target.shape) * 0.4, 0, 1).astype(np.float32) for s in (0.5, 1.0)]
+        new = [rng.random((50, width)).astype(np.float32) for _ in members]
+        _, test, stacker = stack_columns(members, target, folds, new, values)
+    again = apply_blend("stack", new, None, json.loads(json.dumps(stacker)), columns=kind != "multiclass")
+    assert again.dtype == test.dtype and np.array_equal(again, test)
 
 
 def test_averaging_identical_checkpoints_returns_them():

@@ -131,7 +131,8 @@ def write_ensemble(base: Member, members, name, method, oof, test, blend, metric
     copy_file(base.run.folds_csv, run.folds_csv)
     write_json(run.members, [{"name": m.name, "run": str(m.run.path), "cv": m.cv} for m in members])
     write_json(run.weights, {"method": method, **blend.params, "weights": None if blend.weights is None else
-                             {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)}})
+                             {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)},
+                             "stacker": blend.stacker})  # what pipeline infer applies to another test set
     scores = run.write_predictions(oof, test, {
         "metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
         "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.blend import Blend, blend_outputs
+from pipeline.blend import Blend, apply_blend, blend_outputs
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
@@ -151,6 +151,11 @@ class Task(ABC):
         """Combine experiments, fitting anything on OOF only; the ensemble stage's method."""
 
     @abstractmethod
+    def blend_test(self, fitted: dict, tests: list) -> Any:
+        """An ensemble's fitted blend (its weights.json; weights as a list in member order) on the members' outputs
+        for another test set: what blend() computed for its test part (pipeline infer)."""
+
+    @abstractmethod
     def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """The competition's file from test predictions, in sample_submission's order (params: fit_params')."""
 
@@ -244,6 +249,10 @@ class ClassProbabilities(Task):
     def blend(self, method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
               folds: np.ndarray) -> Blend:
         return blend_outputs(method, oofs, tests, target, folds, self.metric, self.target)
+
+    def blend_test(self, fitted: dict, tests: list[np.ndarray]) -> np.ndarray:
+        return apply_blend(fitted["method"], tests, fitted["weights"], fitted.get("stacker"),
+                           columns=self.target.kind != "multiclass")
 
     def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return decode(test, sample, self.cfg, self.target, params or {})

@@ -80,7 +80,9 @@ class ClassificationTask(ClassProbabilities):
         """test.csv (read_test_images); a label column in it (a labelled hold-out) may only hold train's labels."""
         test = read_test_images(cfg, check)
         target = cfg.data.target_col
-        if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary"):
+        # a labelled hold-out's labels against train's (pipeline infer has no train.csv: nothing to check against)
+        if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary") and \
+                cfg.data_path("train_csv").is_file():
             check_test_labels(test, cfg.data_path("test_csv"), target, read_train(cfg)[target].unique())
         return test
 

@@ -188,6 +188,11 @@ class DetectionTask(Task):
         return Blend(list(held), self._fuse_members(tests, weights, iou), weights, held_out,
                      {"iou_thr": iou, "weights_from": "tuned", "cv_in_sample": in_sample})
 
+    def blend_test(self, fitted: dict, tests: list[list[Detections]]) -> list[Detections]:
+        if fitted.get("weights_from") == "tuned":
+            return self._fuse_members(tests, np.asarray(fitted["weights"]), fitted["iou_thr"])
+        return self.merge(tests)  # mean fusion, as blend() made it
+
     def tune_fusion(self, oofs: list, target: list) -> tuple[np.ndarray, float]:
         """WBF IoU on a grid, then member weights by coordinate ascent, maximising the OOF score."""
         def score(w, iou):

@@ -164,7 +164,8 @@ class SequenceTask(ClassProbabilities):
         """Test ids (one row per series or text); reading checks every value (and test labels, if any)."""
         if text_columns(cfg):
             test, target = read_texts(cfg, "test_csv", labelled=False), cfg.data.target_col
-            if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary"):
+            if target in test.columns and cfg.data.target_type in ("auto", "multiclass", "binary") and \
+                    cfg.data_path("train_csv").is_file():  # pipeline infer has no train.csv to check against
                 train_labels = read_texts(cfg, "train_csv", labelled=True)[target].unique()
                 check_test_labels(test, cfg.data_path("test_csv"), target, train_labels)
             return test
@@ -173,15 +174,17 @@ class SequenceTask(ClassProbabilities):
 
     @property
     def data(self) -> dict:
-        """id -> raw item (series array or text) for train and test, read once."""
+        """id -> raw item (series array or text) for train and test, read once; test alone where there is no
+        train.csv (pipeline infer, which checks the test file's columns against the export's)."""
         if self._data is None:
-            d = self.cfg.data
+            d, train_here = self.cfg.data, self.cfg.data_path("train_csv").is_file()
             if self.text:
-                frames = [read_texts(self.cfg, "train_csv", True), read_texts(self.cfg, "test_csv", False)]
+                frames = [read_texts(self.cfg, "train_csv", True)] if train_here else []
+                frames.append(read_texts(self.cfg, "test_csv", False))
                 self._data = {str(i): t for f in frames for i, t in zip(f[d.id_col], f[TEXT], strict=True)}
             else:
-                train, features = read_series(self.cfg, "train_csv")
                 test, test_features = read_series(self.cfg, "test_csv")
+                train, features = read_series(self.cfg, "train_csv") if train_here else ({}, test_features)
                 if test_features != features:
                     raise UserError(f"{self.cfg.data_path('test_csv')} has feature columns {test_features}, "
                                     f"train has {features}")

@@ -1,0 +1,275 @@
+"""`pipeline infer EXPORT --data DIR`: a competition's submission from an export alone (pipeline export).
+
+    pipeline infer exports/demo-ensemble --data /kaggle/input/classify-leaves --out submission.csv
+
+No train.csv, no runs/, no W&B, no network: each fold is rebuilt from its recipe and safetensors, predicts the test
+rows with the TTA views `predict` chose, folds and members are combined as predict and ensemble combined them,
+and the file is decoded and validated exactly as `pipeline submit` does it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.config import Config, load_config
+from pipeline.data import build_loader
+from pipeline.errors import UserError
+from pipeline.exported import PREPROCESS, RECIPE, WEIGHTS, read_manifest
+from pipeline.files import write_csv
+from pipeline.folds import resolve_target
+from pipeline.loop import infer, pick_device, resolve_precision
+from pipeline.submission import check_rows, read_sample
+from pipeline.tasks import TASKS, build_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Place:
+    """Where the test files are now, and how to run: what infer changes in every exported config."""
+
+    export: Path
+    data: Path
+    test_csv: str | None = None  # relative to data (or absolute); None: the name training used
+    sample_submission: str | None = None
+    batch_size: int | None = None
+    device: torch.device | None = None
+
+    def apply(self, cfg: Config, node: str) -> Config:
+        d = cfg.data
+        d.root = str(self.data)
+        d.test_csv = self.test_csv or _inside(d.test_csv)
+        d.sample_submission = self.sample_submission or _inside(d.sample_submission)
+        d.cache, d.check_images = False, False  # nothing is written beside the export or the read-only input
+        cfg.runs_dir, cfg.name = str(self.export), node  # a text encoder's files: <export>/<node>/encoder
+        cfg.tracking.wandb = "disabled"
+        if self.batch_size:
+            cfg.predict.batch_size = self.batch_size
+        return cfg
+
+
+def _inside(name: str) -> str:
+    """A data file's name inside the competition folder: an absolute path from the training machine keeps its name."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
+def run(export: str | Path, data: str | Path, test_csv: str | None = None, sample_submission: str | None = None,
+        out: str | Path = "submission.csv", batch_size: int | None = None, device: str | None = None,
+        max_minutes: float | None = None) -> Path:
+    start = time.time()
+    frame, cfg, manifest = predict_export(export, data, test_csv, sample_submission, batch_size, device, max_minutes)
+    root, top = Path(export), manifest["root"]
+    scores = json.loads((root / top / "scores.json").read_text())
+    sample = read_sample(cfg)
+    task = build_task(cfg, classes(root, top))
+    sub = task.submission(frame, sample, scores.get("decisions"))  # as `pipeline submit` decodes and checks it
+    check_rows(sub, sample, cfg)
+    task.check_submission(sub)
+    write_csv(out, sub)
+    seconds = time.time() - start
+    log.info("submission %s (%d rows; the export's CV %s %.4f) validated against %s in %.0f s (%.1f rows/s)", out,
+             len(sub), manifest["metric"], manifest["cv"], cfg.data_path("sample_submission"), seconds,
+             len(frame) / max(seconds, 1e-9))
+    return Path(out)
+
+
+def predict_export(export: str | Path, data: str | Path, test_csv: str | None = None,
+                   sample_submission: str | None = None, batch_size: int | None = None, device: str | None = None,
+                   max_minutes: float | None = None) -> tuple[pd.DataFrame, Config, dict]:
+    """The export's test prediction frame (what its run directory's test.parquet would hold for these test
+    files), the top node's config pointed at them, and the manifest."""
+    root = Path(export)
+    manifest = read_manifest(root)  # every file's sha256 first: nothing is read from a damaged copy
+    if not Path(data).is_dir():
+        raise UserError(f"--data {data}: no such folder; point it at the competition folder (test.csv, "
+                        "sample_submission.csv and the test files, laid out as in training)")
+    place = Place(root, Path(data), test_csv, sample_submission, batch_size, _device(device))
+    top = manifest["root"]
+    cfg = node_config(root, top, place)
+    check_test_columns(node_config(root, first_experiment(manifest, top), place), manifest)
+    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
+    plan = budget_plan(manifest, len(test), max_minutes, place.device)
+    return node_test(root, top, manifest, place, test, plan), cfg, manifest
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return pick_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: use cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def node_config(root: Path, node: str, place: Place) -> Config:
+    cfg = place.apply(load_config(root / node / "config.yaml"), node)
+    resolve_target(cfg, json.loads((root / node / "folds.json").read_text()).get("target_type"))
+    return cfg
+
+
+def classes(root: Path, node: str) -> list:
+    return json.loads((root / node / "folds.json").read_text())["classes"]
+
+
+def first_experiment(manifest: dict, node: str) -> str:
+    while manifest["nodes"][node]["kind"] == "ensemble":
+        node = manifest["nodes"][node]["members"][0]
+    return node
+
+
+def check_test_columns(cfg: Config, manifest: dict) -> None:
+    """The test CSV has the columns the experiment's test CSV had: a renamed or missing column is named here, not
+    found as a KeyError (or wrong features) deep in a fold."""
+    expected = manifest.get("test_columns")
+    path = cfg.data_path("test_csv")
+    if expected is None or not path.is_file():
+        return  # read_test names a missing file
+    found = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    if found != expected:
+        missing, extra = [c for c in expected if c not in found], [c for c in found if c not in expected]
+        what = "; ".join([*([f"missing {missing}"] if missing else []), *([f"extra {extra}"] if extra else [])])
+        raise UserError(f"{path} has columns {found}, the exported experiment's test CSV had {expected} "
+                        f"({what or 'another order'}); pass the competition's own test file (--test-csv)")
+
+
+# -- prediction, node by node ---------------------------------------------------------------------------------
+def node_test(root: Path, node: str, manifest: dict, place: Place, test: pd.DataFrame, plan: dict) -> pd.DataFrame:
+    """A node's test prediction frame, as its run directory's test.parquet holds it."""
+    if manifest["nodes"][node]["kind"] == "ensemble":
+        return ensemble_test(root, node, manifest, place, test, plan)
+    return experiment_test(root, node, place, test, plan[node])
+
+
+def experiment_test(root: Path, node: str, place: Place, test: pd.DataFrame, folds: dict[int, list[str]]) -> pd.DataFrame:
+    """Each fold's views merged (predict's fold test.parquet), then the folds merged (predict's combine_folds)."""
+    names = classes(root, node)
+    frames = []
+    for k, view_names in folds.items():
+        fold_dir = root / node / f"fold{k}"
+        recipe = place.apply(load_config(fold_dir / RECIPE), node)
+        task = build_task(recipe, names)
+        if (fold_dir / PREPROCESS).is_file():
+            task.load_fold(json.loads((fold_dir / PREPROCESS).read_text()))
+        model = task.build_model()
+        model.load_state_dict(load_weights(fold_dir / WEIGHTS))
+        device = place.device
+        model.to(device, memory_format=task.memory_format)
+        spec = recipe.predict.tta
+        views = [v for v in task.views("all" if spec == "search" else spec) if v.name in view_names]
+        loader = build_loader(task.build_dataset(test, train=False), recipe, False, recipe.predict.batch_size)
+        started = time.time()
+        outputs = list(infer(task, model, loader, device, resolve_precision(recipe.train.precision, device), views,
+                             progress=f"{node} fold {k}"))
+        seconds = time.time() - started
+        log.info("%s fold %d: %d rows x %d views (%s) in %.1f s, %.1f rows/s", node, k, len(test), len(views),
+                 ", ".join(v.name for v in views), seconds, len(test) / max(seconds, 1e-9))
+        frames.append(task.prediction_frame(test, task.merge(outputs)))
+    cfg = node_config(root, node, place)
+    task = build_task(cfg, names)
+    return task.prediction_frame(frames[0][["id"]], task.merge([task.read_outputs(f) for f in frames]))
+
+
+def ensemble_test(root: Path, node: str, manifest: dict, place: Place, test: pd.DataFrame, plan: dict) -> pd.DataFrame:
+    """The members' test frames (by id, as the ensemble stage reads them) blended as the ensemble fitted."""
+    members = manifest["nodes"][node]["members"]
+    frames = [node_test(root, m, manifest, place, test, plan).sort_values("id", ignore_index=True) for m in members]
+    fitted = json.loads((root / node / "weights.json").read_text())
+    if fitted.get("weights") is not None:
+        fitted = {**fitted, "weights": [fitted["weights"][m] for m in members]}
+    task = build_task(node_config(root, node, place), classes(root, node))
+    blended = task.blend_test(fitted, [task.read_outputs(f) for f in frames])
+    return task.prediction_frame(frames[0][["id"]], blended)
+
+
+def load_weights(path: Path) -> dict:
+    """A fold's safetensors as fp32 (or integer) tensors; an fp16 export is widened here, the model keeps fp32."""
+    from safetensors.torch import load_file
+
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+
+# -- time budget ----------------------------------------------------------------------------------------------
+def budget_plan(manifest: dict, rows: int, max_minutes: float | None, device: torch.device) -> dict:
+    """Per experiment node, fold -> the views to run: all of them, or (--max-minutes) fewer views, then fewer
+    folds, until the estimate from export's throughput fits. Says what it estimates and what it dropped."""
+    plan = {name: {f["k"]: list(f["views"]) for f in node["folds"]}
+            for name, node in manifest["nodes"].items() if node["kind"] == "experiment"}
+    cost = _cost_model(manifest, rows)
+    estimate = _minutes(plan, cost)
+    measured = manifest.get("throughput_device")
+    if estimate is None:
+        if max_minutes:
+            raise UserError("--max-minutes needs the export's throughput figures, and this export has none (its test "
+                            "files were not there at export); export it again where the test files are")
+        return plan
+    where = f"measured on {measured} at export" + ("" if measured == device.type else f"; this run uses {device}")
+    log.info("estimate: %.1f min for %d test rows (%s)", estimate, rows, where)
+    if not max_minutes or estimate <= max_minutes:
+        return plan
+    dropped = []
+    for name, k in _views_to_drop(plan, manifest):  # the last TTA view of the fold with the most, one at a time
+        dropped.append(f"{name} fold {k} view {plan[name][k].pop()}")
+        if _minutes(plan, cost) <= max_minutes:
+            break
+    for name, k in _folds_to_drop(plan, manifest) if _minutes(plan, cost) > max_minutes else []:
+        plan[name].pop(k)
+        dropped.append(f"{name} fold {k}")
+        if _minutes(plan, cost) <= max_minutes:
+            break
+    final = _minutes(plan, cost)
+    if final > max_minutes:
+        raise UserError(f"--max-minutes {max_minutes:g}: even one fold per experiment without TTA needs an "
+                        f"estimated {final:.1f} min for {rows} rows ({where}); allow more time or export fewer members")
+    log.warning("--max-minutes %g: dropped %s; estimate now %.1f min (from %.1f); the submission is no longer the "
+                "exported CV's", max_minutes, ", ".join(dropped), final, estimate)
+    return plan
+
+
+def _cost_model(manifest: dict, rows: int) -> dict | None:
+    """(node, fold, view) -> estimated seconds for `rows` test rows, from export's seconds per row; None: unmeasured."""
+    cost = {}
+    for name, node in manifest["nodes"].items():
+        for f in node.get("folds", []):
+            per_row = f.get("seconds_per_row")
+            if not per_row:
+                return None
+            for view in f["views"]:
+                cost[name, f["k"], view] = per_row[view] * rows
+    return cost
+
+
+def _minutes(plan: dict, cost: dict | None) -> float | None:
+    if cost is None:
+        return None
+    return sum(cost[name, k, v] for name, folds in plan.items() for k, views in folds.items() for v in views) / 60
+
+
+def _views_to_drop(plan: dict, manifest: dict):
+    """(node, fold) whose last view goes next, until every fold predicts its identity view only."""
+    while True:
+        name, k = max(((n, k) for n, folds in plan.items() for k in folds), key=lambda nk: len(plan[nk[0]][nk[1]]))
+        if len(plan[name][k]) <= 1:
+            return
+        yield name, k
+
+
+def _folds_to_drop(plan: dict, manifest: dict):
+    """Folds, least valuable first (the lowest OOF score on its own rows), keeping one fold per experiment."""
+    def value(name: str, f: dict) -> float:
+        score = f.get("score", 0.0)
+        return score if manifest["nodes"][name].get("greater_is_better", True) else -score
+    folds = sorted(((value(n, f), n, f["k"]) for n, node in manifest["nodes"].items() if node["kind"] == "experiment"
+                    for f in node["folds"]), key=lambda t: t[0])
+    for _, name, k in folds:
+        if k in plan[name] and len(plan[name]) > 1:
+            yield name, k
