@@ -5,6 +5,7 @@ one trained digits run per session for the tests that only read a run's outputs,
     make_config(root, base=TINY, **sections)           the same under tmp_path (fixture)
     copy_run(name, **sections)                         a private copy of the session's trained run (fixture)
     cli(*args) / invoke(*args)                         the real CLI, asserting exit code 0 / not asserting
+    assert_export_submits_the_same(runs, name, ...)    export + infer without train data = submit's file
     assert_refused(result, *fragments, file=...)       a user error: exit 2, one `error:` line, no traceback
     interrupt_at_epoch(monkeypatch, epoch)             training dies at the start of that epoch
     oof_accuracy(frame, classes)                       sklearn's accuracy of a prediction frame
@@ -71,6 +72,21 @@ def assert_refused(result, *fragments: str, file: str | None = None) -> str:
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
     return errors[0]
+
+
+def assert_export_submits_the_same(runs: Path | str, name: str, competition: Path, tmp_path: Path) -> Path:
+    """`pipeline export` of runs/<name>, then `pipeline infer` on a copy of the competition without its training
+    tables: the file must be `pipeline submit`'s, byte for byte. Returns the export folder."""
+    submitted = tmp_path / f"{name}-submit.csv"
+    cli("submit", name, "--runs-dir", runs, "--out", submitted)
+    export = tmp_path / f"{name}-export"
+    cli("export", name, "--runs-dir", runs, "--out", export)
+    test_only = Path(shutil.copytree(competition, tmp_path / f"{name}-test-only"))
+    for table in ("train.csv", "train_labels.csv", "solution.csv"):
+        (test_only / table).unlink(missing_ok=True)
+    cli("infer", export, "--data", test_only, "--out", tmp_path / f"{name}-infer.csv")
+    assert (tmp_path / f"{name}-infer.csv").read_bytes() == submitted.read_bytes()
+    return export
 
 
 def interrupt_at_epoch(monkeypatch, epoch: int):
@@ -213,10 +229,15 @@ def copy_run(trained_run, tmp_path):
     changed by `sections` (e.g. data={"root": ...}, predict={"tta": "none"})."""
 
     def copy_to(name: str = "exp", **sections) -> Config:
-        run = Path(shutil.copytree(trained_run, tmp_path / "runs" / name))
-        tree = yaml.safe_load((run / "config.yaml").read_text())
-        tree.update(name=name, runs_dir=str(tmp_path / "runs"), submissions_dir=str(tmp_path / "subs"))
-        (run / "config.yaml").write_text(yaml.safe_dump(merge(tree, sections)))
-        return load_config(run / "config.yaml")
+        return copy_run_to(trained_run, tmp_path, name, **sections)
 
     return copy_to
+
+
+def copy_run_to(trained_run: Path, folder: Path, name: str = "exp", **sections) -> Config:
+    """copy_run's work, into folder/runs/<name> (a module-scoped fixture's folder, say)."""
+    run = Path(shutil.copytree(trained_run, folder / "runs" / name))
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree.update(name=name, runs_dir=str(folder / "runs"), submissions_dir=str(folder / "subs"))
+    (run / "config.yaml").write_text(yaml.safe_dump(merge(tree, sections)))
+    return load_config(run / "config.yaml")

@@ -16,7 +16,7 @@ from pipeline.tasks.detection import DetectionTask
 from pipeline.tasks.detection.boxes import Detections, mean_average_precision
 from pipeline.tasks.detection.demo_data import write_digit_boxes_competition
 from pipeline.tasks.detection.submission import check_boxes, parse_boxes
-from tests.conftest import cli, invoke
+from tests.conftest import assert_export_submits_the_same, cli, invoke
 
 DETECT = {
     "task": "detection",
@@ -154,6 +154,7 @@ def test_detection_through_the_cli(box_competition, make_config, tmp_path):
     sub = pd.read_csv(tmp_path / "subs/fused.csv")
     sample = pd.read_csv(box_competition / "sample_submission.csv")
     assert sub["image"].tolist() == sample["image"].tolist() and list(sub.columns) == ["image", "PredictionString"]
+    assert_export_submits_the_same(runs, "fused", box_competition, tmp_path)  # boxes fused as the ensemble fused them
     cli("report", "a", "--runs-dir", runs)  # predicted against true boxes on the worst OOF images
     page = (cfg_a.run_dir / "report.html").read_text()
     assert "<h2>Out-of-fold boxes</h2>" in page and "true boxes" in page

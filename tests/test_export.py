@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.stages import ensemble, predict
-from tests.conftest import assert_refused, cli, invoke
+from tests.conftest import assert_refused, cli, copy_run_to, invoke
 
 
 def only_test_files(competition: Path, dest: Path) -> Path:
@@ -30,14 +33,21 @@ def only_test_files(competition: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture
-def blend(copy_run, tmp_path):
-    """A weighted ensemble of the session's run and a copy predicted with flips TTA (so the members differ)."""
-    copy_run("a")
-    b = copy_run("b")
-    predict.run(b, tta="flips")
-    ensemble.run(["a", "b"], method="weighted", name="blend", runs_dir=str(tmp_path / "runs"))
-    return tmp_path / "runs"
+@pytest.fixture(scope="module")
+def blend(trained_run, tmp_path_factory):
+    """runs/ holding a weighted ensemble `blend` of the session's run and a copy predicted with flips TTA (so the
+    members differ), and its fp32 export: made once, read by every test (a test that damages it copies it)."""
+    folder = tmp_path_factory.mktemp("blend")
+    copy_run_to(trained_run, folder, "a")
+    predict.run(copy_run_to(trained_run, folder, "b"), tta="flips")
+    ensemble.run(["a", "b"], method="weighted", name="blend", runs_dir=str(folder / "runs"))
+    export(folder / "runs", folder / "export")
+    return folder / "runs"
+
+
+def private_export(blend: Path, tmp_path: Path) -> Path:
+    """A copy of the module's export that a test may damage."""
+    return Path(shutil.copytree(blend.parent / "export", tmp_path / "export"))
 
 
 def export(runs: Path, out: Path, *args: str) -> dict:
@@ -48,8 +58,8 @@ def export(runs: Path, out: Path, *args: str) -> dict:
 def test_an_export_predicts_the_submission_submit_writes_without_train_data(blend, tmp_path, digits_root):
     subs = tmp_path / "subs"
     cli("submit", "blend", "--runs-dir", blend, "--out", subs / "submit.csv")
-    out = tmp_path / "export"
-    manifest = export(blend, out)
+    out = blend.parent / "export"
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "ensemble" and set(manifest["nodes"]) == {"blend", "a", "b"}
     assert manifest["wheel"].endswith(".whl") and (out / manifest["wheel"]).is_file()
     assert (out / "inference.ipynb").is_file() and manifest["cv_reproduced"]
@@ -59,29 +69,30 @@ def test_an_export_predicts_the_submission_submit_writes_without_train_data(blen
     assert set(manifest["files"]) >= {"a/fold0/model.safetensors", "blend/weights.json", manifest["wheel"]}
 
     data = only_test_files(digits_root, tmp_path / "kaggle-input")
-    shutil.rmtree(blend)  # no runs/ either
-    cli("infer", out, "--data", data, "--out", subs / "infer.csv")
+    away = blend.rename(blend.with_name("runs-away"))  # no runs/ either
+    try:
+        cli("infer", out, "--data", data, "--out", subs / "infer.csv")
+    finally:
+        away.rename(blend)
     assert (subs / "infer.csv").read_bytes() == (subs / "submit.csv").read_bytes()
 
 
 def test_an_fp16_export_is_half_the_size_and_agrees_within_fp16_rounding(blend, tmp_path, digits_root):
     from pipeline.stages.infer import predict_export
 
-    fp32, fp16 = export(blend, tmp_path / "fp32"), export(blend, tmp_path / "fp16", "--dtype", "fp16")
-    assert (fp32["dtype"], fp16["dtype"]) == ("fp32", "fp16")
-    w32 = (tmp_path / "fp32/a/fold0/model.safetensors").stat().st_size
+    assert export(blend, tmp_path / "fp16", "--dtype", "fp16")["dtype"] == "fp16"
+    w32 = (blend.parent / "export/a/fold0/model.safetensors").stat().st_size
     w16 = (tmp_path / "fp16/a/fold0/model.safetensors").stat().st_size
     assert w16 < 0.6 * w32
     data = only_test_files(digits_root, tmp_path / "input")
-    p32, p16 = (predict_export(tmp_path / d, data)[0] for d in ("fp32", "fp16"))
+    p32, p16 = (predict_export(d, data)[0] for d in (blend.parent / "export", tmp_path / "fp16"))
     classes = [c for c in p32.columns if c != "id"]
     assert p32["id"].equals(p16["id"])
     assert np.abs(p32[classes].to_numpy() - p16[classes].to_numpy()).max() < 5e-3
 
 
 def test_a_changed_file_a_newer_export_and_other_test_columns_are_refused(blend, tmp_path, digits_root):
-    out = tmp_path / "export"
-    export(blend, out)
+    out = private_export(blend, tmp_path)
     data = only_test_files(digits_root, tmp_path / "input")
     sub = tmp_path / "sub.csv"
 
@@ -107,8 +118,8 @@ def test_a_changed_file_a_newer_export_and_other_test_columns_are_refused(blend,
 
 
 def test_max_minutes_drops_views_then_folds_and_refuses_what_cannot_fit(blend, tmp_path, digits_root, caplog):
-    out = tmp_path / "export"
-    manifest = export(blend, out)
+    out = private_export(blend, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
     rows = len(pd.read_csv(digits_root / "test.csv"))
     nodes = manifest["nodes"]
     assert all(set(f["seconds_per_row"]) == set(f["views"]) for n in ("a", "b") for f in nodes[n]["folds"])
@@ -153,3 +164,64 @@ def test_an_experiment_exports_and_infers_on_its_own(copy_run, tmp_path, digits_
                    "fold(s) [5] not predicted")
     assert not (tmp_path / "x").exists()
     load_config(cfg.run_dir / "config.yaml")  # the run directory is untouched
+
+
+RUN_NOTEBOOK = '''
+import json, sys
+import nbclient, nbformat
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+path, kernels, parameters = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+nb = nbformat.read(path, as_version=4)
+at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\\n".join(f"{k} = {v!r}" for k, v in parameters.items())))
+km = KernelManager(kernel_name="pipeline-tests", kernel_spec_manager=KernelSpecManager(kernel_dirs=[kernels]))
+nbclient.NotebookClient(nb, km=km, timeout=600).execute()
+nbformat.write(nb, path.replace(".ipynb", ".done.ipynb"))
+'''
+
+# Any connection off this machine fails, in every process that imports site (the kernel, pip, pipeline infer);
+# loopback stays open for the kernel's own sockets. Under `unshare -n` there is no other network anyway.
+NO_NETWORK = '''
+import ipaddress, socket
+
+_connect = socket.socket.connect
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not ipaddress.ip_address(address[0]).is_loopback:
+        raise OSError(f"network disabled for this test: connect to {address[0]}")
+    return _connect(self, address)
+
+socket.socket.connect = connect
+'''
+
+
+def test_the_exports_notebook_runs_headless_with_the_network_off(blend, tmp_path, digits_root):
+    """inference.ipynb as Kaggle runs it: wheel installed offline into a folder of its own, `pipeline infer` from that
+    copy of the package, submission.csv written; no network (a network namespace of its own where unshare works)."""
+    out = private_export(blend, tmp_path)
+    data = only_test_files(digits_root, tmp_path / "competition")
+    kernels = tmp_path / "kernels" / "pipeline-tests"
+    kernels.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (kernels / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "tests", "language": "python"}))
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(NO_NETWORK)
+    (tmp_path / "run_notebook.py").write_text(RUN_NOTEBOOK)
+    parameters = {"EXPORT": str(out), "COMPETITION": str(data), "OUT": str(tmp_path / "submission.csv"),
+                  "PACKAGES": str(tmp_path / "packages")}
+    command = [sys.executable, str(tmp_path / "run_notebook.py"), str(out / "inference.ipynb"), str(kernels.parent),
+               json.dumps(parameters)]
+    isolated = subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"], capture_output=True).returncode == 0
+    if isolated:  # a network namespace with loopback only
+        command = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
+    env = {**os.environ, "PYTHONPATH": str(guard)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sub = pd.read_csv(tmp_path / "submission.csv")
+    assert sub.shape == pd.read_csv(data / "sample_submission.csv").shape
+    assert list((tmp_path / "packages").glob("pipeline/stages/infer.py"))  # infer ran from the installed wheel
+    shown = json.loads((out / "inference.done.ipynb").read_text())["cells"][-1]["outputs"]
+    assert "image" in json.dumps(shown)  # the last cell shows the submission's head

@@ -13,7 +13,7 @@ from pipeline.errors import UserError
 from pipeline.stages import prepare
 from pipeline.tasks.sequence.models import SEQUENCE_MODELS, build_sequence_model
 from pipeline.tasks.sequence.task import SequenceDataset, SequenceTask, pad
-from tests.conftest import SEQ, cli, oof_accuracy, write_series_competition
+from tests.conftest import SEQ, assert_export_submits_the_same, cli, oof_accuracy, write_series_competition
 
 
 @pytest.fixture
@@ -126,3 +126,4 @@ def test_sequence_through_the_cli(series_root, make_config, tmp_path):
     sub = pd.read_csv(tmp_path / "subs/blend.csv")
     assert sub["series_id"].tolist() == pd.read_csv(series_root / "sample_submission.csv")["series_id"].tolist()
     assert set(sub["label"]) <= {"class0", "class1", "class2"}
+    assert_export_submits_the_same(runs, "blend", series_root, tmp_path)  # per-fold channel statistics travel

@@ -17,7 +17,7 @@ from pipeline.optim import param_groups
 from pipeline.seeding import LengthGroupedSampler
 from pipeline.tasks.sequence.encoder import Tokens, build_encoder_model
 from pipeline.tasks.sequence.task import SequenceTask, pad
-from tests.conftest import SEQ, SHARED, assert_refused, cli, invoke
+from tests.conftest import SEQ, SHARED, assert_export_submits_the_same, assert_refused, cli, invoke
 
 transformers = pytest.importorskip("transformers")
 
@@ -163,6 +163,8 @@ def test_encoder_through_the_cli_and_without_its_folder(tiny_bert, tmp_path, mak
     cli("submit", "blend", "--runs-dir", cfg.runs_dir)
     sub = pd.read_csv(tmp_path / "subs" / "blend.csv")
     assert sub["id"].tolist() == list(range(60, 66)) and set(sub["label"]) <= {"pos", "neg"}
+    export = assert_export_submits_the_same(cfg.runs_dir, "blend", root, tmp_path)  # tokenizer and config travel
+    assert sorted(f.name for f in (export / "enc" / "encoder").iterdir()) == kept
 
 
 def test_missing_or_incomplete_folders_are_refused(tiny_bert, tmp_path, make_config):
