@@ -235,6 +235,28 @@ class Blend:
     stacker: dict | None = None  # a meta-model's coefficients (method stack), for apply_stacker
 
 
+def blend_without_fold(fitted: dict, oofs: list[np.ndarray], truth: np.ndarray, folds: np.ndarray, k,
+                       tests: list[np.ndarray], metric: Metric, target) -> np.ndarray:
+    """Fold k's version of an ensemble's fitted blend (its weights.json), applied to tests: weights climbed on the
+    OOF rows outside fold k, or the stacker's meta-model that was fitted without fold k. What blends fold k's
+    targets for a student (pipeline distill) has then never seen fold k's labels; only the ensemble's choice of
+    equal weights over climbed ones (weights_from), made on every fold, is kept as the ensemble made it."""
+    method, columns = fitted["method"], target.kind != "multiclass"
+    if method == "stack":
+        i = list(np.unique(folds)).index(k)  # stack() fits one meta-model per fold, in fold order
+        stacker = fitted["stacker"]
+        one = ({**stacker, "metas": [stacker["metas"][i]]} if "metas" in stacker else
+               {**stacker, "columns": [[column[i]] for column in stacker["columns"]]})
+        return apply_stacker(one, tests)
+    weights = np.full(len(oofs), 1 / len(oofs))
+    if method == "weighted" and fitted.get("weights_from") not in ("uniform", None):
+        rows = folds != k
+        members = as_float32([p[rows] for p in oofs])
+        weights = (climb_columns(members, truth[rows], metric, target.valid_loss) if columns else
+                   hill_climb(method, members, truth[rows], metric))
+    return apply_blend(method, tests, weights, None, columns)
+
+
 def apply_blend(method: str, tests: Sequence[np.ndarray], weights: np.ndarray | None, stacker: dict | None,
                 columns: bool) -> np.ndarray:
     """An ensemble's fitted blend on its members' outputs for another test set: what the ensemble stage computed

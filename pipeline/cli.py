@@ -143,6 +143,26 @@ def submit(
 
 @app.command()
 @user_errors
+def distill(
+    teacher: str = typer.Argument(..., help="the teacher: an ensemble of experiments (or one experiment) under runs/"),
+    config: Path = ConfigOpt,
+    set_: list[str] = SetOpt,
+    alpha: float = typer.Option(None, "--alpha", help="the hard label's share of each target (default distill.alpha, 0.5)"),
+    test: bool = typer.Option(None, "--test/--no-test", help="also learn the teachers' test predictions (distill.test)"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the teacher lives"),
+) -> None:
+    """Train a student on the teacher's folds, fold k learning from fold k's teachers only; then predict it
+    -> runs/<student>/ like any experiment (its CV is honest).
+
+    Example: pipeline distill blend --config configs/leaves-student.yaml --test
+    """
+    from pipeline.stages import distill as stage
+
+    stage.run(teacher, load_config(config, set_ or []), runs_dir=runs_dir, alpha=alpha, test=test)
+
+
+@app.command()
+@user_errors
 def export(
     experiment: str = typer.Argument(..., help="experiment or ensemble name under runs/ (or its directory)"),
     out: Path = typer.Option(None, "--out", "-o", help="export folder (default: exports/<exp>)"),

@@ -249,6 +249,16 @@ class TuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """`pipeline distill TEACHER`: fold k of the student learns from fold k's teachers' predictions beside the labels
+    (teachers that never saw fold k's validation rows, so the student's OOF stays honest)."""
+
+    teacher: str | None = None  # the teacher's run directory (an experiment, or an ensemble of experiments); distill sets it
+    alpha: float = 0.5  # share of the hard label in each training target; the rest is the teachers' prediction
+    test: bool = False  # also train on the test rows, on fold k's teachers' predictions alone (no label is involved)
+
+
+@dataclass
 class Config:
     name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
     task: Literal["classification", "detection", "sequence"] = "classification"  # what is being learned
@@ -266,6 +276,7 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -71,6 +71,14 @@ class Target(ABC):
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Model outputs as stored outputs: probabilities, or values in the target's units."""
 
+    def soft_labels(self, truth: np.ndarray | None, teacher: np.ndarray, alpha: float) -> np.ndarray:
+        """Training targets alpha x truth + (1 - alpha) x a teacher's outputs, in the loss's terms (probabilities, or
+        values in the target's units); truth None: the teacher's alone (unlabelled rows)."""
+        teacher = teacher.astype(np.float32)
+        if truth is None:
+            return teacher
+        return (alpha * np.asarray(truth, dtype=np.float32).reshape(teacher.shape) + (1 - alpha) * teacher)
+
     def mix(self, y: torch.Tensor, lam: float) -> torch.Tensor:
         """Truths of a batch mixed with its reverse (mixup/cutmix pair sample i with B-1-i)."""
         y = y.float()
@@ -130,8 +138,17 @@ class Multiclass(Target):
     def encode(self, values: pd.Series) -> np.ndarray:
         return values.astype(str).map(self.index).to_numpy(dtype=np.int64)
 
+    def soft_labels(self, truth, teacher, alpha):
+        """One-hot labels (label smoothing folded in, as the hard loss applies it) mixed with class probabilities."""
+        if truth is None:
+            return teacher.astype(np.float32)
+        c, smooth = teacher.shape[1], self.cfg.train.label_smoothing
+        onehot = np.full((len(truth), c), smooth / c, dtype=np.float32)
+        onehot[np.arange(len(truth)), truth] += 1 - smooth
+        return super().soft_labels(onehot, teacher, alpha)
+
     def loss(self, logits, y):
-        if y.is_floating_point():  # soft targets from mixup/cutmix (smoothing folded in)
+        if y.is_floating_point():  # soft targets from mixup/cutmix (smoothing folded in), or distillation
             return torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1).mean()
         return F.cross_entropy(logits, y, label_smoothing=self.cfg.train.label_smoothing)
 

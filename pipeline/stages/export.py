@@ -21,17 +21,14 @@ import torch
 
 from pipeline import __version__
 from pipeline.config import Config, dump_yaml, load_config
-from pipeline.data import build_loader
 from pipeline.errors import UserError
 from pipeline.exported import FORMAT, MANIFEST, PREDICT, PREPROCESS, RECIPE, WEIGHTS, file_hashes
 from pipeline.files import atomic_dir, copy_file, write_json, write_text
-from pipeline.folds import load_folds, resolve_target
-from pipeline.loop import infer, pick_device, resolve_precision
+from pipeline.fold_model import FoldModel, from_run, run_config
+from pipeline.loop import pick_device
 from pipeline.metrics import greater_is_better
-from pipeline.recipe import fold_recipe
 from pipeline.rundir import RunDir, resolve
-from pipeline.stages.predict import fold_weights
-from pipeline.tasks import TASKS, build_task
+from pipeline.tasks import TASKS
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -123,32 +120,24 @@ def export_experiment(run: RunDir, node_dir: Path, folds: list[int] | None, dtyp
     encoder = run.path / "encoder"
     if encoder.is_dir():  # text encoders: config and tokenizer files, rebuilt around the fold weights
         shutil.copytree(encoder, node_dir / "encoder")
-    classes = run.classes()
     test = timing_rows(cfg)
     entries = []
     for k in chosen:
         fold, out = run.fold(k), node_dir / f"fold{k}"
         out.mkdir()
-        record = json.loads(fold.predict_json.read_text())
-        recipe = fold_recipe(cfg, fold)
-        recipe.predict.tta = record["tta"]  # as predict ran it (its --tta), not as config.yaml says
-        choice = record.get("weights_used", record["weights"])
-        task = build_task(recipe, classes)
-        if fold.preprocess.is_file():
-            task.load_fold(json.loads(fold.preprocess.read_text()))
-            copy_file(fold.preprocess, out / PREPROCESS)
-        model = task.build_model()
-        weights = fold_weights(recipe, task, model, load_folds(recipe) if choice == "avg" else None, k, choice)
-        save_weights(weights, out / WEIGHTS, dtype)
-        write_text(out / RECIPE, dump_yaml(recipe))
+        fm = from_run(cfg, k)
+        save_weights(fm.model.state_dict(), out / WEIGHTS, dtype)
+        write_text(out / RECIPE, dump_yaml(fm.cfg))
         copy_file(fold.predict_json, out / PREDICT)
-        entry = {"k": k, "views": record["views"], "score": record["score"], "weights": choice}
+        if fold.preprocess.is_file():
+            copy_file(fold.preprocess, out / PREPROCESS)
+        names = [v.name for v in fm.views]
+        entry = {"k": k, "views": names, "score": fm.record["score"], "weights": fm.record["weights_used"]}
         if test is not None:
-            model.load_state_dict(weights)
-            entry["seconds_per_row"] = view_seconds(task, model, recipe, test, record["views"])
+            entry["seconds_per_row"] = view_seconds(fm, test)
         entries.append(entry)
-        log.info("%s fold %d: %s weights, %s TTA (%s), %s%s", run.name, k, choice, record["tta"],
-                 ", ".join(record["views"]), dtype, "" if test is None else ", " + ", ".join(
+        log.info("%s fold %d: %s weights, %s TTA (%s), %s%s", run.name, k, entry["weights"], fm.cfg.predict.tta,
+                 ", ".join(names), dtype, "" if test is None else ", " + ", ".join(
                      f"{v} {1 / s:.0f} rows/s" for v, s in entry["seconds_per_row"].items()))
     return {"kind": "experiment", "folds": entries, "all_folds": chosen == predicted and len(predicted) == cfg.cv.folds,
             "task": cfg.task, "model": cfg.model.name, "greater_is_better": greater_is_better(cfg.train.metric)}
@@ -164,30 +153,18 @@ def timing_rows(cfg: Config):
     return test.head(TIMING_ROWS)
 
 
-def view_seconds(task, model, cfg: Config, rows, view_names: list[str]) -> dict[str, float]:
-    """Seconds per test row of each TTA view, on this machine's device (the manifest says which): one warm-up
+def view_seconds(fm: FoldModel, rows) -> dict[str, float]:
+    """Seconds per test row of each TTA view on this machine's device (the manifest says which): one warm-up
     pass, then each view alone over the same rows."""
     device = pick_device()
-    dtype = resolve_precision(cfg.train.precision, device)
-    model.to(device, memory_format=task.memory_format)
-    spec = cfg.predict.tta
-    views = {v.name: v for v in task.views("all" if spec == "search" else spec)}
-    loader = build_loader(task.build_dataset(rows, train=False), cfg, False, cfg.predict.batch_size)
-    infer(task, model, loader, device, dtype, [views[view_names[0]]])  # warm-up: allocator, kernels, page cache
+    fm.predict(rows, device, fm.views[:1])  # warm-up: allocator, kernels, page cache
     out = {}
-    for name in view_names:
+    for view in fm.views:
         start = time.perf_counter()
-        infer(task, model, loader, device, dtype, [views[name]])
-        out[name] = (time.perf_counter() - start) / len(rows)
-    model.cpu()
+        fm.predict(rows, device, [view])
+        out[view.name] = (time.perf_counter() - start) / len(rows)
+    fm.model.cpu()
     return out
-
-
-def run_config(run: RunDir) -> Config:
-    """A run's config.yaml as prepare resolved it, pointed at the run directory where it is now."""
-    cfg = load_config(run.config, [f"runs_dir={run.path.parent}", f"name={run.name}"])
-    resolve_target(cfg, json.loads(run.folds_json.read_text()).get("target_type"))
-    return cfg
 
 
 def save_weights(state: dict, path: Path, dtype: str) -> None:

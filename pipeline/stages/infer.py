@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config, load_config
-from pipeline.data import build_loader
 from pipeline.errors import UserError
-from pipeline.exported import PREPROCESS, RECIPE, WEIGHTS, read_manifest
+from pipeline.exported import RECIPE, read_manifest
 from pipeline.files import write_csv
+from pipeline.fold_model import from_export
 from pipeline.folds import resolve_target
-from pipeline.loop import infer, pick_device, resolve_precision
+from pipeline.loop import pick_device
 from pipeline.submission import check_rows, read_sample
 from pipeline.tasks import TASKS, build_task
 
@@ -156,24 +156,14 @@ def experiment_test(root: Path, node: str, place: Place, test: pd.DataFrame, fol
     frames = []
     for k, view_names in folds.items():
         fold_dir = root / node / f"fold{k}"
-        recipe = place.apply(load_config(fold_dir / RECIPE), node)
-        task = build_task(recipe, names)
-        if (fold_dir / PREPROCESS).is_file():
-            task.load_fold(json.loads((fold_dir / PREPROCESS).read_text()))
-        model = task.build_model()
-        model.load_state_dict(load_weights(fold_dir / WEIGHTS))
-        device = place.device
-        model.to(device, memory_format=task.memory_format)
-        spec = recipe.predict.tta
-        views = [v for v in task.views("all" if spec == "search" else spec) if v.name in view_names]
-        loader = build_loader(task.build_dataset(test, train=False), recipe, False, recipe.predict.batch_size)
+        fm = from_export(fold_dir, place.apply(load_config(fold_dir / RECIPE), node), names)
+        views = [v for v in fm.views if v.name in view_names]  # --max-minutes may have dropped some
         started = time.time()
-        outputs = list(infer(task, model, loader, device, resolve_precision(recipe.train.precision, device), views,
-                             progress=f"{node} fold {k}"))
+        outputs = fm.predict(test, place.device, views, progress=f"{node} fold {k}")
         seconds = time.time() - started
         log.info("%s fold %d: %d rows x %d views (%s) in %.1f s, %.1f rows/s", node, k, len(test), len(views),
                  ", ".join(v.name for v in views), seconds, len(test) / max(seconds, 1e-9))
-        frames.append(task.prediction_frame(test, task.merge(outputs)))
+        frames.append(fm.task.prediction_frame(test, outputs))
     cfg = node_config(root, node, place)
     task = build_task(cfg, names)
     return task.prediction_frame(frames[0][["id"]], task.merge([task.read_outputs(f) for f in frames]))
@@ -189,13 +179,6 @@ def ensemble_test(root: Path, node: str, manifest: dict, place: Place, test: pd.
     task = build_task(node_config(root, node, place), classes(root, node))
     blended = task.blend_test(fitted, [task.read_outputs(f) for f in frames])
     return task.prediction_frame(frames[0][["id"]], blended)
-
-
-def load_weights(path: Path) -> dict:
-    """A fold's safetensors as fp32 (or integer) tensors; an fp16 export is widened here, the model keeps fp32."""
-    from safetensors.torch import load_file
-
-    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
 
 
 # -- time budget ----------------------------------------------------------------------------------------------

@@ -95,8 +95,13 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
     model = task.build_model()
     if world.size > 1:  # same initial weights on every rank (DDP checks), different dropout and mixup draws
         seed_everything(cfg.seed + k + 7919 * world.rank)
-    train_loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size,
-                                seed=cfg.seed + k)
+    if cfg.distill.teacher:  # a student (pipeline distill): soft targets from fold k's teachers
+        from pipeline.stages.distill import training_set
+
+        train_set = training_set(task, cfg, fold, train_rows)
+    else:
+        train_set = task.build_dataset(train_rows, train=True)
+    train_loader = build_loader(train_set, cfg, True, cfg.train.batch_size, seed=cfg.seed + k)
     valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
     log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
 

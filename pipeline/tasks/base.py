@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.blend import Blend, apply_blend, blend_outputs
+from pipeline.blend import Blend, apply_blend, blend_outputs, blend_without_fold
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
@@ -150,6 +150,15 @@ class Task(ABC):
     def blend(self, method: str, oofs: list, tests: list, target: Any, folds: np.ndarray) -> Blend:
         """Combine experiments, fitting anything on OOF only; the ensemble stage's method."""
 
+    def soft_targets(self, rows: pd.DataFrame | None, teacher: Any, alpha: float) -> np.ndarray:
+        """Training targets for a student (pipeline distill): alpha x the rows' truths + (1 - alpha) x a teacher's
+        outputs for them; rows None: unlabelled rows, the teacher's alone. Datasets take them as their .labels."""
+        raise UserError(f"{type(self).__name__} outputs cannot be distilled into soft training targets")
+
+    def fold_blend(self, fitted: dict, oofs: list, truth: Any, folds: np.ndarray, k: int, tests: list) -> Any:
+        """An ensemble's blend as fold k's student may see it: fitted without fold k's OOF rows (pipeline distill)."""
+        raise UserError(f"{type(self).__name__} ensembles cannot teach a student")
+
     @abstractmethod
     def blend_test(self, fitted: dict, tests: list) -> Any:
         """An ensemble's fitted blend (its weights.json; weights as a list in member order) on the members' outputs
@@ -249,6 +258,13 @@ class ClassProbabilities(Task):
     def blend(self, method: str, oofs: list[np.ndarray], tests: list[np.ndarray], target: np.ndarray,
               folds: np.ndarray) -> Blend:
         return blend_outputs(method, oofs, tests, target, folds, self.metric, self.target)
+
+    def soft_targets(self, rows: pd.DataFrame | None, teacher: np.ndarray, alpha: float) -> np.ndarray:
+        return self.target.soft_labels(None if rows is None else self.labels(rows), teacher, alpha)
+
+    def fold_blend(self, fitted: dict, oofs: list[np.ndarray], truth: np.ndarray, folds: np.ndarray, k: int,
+                   tests: list[np.ndarray]) -> np.ndarray:
+        return blend_without_fold(fitted, oofs, truth, folds, k, tests, self.metric, self.target)
 
     def blend_test(self, fitted: dict, tests: list[np.ndarray]) -> np.ndarray:
         return apply_blend(fitted["method"], tests, fitted["weights"], fitted.get("stacker"),
