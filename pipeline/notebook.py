@@ -41,9 +41,9 @@ pd.read_csv(OUT).head()
 '''
 
 
-def write_notebook(path: Path, manifest: dict) -> None:
-    """The notebook for this export; the dataset and competition folder names default to the export's folder name
-    and the competition folder the experiment was trained on (parameters in the first code cell)."""
+def write_notebook(path: Path, manifest: dict, dataset: str) -> None:
+    """The notebook for this export: EXPORT defaults to /kaggle/input/<dataset> (the export folder's name, as a
+    Kaggle dataset of it is mounted), COMPETITION to the competition folder the experiment was trained on."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -57,7 +57,7 @@ def write_notebook(path: Path, manifest: dict) -> None:
              "and run all cells; `submission.csv` is written to `/kaggle/working/`.")
     nb = new_notebook(cells=[
         new_markdown_cell(intro),
-        new_code_cell(PARAMETERS.format(export=path.parent.name, competition=competition), metadata={"tags": ["parameters"]}),
+        new_code_cell(PARAMETERS.format(export=dataset, competition=competition), metadata={"tags": ["parameters"]}),
         new_code_cell(INSTALL),
         new_code_cell(INFER),
         new_code_cell(SHOW),

@@ -62,7 +62,9 @@ def test_an_export_predicts_the_submission_submit_writes_without_train_data(blen
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "ensemble" and set(manifest["nodes"]) == {"blend", "a", "b"}
     assert manifest["wheel"].endswith(".whl") and (out / manifest["wheel"]).is_file()
-    assert (out / "inference.ipynb").is_file() and manifest["cv_reproduced"]
+    assert manifest["cv_reproduced"]
+    notebook = (out / "inference.ipynb").read_text()
+    assert '/kaggle/input/export' in notebook and f'/kaggle/input/{digits_root.name}' in notebook  # the defaults
     for k in (0, 1):  # only inference files per fold: no optimizer state, no OOF, no top-epoch copies
         assert sorted(p.name for p in (out / "a" / f"fold{k}").iterdir()) == \
             ["model.safetensors", "predict.json", "recipe.yaml"]
@@ -225,3 +227,15 @@ def test_the_exports_notebook_runs_headless_with_the_network_off(blend, tmp_path
     assert list((tmp_path / "packages").glob("pipeline/stages/infer.py"))  # infer ran from the installed wheel
     shown = json.loads((out / "inference.done.ipynb").read_text())["cells"][-1]["outputs"]
     assert "image" in json.dumps(shown)  # the last cell shows the submission's head
+
+
+def test_runs_moved_elsewhere_ensemble_and_export_where_they_are(trained_run, tmp_path):
+    """A runs/ folder copied to another machine or path keeps config.yaml files naming the old runs_dir: the ensemble
+    is written beside its members where they are now, and exports from there."""
+    copy_run_to(trained_run, tmp_path, "a")
+    copy_run_to(trained_run, tmp_path, "b")
+    moved = (tmp_path / "runs").rename(tmp_path / "moved")
+    ensemble.run(["a", "b"], method="mean", name="blend", runs_dir=str(moved))
+    assert (moved / "blend" / "scores.json").is_file() and not (tmp_path / "runs").exists()
+    cli("export", "blend", "--runs-dir", moved, "--out", tmp_path / "export")
+    assert json.loads((tmp_path / "export/manifest.json").read_text())["nodes"]["a"]["source"] == str(moved / "a")

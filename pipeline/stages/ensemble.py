@@ -116,13 +116,14 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     log.info("%s ensemble %s: CV %.4f%s -> %s", method, name, cv,
              " (each fold blended as fitted on the other folds" +
              (f"; in-sample {in_sample:.4f})" if in_sample is not None else ")") if blend.held_out is not None else "",
-             base.cfg.runs_dir + "/" + name)
+             base.run.path.parent / name)
     return scores
 
 
 def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold,
                    fitted: dict) -> dict:
-    cfg = load_config(base.run.config, [f"name={name}"])
+    # beside the first member, where it is now (its config.yaml may still name the runs_dir it was trained in)
+    cfg = load_config(base.run.config, [f"name={name}", f"runs_dir={base.run.path.parent}"])
     run = RunDir(cfg.run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     write_text(run.config, dump_yaml(cfg))

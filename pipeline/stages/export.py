@@ -59,7 +59,7 @@ def run(ref: str, out: str | Path | None = None, folds: list[int] | None = None,
         if notebook:
             from pipeline.notebook import write_notebook
 
-            write_notebook(tmp / "inference.ipynb", manifest)
+            write_notebook(tmp / "inference.ipynb", manifest, dataset=out.name)
         manifest["files"] = file_hashes(tmp)
         write_json(tmp / MANIFEST, manifest)
     replace_folder(staging, out)
