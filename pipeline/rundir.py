@@ -83,6 +83,15 @@ class RunDir:
         """The class list prepare wrote (folds.json)."""
         return json.loads(self.folds_json.read_text())["classes"]
 
+    def member_runs(self, runs_dir: str | Path = "runs") -> list[RunDir]:
+        """An ensemble's members (members.json) where they are now: the run directory it recorded, else the one of
+        that name under runs_dir (a runs/ folder moved since)."""
+        members = []
+        for m in json.loads(self.members.read_text()):
+            recorded = RunDir(m["run"])
+            members.append(recorded if recorded.config.is_file() else resolve(m["name"], runs_dir))
+        return members
+
     def read_scores(self, *parts: str) -> dict:
         """scores.json, checked against the stamps of the prediction files named ("oof", "test")."""
         scores = json.loads(self.scores.read_text())

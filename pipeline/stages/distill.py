@@ -76,13 +76,11 @@ def teacher_members(teacher: RunDir, runs_dir: str) -> list[RunDir]:
     if method == "rank":
         raise UserError(f"{teacher.name} is a rank ensemble: its outputs are ranks, not probabilities a student can "
                         "learn; distill from a mean, weighted, geometric or stack ensemble of the same members")
-    members = []
-    for m in json.loads(teacher.members.read_text()):
-        member = RunDir(m["run"]) if (RunDir(m["run"]).config).is_file() else resolve(m["name"], runs_dir)
+    members = teacher.member_runs(runs_dir)
+    for member in members:
         if member.members.is_file():
             raise UserError(f"{teacher.name}'s member {member.name} is itself an ensemble; distill from an ensemble "
                             "of experiments (its fold models are the teachers)")
-        members.append(member)
     return members
 
 

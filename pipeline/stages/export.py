@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from pipeline import __version__
@@ -92,18 +93,16 @@ def export_node(run: RunDir, dest: Path, runs_dir: str, folds: list[int] | None,
 
 
 def export_ensemble(run: RunDir, node_dir: Path, runs_dir: str, folds, dtype: str, nodes: dict) -> dict:
-    members = json.loads(run.members.read_text())
     fitted = json.loads(run.weights.read_text())
     if fitted["method"] == "stack" and not fitted.get("stacker"):
         raise UserError(f"{run.weights} holds no stacker coefficients (made by an older version); rerun "
                         f"`pipeline ensemble ... --method stack --name {run.name}`, then export")
-    names = []
-    for m in members:
-        source = Path(m["run"])
-        member = RunDir(source) if (source / "config.yaml").is_file() else resolve(m["name"], runs_dir)
+    members = run.member_runs(runs_dir)
+    for member in members:
         export_node(member, node_dir.parent, runs_dir, folds, dtype, nodes)
-        names.append(member.name)
-    write_json(node_dir / run.members.name, [{"name": n, "cv": m["cv"]} for n, m in zip(names, members, strict=True)])
+    names = [m.name for m in members]
+    recorded = json.loads(run.members.read_text())
+    write_json(node_dir / run.members.name, [{"name": n, "cv": m["cv"]} for n, m in zip(names, recorded, strict=True)])
     copy_file(run.weights, node_dir / run.weights.name)
     return {"kind": "ensemble", "members": names, "method": fitted["method"], "all_folds": True}
 
@@ -200,8 +199,7 @@ def build_wheel(dest: Path) -> str | None:
 def first_experiment(run: RunDir, runs_dir: str) -> Config:
     """The config of an experiment, or of an ensemble's first member (recursively): its competition's files."""
     while run.members.is_file():
-        first = json.loads(run.members.read_text())[0]
-        run = RunDir(first["run"]) if (Path(first["run"]) / "config.yaml").is_file() else resolve(first["name"], runs_dir)
+        run = run.member_runs(runs_dir)[0]
     return load_config(run.config)
 
 
@@ -215,8 +213,6 @@ def test_columns(run: RunDir, runs_dir: str) -> list[str] | None:
     path = first_experiment(run, runs_dir).data_path("test_csv")
     if not path.is_file():
         return None
-    import pandas as pd
-
     return [str(c) for c in pd.read_csv(path, nrows=0).columns]
 
 
@@ -239,4 +235,3 @@ def human(n: float) -> str:
         if n < 1024 or unit == "GB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
-    return f"{n:.1f} GB"

@@ -200,7 +200,7 @@ def budget_plan(manifest: dict, rows: int, max_minutes: float | None, device: to
     if not max_minutes or estimate <= max_minutes:
         return plan
     dropped = []
-    for name, k in _views_to_drop(plan, manifest):  # the last TTA view of the fold with the most, one at a time
+    for name, k in _views_to_drop(plan):  # the last TTA view of the fold with the most, one at a time
         dropped.append(f"{name} fold {k} view {plan[name][k].pop()}")
         if _minutes(plan, cost) <= max_minutes:
             break
@@ -237,7 +237,7 @@ def _minutes(plan: dict, cost: dict | None) -> float | None:
     return sum(cost[name, k, v] for name, folds in plan.items() for k, views in folds.items() for v in views) / 60
 
 
-def _views_to_drop(plan: dict, manifest: dict):
+def _views_to_drop(plan: dict):
     """(node, fold) whose last view goes next, until every fold predicts its identity view only."""
     while True:
         name, k = max(((n, k) for n, folds in plan.items() for k in folds), key=lambda nk: len(plan[nk[0]][nk[1]]))
