@@ -65,7 +65,8 @@ def prepare(
 @user_errors
 def train(
     config: Path = ConfigOpt,
-    fold: str = typer.Option("all", "--fold", "-f", help="fold number, or 'all' for each fold in turn"),
+    fold: str = typer.Option("all", "--fold", "-f",
+                             help="fold number, 'all' for each fold in turn, or 'full' (every row, after the folds)"),
     set_: list[str] = SetOpt,
     force: bool = typer.Option(False, "--force", help="retrain finished folds from scratch"),
     deterministic: bool = typer.Option(False, "--deterministic",

@@ -56,9 +56,11 @@ class Diverged(UserError):
     """The loss became NaN or infinite."""
 
 
-def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader, cfg: Config,
-        fold: FoldDir, tracker, resume: dict | None = None) -> Progress:
-    """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in its folder."""
+def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader | None, cfg: Config,
+        fold: FoldDir, tracker, resume: dict | None = None, keep: str = "model") -> Progress:
+    """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in its folder.
+    Without a valid_loader (`--fold full`) nothing is scored: it trains cfg.train.epochs and best.pt holds the last
+    epoch's weights, `keep` (model | ema) being the ones predict uses."""
     t, world, device = cfg.train, distributed.world(), pick_device()
     dtype = resolve_precision(t.precision, device)
     state = TrainingState.build(model, cfg, steps_per_epoch(len(train_loader), cfg), device, dtype, task.memory_format)
@@ -82,11 +84,15 @@ def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: Da
             epoch = state.progress.epoch + 1
             continue
         seconds = time.perf_counter() - started
-        scores = {name: evaluate(task, m, valid_loader, device, dtype) for name, m in state.weights().items()}
-        improved, stop = state.progress.record(epoch, scores, task.metric, t.epochs, t.patience)
+        if valid_loader is None:
+            scores = {}
+            improved, stop = state.progress.record_unvalidated(epoch, t.epochs, keep)
+        else:
+            scores = {name: evaluate(task, m, valid_loader, device, dtype) for name, m in state.weights().items()}
+            improved, stop = state.progress.record(epoch, scores, task.metric, t.epochs, t.patience)
         state.metrics.append(epoch_row(state, epoch, train_loss, scores, samples, seconds))
         if world.main:  # every rank holds the same weights and scores; one writes them
-            score = task.metric.best(s["score"] for s in scores.values())
+            score = task.metric.best(s["score"] for s in scores.values()) if scores else math.nan  # nan: kept by no top
             save_epoch(fold, top, state, score, improved, {"wandb_id": tracker.run_id, "config": to_dict(cfg)})
         tracker.log(state.metrics[-1], step=state.progress.step)
         log_epoch(state, epoch, t.epochs, train_loss, scores, task.metric.name, improved, stop)
@@ -106,11 +112,13 @@ def epoch_row(state: TrainingState, epoch: int, train_loss: float, scores: dict,
 def log_epoch(state: TrainingState, epoch: int, epochs: int, train_loss: float, scores: dict, metric: str,
               improved: bool, stop: bool) -> None:
     row = state.metrics[-1]
-    log.info("epoch %d/%d  train loss %.4f  %s%s %s%s  %.0f samples/s  %.0fs%s",
+    valid = scores.get("model", {})
+    log.info("epoch %d/%d  train loss %.4f  %s%s%s  %.0f samples/s  %.0fs%s",
              epoch + 1, epochs, train_loss,
-             f"valid loss {scores['model']['loss']:.4f}  " if "loss" in scores["model"] else "", metric,
-             " ".join(f"{name} {s['score']:.4f}" for name, s in scores.items()),
-             f"  * best ({state.progress.best_source})" if improved else "", row["samples/s"], row["seconds"],
+             f"valid loss {valid['loss']:.4f}  " if "loss" in valid else "",
+             f"{metric} " + " ".join(f"{name} {s['score']:.4f}" for name, s in scores.items()) if scores
+             else "no validation rows",
+             f"  * best ({state.progress.best_source})" if improved and scores else "", row["samples/s"], row["seconds"],
              "  early stop" if stop else "")
 
 

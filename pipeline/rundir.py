@@ -5,6 +5,7 @@
                  (hf: text encoders: encoder/, the model's config.json and tokenizer files, no weights)
       fold<k>/   last.pt best.pt avg.pt top/epoch<e>.pt metrics.csv train.log train.lock preprocess.json
                  oof.parquet oof_no_tta.parquet test.parquet predict.json
+      full/      a fold folder for the full-data refit (`train --fold full`): every row, no OOF, no CV of its own
 
 Any stage may run on another machine later, as long as it sees the same folder; this module is that contract.
 """
@@ -20,6 +21,8 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.files import check_stamps, new_stamp, write_json, write_parquet
 
+FULL = "full"  # `--fold full`: the model refit on every row
+
 
 class FoldDir:
     """runs/<exp>/fold<k>/: one fold's checkpoints, metrics and predictions."""
@@ -28,7 +31,7 @@ class FoldDir:
     FILES = ("last.pt", "best.pt", "avg.pt", "metrics.csv", "oof.parquet", "oof_no_tta.parquet", "test.parquet",
              "predict.json", "train.log", "preprocess.json")
 
-    def __init__(self, path: Path, k: int):
+    def __init__(self, path: Path, k: int | str):
         self.path, self.k = path, k
         self.last, self.best, self.avg = path / "last.pt", path / "best.pt", path / "avg.pt"
         self.top = path / "top"  # the best epochs' weights, kept for averaging (train.keep_top)
@@ -68,6 +71,11 @@ class RunDir:
 
     def fold(self, k: int) -> FoldDir:
         return FoldDir(self.path / f"fold{k}", k)
+
+    @property
+    def full(self) -> FoldDir:
+        """The full-data refit's folder (`train --fold full`); its k is FULL."""
+        return FoldDir(self.path / FULL, FULL)
 
     def fold_dirs(self) -> list[FoldDir]:
         """The fold folders on disk, in fold order (fold10 after fold9)."""

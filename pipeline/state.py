@@ -55,6 +55,13 @@ class Progress:
         self.done = stop or epoch == epochs - 1
         return improved, stop and epoch < epochs - 1
 
+    def record_unvalidated(self, epoch: int, epochs: int, source: str) -> tuple[bool, bool]:
+        """An epoch of a run with no validation rows (`--fold full`): the latest weights are the ones kept, from
+        `source` (model | ema, as most folds picked), and the run ends at `epochs`."""
+        self.epoch = self.best_epoch = epoch
+        self.best_source, self.done = source, epoch == epochs - 1
+        return True, False
+
 
 def steps_per_epoch(batches: int, cfg: Config) -> int:
     """Optimizer steps in one epoch of `batches` loader batches (accumulation, train.max_steps_per_epoch)."""

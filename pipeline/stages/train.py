@@ -5,11 +5,15 @@
 
 A lock file per fold (fold{k}/train.lock) lets several workers share one runs/ directory: `--fold all`
 in each of them trains every fold exactly once.
+
+`--fold full` (AutoGluon's refit_full) trains one more model, on every row, once the folds are trained: for the
+mean of their best epoch counts, with no validation rows, so it has no OOF and no CV of its own -> runs/<exp>/full/.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 from pipeline import checkpoint, distributed
@@ -21,7 +25,7 @@ from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import fit, infer, pick_device, resolve_precision
 from pipeline.provenance import write_run_header
-from pipeline.rundir import FoldDir, RunDir, best_weights
+from pipeline.rundir import FULL, FoldDir, RunDir, best_weights
 from pipeline.seeding import seed_everything, set_deterministic
 from pipeline.tasks import Task, build_task
 from pipeline.tracking import NullTracker, build_tracker
@@ -29,13 +33,15 @@ from pipeline.tracking import NullTracker, build_tracker
 log = logging.getLogger(__name__)
 
 
-def parse_folds(fold: str | int, k: int) -> list[int]:
+def parse_folds(fold: str | int, k: int) -> list[int | str]:
     if str(fold) == "all":
         return list(range(k))
+    if str(fold) == FULL:
+        return [FULL]
     try:
         f = int(fold)
     except ValueError:
-        raise UserError(f"--fold {fold!r}: expected a fold number 0..{k - 1} or 'all'") from None
+        raise UserError(f"--fold {fold!r}: expected a fold number 0..{k - 1}, 'all' or 'full'") from None
     if not 0 <= f < k:
         raise UserError(f"--fold {f}: this experiment has folds 0..{k - 1} (cv.folds={k})")
     return [f]
@@ -53,8 +59,9 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
         write_run_header(cfg, "train")
     run_dir = RunDir(cfg.run_dir)
     for k in which:
-        run_dir.fold(k).path.mkdir(parents=True, exist_ok=True)
-        lock = FoldLock(run_dir.fold(k).lock)
+        fold_dir = run_dir.full if k == FULL else run_dir.fold(k)
+        fold_dir.path.mkdir(parents=True, exist_ok=True)
+        lock = FoldLock(fold_dir.lock)
         if not distributed.broadcast(lock.acquire() if world.main else None):
             if len(which) == 1:
                 raise UserError(f"fold {k} is being trained by {lock.owner()} ({lock.path}); wait for it, "
@@ -62,7 +69,7 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
             log.info("fold %d is being trained by %s; next fold", k, lock.owner())
             continue
         try:
-            train_fold(cfg, folds, k, force)
+            train_full(cfg, folds, force) if k == FULL else train_fold(cfg, folds, k, force)
         finally:
             lock.release()
 
@@ -118,6 +125,57 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
             tracker.summary({"oof/score": score})
         finally:
             tracker.finish()
+
+
+def refit_plan(cfg: Config) -> tuple[int, str]:
+    """The full-data refit's epochs (the trained folds' mean best epoch count) and weights (EMA where most folds'
+    best epoch was the EMA's)."""
+    run_dir = RunDir(cfg.run_dir)
+    trained = [checkpoint.load(run_dir.fold(k).best)["progress"] for k in run_dir.folds_with("best.pt", cfg.cv.folds)]
+    if not trained:
+        raise UserError(f"--fold full trains for the folds' mean best epoch count, and {run_dir.path} has no trained "
+                        "fold: run `pipeline train --fold all` first")
+    epochs = max(1, round(sum(p["best_epoch"] + 1 for p in trained) / len(trained)))
+    ema = sum(p["best_source"] == "ema" for p in trained) * 2 > len(trained)
+    return epochs, "ema" if ema and cfg.train.ema else "model"
+
+
+def train_full(cfg: Config, folds: Folds, force: bool = False) -> None:
+    """runs/<exp>/full/: one model on every row, for the folds' mean best epoch count; nothing to validate on."""
+    world, fold = distributed.world(), RunDir(cfg.run_dir).full
+    if force and world.main:
+        fold.clear()
+    distributed.barrier()
+    state = checkpoint.load(fold.last) if fold.last.is_file() else None
+    if state and state["progress"]["done"]:
+        log.info("the full-data refit is finished (%d epochs); --force retrains it", state["progress"]["epoch"] + 1)
+        return
+    epochs, keep = refit_plan(cfg)
+    cfg = replace_train(cfg, epochs=epochs, patience=0, keep_top=0)
+    seed_everything(cfg.seed + cfg.cv.folds)  # not any fold's seed
+    task = build_task(cfg, folds.classes)
+    rows = folds.table
+    preprocess = task.fit_fold(rows)
+    if preprocess and world.main:
+        write_json(fold.preprocess, preprocess)
+    model = task.build_model()
+    if world.size > 1:
+        seed_everything(cfg.seed + cfg.cv.folds + 7919 * world.rank)
+    loader = build_loader(task.build_dataset(rows, train=True), cfg, True, cfg.train.batch_size,
+                          seed=cfg.seed + cfg.cv.folds)
+    log.info("full-data refit: %d rows for %d epochs (the folds' mean best epoch), %s weights, model %s; it has no "
+             "validation rows, so no OOF and no CV of its own", len(rows), epochs, keep, cfg.model.name)
+    tracker = build_tracker(cfg, FULL, "train", state and state["wandb_id"]) if world.main else NullTracker()
+    with log_to_file(fold.log) if world.main else contextlib.nullcontext():
+        try:
+            fit(task, model, loader, None, cfg, fold, tracker, resume=state, keep=keep)
+        finally:
+            tracker.finish()
+
+
+def replace_train(cfg: Config, **changes) -> Config:
+    """A copy of cfg with train settings changed (the folds' own config stays as it was)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
 
 
 def write_oof(task: Task, model, valid_rows, valid_loader, cfg: Config, fold: FoldDir) -> float:
