@@ -66,18 +66,19 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
             if len(which) == 1:
                 raise UserError(f"fold {k} is being trained by {lock.owner()} ({lock.path}); wait for it, "
                                 "or delete the lock file if that process is gone")
-            log.info("fold %d is being trained by %s; next fold", k, lock.owner())
+            log.info("fold %s is being trained by %s; next fold", k, lock.owner())
             continue
         try:
-            train_full(cfg, folds, force) if k == FULL else train_fold(cfg, folds, k, force)
+            train_fold(cfg, folds, k, force)
         finally:
             lock.release()
 
 
-def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
-    """Train fold k unless it is finished; a half-trained fold continues from its last.pt."""
-    world = distributed.world()
-    fold = RunDir(cfg.run_dir).fold(k)
+def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> None:
+    """Train fold k unless it is finished; a half-trained fold continues from its last.pt. k = FULL: the full-data
+    refit, on every row for the folds' mean best epoch count, with no validation rows (no OOF)."""
+    world, full = distributed.world(), k == FULL
+    fold = RunDir(cfg.run_dir).full if full else RunDir(cfg.run_dir).fold(k)
     if force and world.main:
         fold.clear()
     distributed.barrier()
@@ -87,42 +88,57 @@ def train_fold(cfg: Config, folds: Folds, k: int, force: bool = False) -> None:
             stale.unlink(missing_ok=True)
     state = checkpoint.load(fold.last) if fold.last.is_file() else None
     done = bool(state and state["progress"]["done"])
+    if done and full:
+        log.info("the full-data refit is finished (%d epochs); --force retrains it", state["progress"]["epoch"] + 1)
+        return
     if done and fold.oof.is_file():
         p = state["progress"]
         log.info("fold %d is finished (best %s %.4f at epoch %d); --force retrains it",
                  k, cfg.train.metric, p["best_score"], p["best_epoch"] + 1)
         return
 
-    seed_everything(cfg.seed + k)
+    keep = "model"
+    if full:
+        epochs, keep = refit_plan(cfg)
+        cfg = replace_train(cfg, epochs=epochs, patience=0, keep_top=0)
+    seed = cfg.seed + (cfg.cv.folds if full else k)  # the refit draws no fold's numbers
+    seed_everything(seed)
     task = build_task(cfg, folds.classes)
-    train_rows, valid_rows = folds.split(k)
+    train_rows, valid_rows = (folds.table, None) if full else folds.split(k)
     preprocess = task.fit_fold(train_rows)  # e.g. channel statistics or a vocabulary, from training rows only
     if preprocess and world.main:
         write_json(fold.preprocess, preprocess)
     model = task.build_model()
     if world.size > 1:  # same initial weights on every rank (DDP checks), different dropout and mixup draws
-        seed_everything(cfg.seed + k + 7919 * world.rank)
+        seed_everything(seed + 7919 * world.rank)
     if cfg.distill.teacher:  # a student (pipeline distill): soft targets from fold k's teachers
         from pipeline.stages.distill import training_set
 
         train_set = training_set(task, cfg, fold, train_rows)
     else:
         train_set = task.build_dataset(train_rows, train=True)
-    train_loader = build_loader(train_set, cfg, True, cfg.train.batch_size, seed=cfg.seed + k)
-    valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
-    log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
+    train_loader = build_loader(train_set, cfg, True, cfg.train.batch_size, seed=seed)
+    if full:
+        valid_loader = None
+        log.info("full-data refit: %d rows for %d epochs (the folds' mean best epoch), %s weights, model %s; it has "
+                 "no validation rows, so no OOF and no CV of its own", len(train_rows), cfg.train.epochs, keep,
+                 cfg.model.name)
+    else:
+        valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
+        log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
 
     if state is not None and not done:
         warn_config_changes(state.get("config", {}), to_dict(cfg))
     tracker = NullTracker() if done or not world.main else \
-        build_tracker(cfg, f"fold{k}", "train", state and state["wandb_id"])
+        build_tracker(cfg, FULL if full else f"fold{k}", "train", state and state["wandb_id"])
     with log_to_file(fold.log) if world.main else contextlib.nullcontext():
         try:
             if not done:
-                fit(task, model, train_loader, valid_loader, cfg, fold, tracker, resume=state)
-            distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
-            score = write_oof(task, model, valid_rows, valid_loader, cfg, fold)
-            tracker.summary({"oof/score": score})
+                fit(task, model, train_loader, valid_loader, cfg, fold, tracker, resume=state, keep=keep)
+            if not full:
+                distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
+                score = write_oof(task, model, valid_rows, valid_loader, cfg, fold)
+                tracker.summary({"oof/score": score})
         finally:
             tracker.finish()
 
@@ -138,39 +154,6 @@ def refit_plan(cfg: Config) -> tuple[int, str]:
     epochs = max(1, round(sum(p["best_epoch"] + 1 for p in trained) / len(trained)))
     ema = sum(p["best_source"] == "ema" for p in trained) * 2 > len(trained)
     return epochs, "ema" if ema and cfg.train.ema else "model"
-
-
-def train_full(cfg: Config, folds: Folds, force: bool = False) -> None:
-    """runs/<exp>/full/: one model on every row, for the folds' mean best epoch count; nothing to validate on."""
-    world, fold = distributed.world(), RunDir(cfg.run_dir).full
-    if force and world.main:
-        fold.clear()
-    distributed.barrier()
-    state = checkpoint.load(fold.last) if fold.last.is_file() else None
-    if state and state["progress"]["done"]:
-        log.info("the full-data refit is finished (%d epochs); --force retrains it", state["progress"]["epoch"] + 1)
-        return
-    epochs, keep = refit_plan(cfg)
-    cfg = replace_train(cfg, epochs=epochs, patience=0, keep_top=0)
-    seed_everything(cfg.seed + cfg.cv.folds)  # not any fold's seed
-    task = build_task(cfg, folds.classes)
-    rows = folds.table
-    preprocess = task.fit_fold(rows)
-    if preprocess and world.main:
-        write_json(fold.preprocess, preprocess)
-    model = task.build_model()
-    if world.size > 1:
-        seed_everything(cfg.seed + cfg.cv.folds + 7919 * world.rank)
-    loader = build_loader(task.build_dataset(rows, train=True), cfg, True, cfg.train.batch_size,
-                          seed=cfg.seed + cfg.cv.folds)
-    log.info("full-data refit: %d rows for %d epochs (the folds' mean best epoch), %s weights, model %s; it has no "
-             "validation rows, so no OOF and no CV of its own", len(rows), epochs, keep, cfg.model.name)
-    tracker = build_tracker(cfg, FULL, "train", state and state["wandb_id"]) if world.main else NullTracker()
-    with log_to_file(fold.log) if world.main else contextlib.nullcontext():
-        try:
-            fit(task, model, loader, None, cfg, fold, tracker, resume=state, keep=keep)
-        finally:
-            tracker.finish()
 
 
 def replace_train(cfg: Config, **changes) -> Config:
