@@ -92,7 +92,8 @@ def _setup_logging() -> None:
 @user_errors
 def predict(
     config: Path = ConfigOpt,
-    fold: str = typer.Option("all", "--fold", "-f", help="fold number, or 'all' trained folds"),
+    fold: str = typer.Option("all", "--fold", "-f", help="fold number, 'all' trained folds (and a finished full-data "
+                             "refit), or 'full' (the refit's test predictions alone)"),
     tta: str = typer.Option(None, "--tta", help="none | hflip | vflip | flips | d4 | view list (default: predict.tta)"),
     weights: str = typer.Option(None, "--weights", help="best | ema | avg | auto (default: predict.weights)"),
     set_: list[str] = SetOpt,
@@ -167,7 +168,8 @@ def distill(
 def export(
     experiment: str = typer.Argument(..., help="experiment or ensemble name under runs/ (or its directory)"),
     out: Path = typer.Option(None, "--out", "-o", help="export folder (default: exports/<exp>)"),
-    folds: str = typer.Option(None, "--folds", help="comma-separated folds to keep, e.g. 0,1,2 (default: all predicted)"),
+    folds: str = typer.Option(None, "--folds", help="comma-separated folds to keep, e.g. 0,1,2 or 0,full (default: all predicted, "
+                         "and the full-data refit where predict used it)"),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 (submits exactly what `submit` would) | fp16 (half the size)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
     force: bool = typer.Option(False, "--force", help="replace an existing export folder"),
@@ -179,7 +181,7 @@ def export(
     """
     from pipeline.stages import export as stage
 
-    chosen = None if folds is None else [int(k) for k in folds.replace(" ", "").split(",") if k]
+    chosen = None if folds is None else stage.parse_fold_list(folds)
     stage.run(experiment, out=out, folds=chosen, dtype=dtype, runs_dir=runs_dir, force=force)
 
 

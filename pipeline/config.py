@@ -187,6 +187,9 @@ class PredictConfig:
     # stored probabilities: float16 halves oof/test.parquet and ensembling memory (3 significant digits, so
     # labels and blends are unchanged, but log-loss of confident mistakes is not: keep float32 for log-loss)
     dtype: Literal["float32", "float16"] = "float32"
+    # a full-data refit (`train --fold full`) joins the test mean as one more model once it is trained; it has no
+    # OOF, so the CV is unchanged (the folds'); false leaves it out
+    full_refit: bool = True
 
 
 @dataclass

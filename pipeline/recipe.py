@@ -58,7 +58,7 @@ def fold_recipe(cfg: Config, fold: FoldDir) -> Config:
         _assign(tree, key.split("."), _recipe_value(saved, key, defaults))
     recipe = config_from_dict(tree, f"{fold.best} (its training recipe)")
     if cfg.predict.image_size:
-        log.info("fold %d: predicting at %d px (predict.image_size), trained at %d px", fold.k,
+        log.info("fold %s: predicting at %d px (predict.image_size), trained at %d px", fold.k,
                  cfg.predict.image_size, recipe.image.size)
         recipe = replace(recipe, image=replace(recipe.image, size=cfg.predict.image_size))
     # the fold's own weights replace everything: no backbone weights file is read again

@@ -98,9 +98,19 @@ def summary(cfg: Config, scores: dict) -> Section:
         f"CV {scores.get('metric', cfg.train.metric)}": "-" if cv is None else f"{cv:.4f} ± {scores.get('cv_std', 0):.4f}",
         "CV without TTA": f"{scores['cv_no_tta']:.4f}" if "cv_no_tta" in scores else "-",
         "per fold": ", ".join(f"{k}: {v:.4f}" for k, v in scores.get("folds", {}).items()) or "-",
+        **refit_fact(scores),
         "git": (meta.get("git") or {}).get("sha") or "-",
     }
     return Section("Summary", table(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]})))
+
+
+def refit_fact(scores: dict) -> dict:
+    """The report's line for a full-data refit in the test predictions (pipeline.stages.predict), if there is one."""
+    refit = scores.get("full_refit")
+    if not refit:
+        return {}
+    return {"test predictions": f"the {len(scores.get('folds', {}))} folds + {refit['note']}, {refit['epochs']} "
+                                f"epochs, {refit['weights']} weights"}
 
 
 def learning_section(cfg: Config, out: Path) -> Section:

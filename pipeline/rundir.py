@@ -69,8 +69,9 @@ class RunDir:
 
     __str__ = __fspath__
 
-    def fold(self, k: int) -> FoldDir:
-        return FoldDir(self.path / f"fold{k}", k)
+    def fold(self, k: int | str) -> FoldDir:
+        """fold<k>/, or full/ for k = FULL."""
+        return self.full if k == FULL else FoldDir(self.path / f"fold{k}", k)
 
     @property
     def full(self) -> FoldDir:

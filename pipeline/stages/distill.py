@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.files import parquet_stamp, write_parquet
 from pipeline.fold_model import from_run, run_config
 from pipeline.folds import Folds, load_folds
-from pipeline.rundir import FoldDir, RunDir, resolve
+from pipeline.rundir import FULL, FoldDir, RunDir, resolve
 from pipeline.stages import predict, prepare, train
 from pipeline.tasks import Task, build_task
 
@@ -109,6 +109,24 @@ def write_targets(cfg: Config, teacher: RunDir, members: list[RunDir], folds: Fo
              ", ".join(f"{m.name} fold {k}" for m in members), path)
 
 
+def write_full_targets(cfg: Config, path) -> None:
+    """full/teacher.parquet for the student's full-data refit (`train --fold full`): the teacher's OOF outputs on
+    every training row (each from the models that did not train on it) and its test outputs. The refit has no CV
+    of its own, so nothing here is scored."""
+    teacher = RunDir(cfg.distill.teacher)
+    stamp = teacher.read_scores("oof", "test").get("stamp")
+    if path.is_file() and parquet_stamp(path) == stamp:
+        return
+    task = build_task(run_config(teacher), teacher.classes())
+    oof, test = pd.read_parquet(teacher.oof), pd.read_parquet(teacher.test)
+    frame = task.prediction_frame(pd.concat([oof[["id"]], test[["id"]]], ignore_index=True),
+                                  np.concatenate([task.read_outputs(oof), task.read_outputs(test)]))
+    frame.insert(1, "part", ["train"] * len(oof) + ["test"] * len(test))
+    write_parquet(path, frame, stamp)
+    log.info("full-data refit: teacher targets from %s's OOF (%d rows) and test (%d rows) -> %s", teacher.name,
+             len(oof), len(test), path)
+
+
 def blend_without_fold(task: Task, teacher: RunDir, members: list[RunDir], outputs: list[np.ndarray], k: int):
     """The ensemble's blend as fold k may see it (pipeline.blend.blend_without_fold), on fold k's teachers' outputs."""
     oofs = [pd.read_parquet(m.oof).sort_values("id", ignore_index=True) for m in members]
@@ -121,6 +139,8 @@ def training_set(task: Task, cfg: Config, fold: FoldDir, train_rows: pd.DataFram
     """Fold k's training dataset with soft targets: alpha x label + (1 - alpha) x fold k's teachers' prediction per
     row, and (distill.test) the test rows on the teachers' prediction alone."""
     path = fold.path / TEACHER_FILE
+    if fold.k == FULL:
+        write_full_targets(cfg, path)
     if not path.is_file():
         raise UserError(f"{path} missing: the student's targets are written by `pipeline distill "
                         f"{cfg.distill.teacher} --config <student config>` before its folds train")
@@ -143,6 +163,6 @@ def training_set(task: Task, cfg: Config, fold: FoldDir, train_rows: pd.DataFram
         soft.append(task.soft_targets(None, task.read_outputs(on_test), alpha))
     dataset = task.build_dataset(rows, train=True)
     dataset.labels = np.concatenate(soft).astype(np.float32)  # every row's training target (datasets index .labels)
-    log.info("fold %d: distilling from %s (alpha %.2f): %d training rows%s", fold.k, cfg.distill.teacher, alpha,
+    log.info("fold %s: distilling from %s (alpha %.2f): %d training rows%s", fold.k, cfg.distill.teacher, alpha,
              len(train_rows), f" + {len(rows) - len(train_rows)} test rows" if cfg.distill.test else "")
     return dataset

@@ -28,7 +28,8 @@ from pipeline.files import atomic_dir, copy_file, write_json, write_text
 from pipeline.fold_model import FoldModel, from_run, run_config
 from pipeline.loop import pick_device
 from pipeline.metrics import greater_is_better
-from pipeline.rundir import RunDir, resolve
+from pipeline.rundir import FULL, RunDir, resolve
+from pipeline.stages.predict import FULL_REFIT_NOTE
 from pipeline.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -107,22 +108,34 @@ def export_ensemble(run: RunDir, node_dir: Path, runs_dir: str, folds, dtype: st
     return {"kind": "ensemble", "members": names, "method": fitted["method"], "all_folds": True}
 
 
-def export_experiment(run: RunDir, node_dir: Path, folds: list[int] | None, dtype: str) -> dict:
+def parse_fold_list(text: str) -> list[int | str]:
+    """--folds "0,1,full" -> [0, 1, "full"]."""
+    out = []
+    for part in (p for p in text.replace(" ", "").split(",") if p):
+        if part != FULL and not part.isdigit():
+            raise UserError(f"--folds {text!r}: expected comma-separated fold numbers and 'full', e.g. 0,1,2,full")
+        out.append(part if part == FULL else int(part))
+    return out
+
+
+def export_experiment(run: RunDir, node_dir: Path, folds: list[int | str] | None, dtype: str) -> dict:
     cfg = run_config(run)
     predicted = run.folds_with(PREDICT, cfg.cv.folds)
     if not predicted:
         raise UserError(f"{run.name} has no predicted fold; run `pipeline predict --config {run.config}` first")
+    if "full_refit" in run.read_scores():  # its test.parquet holds the full-data refit too
+        predicted.append(FULL)
     chosen = predicted if folds is None else folds
     if missing := [k for k in chosen if k not in predicted]:
         raise UserError(f"{run.name}: fold(s) {missing} not predicted (predicted: {predicted}); --folds picks among "
-                        "the folds `pipeline predict` ran")
+                        "the folds `pipeline predict` ran (full: the full-data refit, where predict joined it)")
     encoder = run.path / "encoder"
     if encoder.is_dir():  # text encoders: config and tokenizer files, rebuilt around the fold weights
         shutil.copytree(encoder, node_dir / "encoder")
     test = timing_rows(cfg)
     entries = []
     for k in chosen:
-        fold, out = run.fold(k), node_dir / f"fold{k}"
+        fold, out = run.fold(k), RunDir(node_dir).fold(k).path
         out.mkdir()
         fm = from_run(cfg, k)
         save_weights(fm.model.state_dict(), out / WEIGHTS, dtype)
@@ -132,14 +145,18 @@ def export_experiment(run: RunDir, node_dir: Path, folds: list[int] | None, dtyp
             copy_file(fold.preprocess, out / PREPROCESS)
         names = [v.name for v in fm.views]
         entry = {"k": k, "views": names, "score": fm.record["score"], "weights": fm.record["weights_used"]}
+        if k == FULL:
+            entry["note"] = FULL_REFIT_NOTE
         if test is not None:
             entry["seconds_per_row"] = view_seconds(fm, test)
         entries.append(entry)
-        log.info("%s fold %d: %s weights, %s TTA (%s), %s%s", run.name, k, entry["weights"], fm.cfg.predict.tta,
+        log.info("%s fold %s: %s weights, %s TTA (%s), %s%s", run.name, k, entry["weights"], fm.cfg.predict.tta,
                  ", ".join(names), dtype, "" if test is None else ", " + ", ".join(
                      f"{v} {1 / s:.0f} rows/s" for v, s in entry["seconds_per_row"].items()))
-    return {"kind": "experiment", "folds": entries, "all_folds": chosen == predicted and len(predicted) == cfg.cv.folds,
-            "task": cfg.task, "model": cfg.model.name, "greater_is_better": greater_is_better(cfg.train.metric)}
+    every = chosen == predicted and len([k for k in predicted if k != FULL]) == cfg.cv.folds
+    node = {"kind": "experiment", "folds": entries, "all_folds": every, "task": cfg.task, "model": cfg.model.name,
+            "greater_is_better": greater_is_better(cfg.train.metric)}
+    return {**node, "full_refit": FULL_REFIT_NOTE} if FULL in chosen else node
 
 
 def timing_rows(cfg: Config):

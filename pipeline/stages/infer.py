@@ -25,6 +25,7 @@ from pipeline.files import write_csv
 from pipeline.fold_model import from_export
 from pipeline.folds import resolve_target
 from pipeline.loop import pick_device
+from pipeline.rundir import FULL, RunDir
 from pipeline.submission import check_rows, read_sample
 from pipeline.tasks import TASKS, build_task
 
@@ -155,13 +156,13 @@ def experiment_test(root: Path, node: str, place: Place, test: pd.DataFrame, fol
     names = classes(root, node)
     frames = []
     for k, view_names in folds.items():
-        fold_dir = root / node / f"fold{k}"
+        fold_dir = RunDir(root / node).fold(k).path  # fold<k>/, or full/ for a full-data refit
         fm = from_export(fold_dir, place.apply(load_config(fold_dir / RECIPE), node), names)
         views = [v for v in fm.views if v.name in view_names]  # --max-minutes may have dropped some
         started = time.time()
         outputs = fm.predict(test, place.device, views, progress=f"{node} fold {k}")
         seconds = time.time() - started
-        log.info("%s fold %d: %d rows x %d views (%s) in %.1f s, %.1f rows/s", node, k, len(test), len(views),
+        log.info("%s fold %s: %d rows x %d views (%s) in %.1f s, %.1f rows/s", node, k, len(test), len(views),
                  ", ".join(v.name for v in views), seconds, len(test) / max(seconds, 1e-9))
         frames.append(fm.task.prediction_frame(test, outputs))
     cfg = node_config(root, node, place)
@@ -247,9 +248,12 @@ def _views_to_drop(plan: dict):
 
 
 def _folds_to_drop(plan: dict, manifest: dict):
-    """Folds, least valuable first (the lowest OOF score on its own rows), keeping one fold per experiment."""
+    """Folds, least valuable first (the lowest OOF score on its own rows; a full-data refit last), keeping one
+    fold per experiment."""
     def value(name: str, f: dict) -> float:
-        score = f.get("score", 0.0)
+        if f["k"] == FULL:  # no OOF score; trained on every row, it goes last
+            return float("inf")
+        score = f.get("score") or 0.0
         return score if manifest["nodes"][name].get("greater_is_better", True) else -score
     folds = sorted(((value(n, f), n, f["k"]) for n, node in manifest["nodes"].items() if node["kind"] == "experiment"
                     for f in node["folds"]), key=lambda t: t[0])

@@ -1,12 +1,17 @@
 """Stage 3: OOF and test predictions for every trained fold, with TTA; the experiment's CV score.
 
-    pipeline predict --config configs/leaves.yaml --tta d4 [--fold 0] [--weights best|ema|avg]
+    pipeline predict --config configs/leaves.yaml --tta d4 [--fold 0|all|full] [--weights best|ema|avg]
+
+A full-data refit (`train --fold full`, runs/<exp>/full/) predicts the test rows only, with the views most folds
+used, and its test predictions join the folds' mean as one more model (predict.full_refit). It has no validation
+rows, so no OOF and no CV of its own: the CV stays the K folds' OOF score, and scores.json says so.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +27,15 @@ from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import evaluate, infer, pick_device, resolve_precision
 from pipeline.recipe import fold_recipe, mixed_recipes, saved_config
-from pipeline.rundir import RunDir, best_weights
+from pipeline.rundir import FULL, RunDir, best_weights
 from pipeline.stages.train import parse_folds
 from pipeline.tasks import TASKS, Task, build_task
 from pipeline.tracking import build_tracker
 from pipeline.tta import View, choose_views
 
 log = logging.getLogger(__name__)
+# wherever the refit is shown (predict's log, scores.json, the report, an export's manifest)
+FULL_REFIT_NOTE = "full-data refit (no CV of its own: the CV is the folds' OOF score)"
 
 
 def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: str | None = None) -> dict:
@@ -39,6 +46,14 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
         cfg.predict.weights = weights
     folds = load_folds(cfg)
     run = RunDir(cfg.run_dir)
+    refit = cfg.predict.full_refit and refit_finished(run)
+    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
+    if str(fold) == FULL:
+        if not refit:
+            raise UserError(f"no finished full-data refit in {run.full.path}" + ("" if cfg.predict.full_refit else
+                            " to predict (predict.full_refit=false)") + "; run `pipeline train --fold full` first")
+        predict_full(cfg, folds, test)
+        return combine_folds(cfg)
     trained = run.folds_with("best.pt", cfg.cv.folds)
     which = parse_folds(fold, cfg.cv.folds)
     missing = [k for k in which if k not in trained]
@@ -49,18 +64,19 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
         raise UserError("predict.tta=search chooses each fold's views on the other folds' OOF rows: train at least "
                         "two folds and predict them together (--fold all)")
     mixed_recipes({k: saved_config(run.fold(k)) for k in trained}, cfg)  # says so when folds differ
-    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
     todo = [k for k in which if k in trained]
     if not search:  # one fold in memory at a time
         for k in todo:
             write_fold(infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test))
-        return combine_folds(cfg)
-    done = {k: infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test) for k in todo}
-    first = done[todo[0]]
-    chosen = choose_views({k: (p.oof_views, p.labels) for k, p in done.items()}, [v.name for v in first.views],
-                          first.task.merge, first.task.evaluate, first.task.metric)
-    for k, p in done.items():
-        write_fold(p, chosen[k])
+    else:
+        done = {k: infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test) for k in todo}
+        first = done[todo[0]]
+        chosen = choose_views({k: (p.oof_views, p.labels) for k, p in done.items()}, [v.name for v in first.views],
+                              first.task.merge, first.task.evaluate, first.task.metric)
+        for k, p in done.items():
+            write_fold(p, chosen[k])
+    if refit and str(fold) == "all":
+        predict_full(cfg, folds, test)
     return combine_folds(cfg)
 
 
@@ -147,6 +163,49 @@ def write_fold(p: FoldPrediction, chosen: list[int] | None = None) -> None:
     write_json(fold.predict_json, record)
 
 
+def refit_finished(run: RunDir) -> bool:
+    """Whether runs/<exp>/full/ holds a finished full-data refit; a half-trained one is said and left out."""
+    if not run.full.best.is_file():
+        return False
+    if checkpoint.load(run.full.best, mmap=True)["progress"]["done"]:
+        return True
+    log.warning("the full-data refit in %s is not finished: its test predictions are left out until `pipeline train "
+                "--fold full` completes it", run.full.path)
+    return False
+
+
+def predict_full(cfg: Config, folds: Folds, test: pd.DataFrame) -> None:
+    """full/test.parquet and full/predict.json: the full-data refit on the test rows, with the TTA views most folds
+    used (their predict.json), and the weights it trained to keep (raw or EMA, as most folds picked)."""
+    run = RunDir(cfg.run_dir)
+    full, recipe = run.full, fold_recipe(cfg, run.full)
+    task = build_task(recipe, folds.classes)
+    if full.preprocess.is_file():
+        task.load_fold(json.loads(full.preprocess.read_text()))
+    spec = "all" if recipe.predict.tta == "search" else recipe.predict.tta
+    used = Counter(tuple(json.loads(run.fold(k).predict_json.read_text())["views"])
+                   for k in run.folds_with("predict.json", cfg.cv.folds))
+    names = used.most_common(1)[0][0] if used else [v.name for v in task.views(spec)]
+    views = [v for v in task.views(spec) if v.name in names]
+    best = checkpoint.load(full.best)
+    model = task.build_model()
+    model.load_state_dict(best_weights(best))
+    device = pick_device()
+    model.to(device, memory_format=task.memory_format)
+    loader = build_loader(task.build_dataset(test, train=False), recipe, False, recipe.predict.batch_size)
+    outputs = task.merge(list(infer(task, model, loader, device, resolve_precision(recipe.train.precision, device),
+                                    views)))
+    write_parquet(full.test, task.prediction_frame(test, outputs))
+    progress = best["progress"]
+    write_json(full.predict_json, {"full_refit": True, "score": None, "tta": recipe.predict.tta,
+                                   "views": [v.name for v in views], "weights": "best", "weights_used": "best",
+                                   "source": progress["best_source"], "epochs": progress["epoch"] + 1,
+                                   "model": recipe.model.name, "image_size": recipe.image.size})
+    log.info("full-data refit: %d test rows with %s TTA (%s), %s weights after %d epochs -> %s; no CV of its own "
+             "(no validation rows)", len(test), recipe.predict.tta, ", ".join(v.name for v in views),
+             progress["best_source"], progress["epoch"] + 1, full.test)
+
+
 def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int, choice: str) -> dict:
     """best: whichever of raw/EMA validated best; ema: the EMA weights of best.pt; avg: averaged top epochs."""
     if choice == "avg":
@@ -167,6 +226,10 @@ def combine_folds(cfg: Config) -> dict:
     oof = pd.concat([pd.read_parquet(f.oof) for f in done], ignore_index=True)
     plain = pd.concat([pd.read_parquet(f.oof_no_tta) for f in done], ignore_index=True)
     tests = [pd.read_parquet(f.test) for f in done]
+    refit = run.full if cfg.predict.full_refit and run.full.predict_json.is_file() and run.full.test.is_file() \
+        else None
+    if refit:  # one more model in the test mean; the OOF (and so the CV) stays the K folds'
+        tests.append(pd.read_parquet(refit.test))
     folds = load_folds(cfg)
     task = build_task(cfg, folds.classes)
     test = task.prediction_frame(tests[0][["id"]], task.merge([task.read_outputs(t) for t in tests]))
@@ -182,6 +245,11 @@ def combine_folds(cfg: Config) -> dict:
         "rows": len(oof),
         **fitted,  # decisions (applied by submit), cv_fitted_in_sample, cv_default_decisions
     }
+    if refit:
+        record = json.loads(refit.predict_json.read_text())
+        scores["test_models"] = [f.k for f in done] + [FULL]
+        scores["full_refit"] = {"epochs": record["epochs"], "weights": record["source"], "views": record["views"],
+                                "note": FULL_REFIT_NOTE}
     scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "predict", "predict")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
@@ -190,6 +258,8 @@ def combine_folds(cfg: Config) -> dict:
         log.warning("CV covers folds %s only (%d of %d rows)", [f.k for f in done], len(oof), len(folds.table))
     log.info("CV %s %.4f ± %.4f over %d folds (%.4f without TTA) -> %s", cfg.train.metric, scores["cv"],
              scores["cv_std"], len(done), scores["cv_no_tta"], run.scores)
+    if refit:
+        log.info("test predictions: the %d folds and the %s", len(done), FULL_REFIT_NOTE)
     return scores
 
 
