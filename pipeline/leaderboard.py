@@ -45,7 +45,9 @@ def _row(path: Path) -> dict:
         "exp": run.name,
         "model": f"ensemble of {len(members)}" if members else cfg.model.name,
         "size": None if members else TASKS[cfg.task].input_size(cfg),
-        "folds": f"{len(scores.get('folds', {}))}/{cfg.cv.folds}" if members else f"{done}/{cfg.cv.folds}",
+        # "+full": a full-data refit is in the test predictions (the CV is still the folds')
+        "folds": (f"{len(scores.get('folds', {}))}/{cfg.cv.folds}" if members else f"{done}/{cfg.cv.folds}")
+        + ("+full" if "full_refit" in scores else ""),
         "tta": scores.get("method") if members else scores.get("tta"),
         "metric": scores.get("metric", cfg.train.metric),
         "cv": scores.get("cv"),
