@@ -129,6 +129,9 @@ class TrainConfig:
     base_batch: int = 256  # the batch base_lr was tuned for; lr scales with effective/base_batch
     lr_scale: Literal["linear", "sqrt", "none"] = "linear"  # sqrt is gentler for very large batches
     accum_steps: int = 1  # gradient accumulation; effective batch = batch_size x accum_steps x world size
+    # under torchrun: BatchNorm statistics over every rank's batch (SyncBatchNorm), for small per-GPU batches such as
+    # detection's; costs an all-reduce per BN layer, so off by default. Ignored in a single process
+    sync_bn: bool = False
     weight_decay: float = 0.05  # AdamW decoupled decay; never applied to norms and biases
     # backbone LR = mult x head LR. 1.0: on fold 0 of four image dev sets, 0.5 never won and lost 0.12 accuracy on
     # leaves, 0.10 F2 on miml-scenes and 0.58 MAE on utkface-age at 6 epochs (scripts/ablate.py)
@@ -147,7 +150,9 @@ class TrainConfig:
     # auto: cross-entropy (multiclass), BCE (binary, multilabel), mse (regression, ordinal; l1 when the metric is mae);
     # focal/asl: sigmoid focal or asymmetric loss for multilabel; mse/l1/huber on the standardised value
     loss: Literal["auto", "bce", "focal", "asl", "mse", "l1", "huber"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp32 on CPU, bf16 (else fp16) on CUDA
+    # auto: fp32 on CPU; on CUDA bf16 from compute capability 8.0 (A100, L4, H100), fp16 + GradScaler below it (T4,
+    # P100, V100 emulate bf16); the choice and why is logged (pipeline.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # NHWC memory format; faster for CNNs on CPU (~15%) and tensor cores
     compile: bool = False  # torch.compile the training forward/backward; pays off on long GPU runs, the
     # first steps compile for minutes (and need a C++ compiler on CPU); checkpoints stay plain state_dicts

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pipeline import checkpoint, distributed
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.optim import ResolvedLR, build_optimizer, build_scheduler, scale_lr
+
+log = logging.getLogger(__name__)
 
 
 class NoEMA:
@@ -93,6 +96,12 @@ class TrainingState:
         """Move the model to the device, wrap it (DDP under torchrun, torch.compile), and build what steps it:
         AdamW at the batch-scaled LR, warmup + cosine per optimizer step, a grad scaler (fp16 only), EMA."""
         t, world = cfg.train, distributed.world()
+        if t.sync_bn and world.size > 1:  # one set of BN statistics over all ranks' samples
+            if device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                log.warning("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel); each %s rank keeps its own "
+                            "BatchNorm statistics", device.type)
         model.to(device, memory_format=memory_format)
         # DDP averages gradients over ranks in backward; EMA, evaluation and checkpoints use the bare model.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

@@ -70,3 +70,22 @@ def test_a_held_fold_is_skipped_by_other_workers_and_a_dead_holders_lock_is_take
         holder.kill()
         holder.wait()
     assert FoldLock(fold0 / "train.lock").acquire()  # its process is gone: the lock is stale
+
+
+def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
+    """train.accum_steps=2 under DDP: one gradient all-reduce per optimizer step (no_sync on the micro-steps), as
+    many as accum_steps=1 makes for the same steps, not twice as many."""
+    path, cfg = make_config(competition, **{**SAME_GLOBAL_BATCH, "train": {**SAME_GLOBAL_BATCH["train"],
+                                                                           "batch_size": 4}})
+    prepare.run(cfg)
+    probe = os.path.join(os.path.dirname(__file__), "ddp_probe.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    counts = {}
+    for accum in (1, 2):
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 probe, str(path), str(accum), "3"], capture_output=True, text=True, env=env,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        counts[accum] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts[1]["steps"] == counts[2]["steps"] == 3
+    assert counts[2]["allreduces"] == counts[1]["allreduces"] > 0

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline import checkpoint
 from pipeline.rundir import RunDir
@@ -81,10 +82,8 @@ def test_an_unfinished_refit_is_left_out_of_the_test_mean(copy_run, monkeypatch)
     run = RunDir(cfg.run_dir)
     monkeypatch.setattr(train, "refit_plan", lambda cfg: (2, "model"))  # two epochs, killed in the second
     interrupt_at_epoch(monkeypatch, 1)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         train.run(cfg, fold="full")
-    except KeyboardInterrupt:
-        pass
     assert run.full.best.is_file() and not checkpoint.load(run.full.best)["progress"]["done"]
     assert "full_refit" not in predict.combine_folds(cfg)
     assert_refused(invoke("predict", "-c", str(run.config), "--fold", "full"), "no finished full-data refit")

@@ -26,6 +26,7 @@ from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import evaluate, infer, pick_device, resolve_precision
+from pipeline.precision import configure_backends
 from pipeline.recipe import fold_recipe, mixed_recipes, saved_config
 from pipeline.rundir import FULL, RunDir, best_weights
 from pipeline.stages.train import parse_folds
@@ -45,6 +46,7 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     if weights:
         cfg.predict.weights = weights
     folds = load_folds(cfg)
+    configure_backends(pick_device(), cfg.train.deterministic)  # TF32 and cuDNN autotuning on CUDA; nothing on CPU
     run = RunDir(cfg.run_dir)
     refit = cfg.predict.full_refit and refit_finished(run)
     test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
