@@ -88,10 +88,11 @@ def fixed_example(seed=0, images=12, classes=3):
     return truths, preds
 
 
-def test_map_matches_pycocotools():
+@pytest.mark.parametrize("seed", [0, 2, 3, 4])
+def test_map_matches_pycocotools(seed):
     coco_mod = pytest.importorskip("pycocotools.coco")
     cocoeval = pytest.importorskip("pycocotools.cocoeval")
-    truths, preds = fixed_example()
+    truths, preds = fixed_example(seed=seed)
     images, annotations, detections = [], [], []
     for i, ((boxes, labels), det) in enumerate(zip(truths, preds, strict=True)):
         images.append({"id": i, "width": 200, "height": 200})
