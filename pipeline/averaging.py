@@ -118,7 +118,8 @@ def averaged_weights(cfg: Config, task: Task, model: nn.Module, folds: Folds, k:
     train_rows, _ = folds.split(k)
     # Shuffled, augmented training batches (seeded, as training's first epoch): the first N rows in file order
     # can be a few classes only, and un-augmented images are not what BatchNorm saw in training.
-    loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size, seed=cfg.seed + k)
+    batch = cfg.train.batch_size if cfg.train.batch_size != "auto" else cfg.predict.batch_size  # any size re-fits BN
+    loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, batch, seed=cfg.seed + k)
     loader.sampler.set_epoch(0)
     seen = recalibrate_batchnorm(model, loader, task, device, cfg.predict.bn_batches)
     weights = {key: v.detach().cpu().clone() for key, v in model.state_dict().items()}  # not the model's own tensors

@@ -55,6 +55,14 @@ def _setup(cfg: Config):
     return task, model, device, resolve_precision(cfg.train.precision, device), train_rows, valid_rows
 
 
+def auto_batch_config(cfg: Config) -> Config:
+    """cfg with train.batch_size=auto resolved as `pipeline train` resolves it for fold 0 (pipeline.autobatch)."""
+    from pipeline.autobatch import resolve_batch_size
+
+    task, model, device, _, train_rows, _ = _setup(cfg)
+    return resolve_batch_size(cfg, task, model, task.build_dataset(train_rows, train=True), device)
+
+
 def bare_runner(cfg: Config, task: Task, device, dtype):
     """(a) the limit: forward, loss, backward and an AdamW step on one synthetic batch kept on the device."""
     from pipeline.loop import autocast
@@ -284,6 +292,8 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
     prepare.run(cfg)
     if cfg.data.cache:
         build_images(cfg, [])  # built here, not inside a timed part
+    if cfg.train.batch_size == "auto":  # the batch `pipeline train` would choose here
+        cfg = auto_batch_config(cfg)
     rows, bare_rates = [], {}
     for b in batch_sizes or [cfg.train.batch_size]:
         result = isolated(training, replace(cfg, train=replace(cfg.train, batch_size=b)), steps, warmup)

@@ -124,7 +124,10 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # full passes over the fold's training rows
-    batch_size: int = 32  # per device, per step
+    # per device, per step; auto: the largest that fits in auto_batch_fraction of the GPU's memory (trial steps,
+    # pipeline.autobatch), logged, with the LR scaled to it as usual; on CPU auto means 32
+    batch_size: int | Literal["auto"] = 32
+    auto_batch_fraction: float = 0.7  # share of GPU memory train.batch_size=auto may plan for (evaluation needs room)
     base_lr: float = 1e-3  # peak AdamW LR for base_batch samples per optimizer step
     base_batch: int = 256  # the batch base_lr was tuned for; lr scales with effective/base_batch
     lr_scale: Literal["linear", "sqrt", "none"] = "linear"  # sqrt is gentler for very large batches
@@ -392,7 +395,16 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key)
+        for member in inner:  # e.g. int | Literal["auto"]: the first member that takes the value
+            try:
+                return _coerce(value, member, key)
+            except UserError:
+                pass
+        names = [" or ".join(map(repr, typing.get_args(m))) if typing.get_origin(m) is Literal else m.__name__
+                 for m in inner]
+        raise UserError(f"config key {key}={value!r}: expected {' or '.join(names)}")
     if origin is Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)

@@ -146,3 +146,13 @@ def test_compiled_training_writes_plain_checkpoints(competition, make_config):
     train.run(cfg, fold=0)
     state = checkpoint.load(cfg.run_dir / "fold0/best.pt")
     assert not any(k.startswith("_orig_mod") for k in state["model"])  # loadable without torch.compile
+
+
+def test_auto_batch_size_falls_back_to_the_default_on_cpu(competition, make_config, caplog):
+    _, cfg = make_config(competition, train={"epochs": 1, "batch_size": "auto"}, augment={"mixup_alpha": 0.2})
+    prepare.run(cfg)
+    with caplog.at_level("INFO", logger="pipeline"):
+        train.run(cfg, fold=0)
+    assert checkpoint.load(cfg.run_dir / "fold0/best.pt")["config"]["train"]["batch_size"] == 32
+    assert "train.batch_size=auto: no GPU memory to measure on cpu; batch size 32" in caplog.text
+    assert "effective batch 32" in caplog.text

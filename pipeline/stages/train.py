@@ -17,6 +17,7 @@ import dataclasses
 import logging
 
 from pipeline import checkpoint, distributed
+from pipeline.autobatch import resolve_batch_size
 from pipeline.config import Config, to_dict
 from pipeline.data import build_loader
 from pipeline.distributed import FoldLock
@@ -109,14 +110,17 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> 
     if preprocess and world.main:
         write_json(fold.preprocess, preprocess)
     model = task.build_model()
-    if world.size > 1:  # same initial weights on every rank (DDP checks), different dropout and mixup draws
-        seed_everything(seed + 7919 * world.rank)
     if cfg.distill.teacher:  # a student (pipeline distill): soft targets from fold k's teachers
         from pipeline.stages.distill import training_set
 
         train_set = training_set(task, cfg, fold, train_rows)
     else:
         train_set = task.build_dataset(train_rows, train=True)
+    if state is not None and cfg.train.batch_size == "auto":  # a resumed fold keeps the batch (and LR) it began with
+        cfg = replace_train(cfg, batch_size=state["config"]["train"]["batch_size"])
+    cfg = resolve_batch_size(cfg, task, model, train_set, pick_device())  # auto: the largest that fits the GPU
+    if world.size > 1:  # same initial weights on every rank (DDP checks), different dropout and mixup draws
+        seed_everything(seed + 7919 * world.rank)
     train_loader = build_loader(train_set, cfg, True, cfg.train.batch_size, seed=seed)
     if full:
         valid_loader = None

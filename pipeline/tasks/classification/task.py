@@ -54,7 +54,7 @@ class ClassificationTask(ClassProbabilities):
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         a = cfg.augment
         mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
-        if mixing and cfg.train.batch_size % 2:
+        if mixing and cfg.train.batch_size != "auto" and cfg.train.batch_size % 2:  # auto picks an even batch
             raise UserError(f"mixup/cutmix pairs samples within a batch: make train.batch_size even (is {cfg.train.batch_size})")
         # Mixup makes soft targets (with the smoothing folded in); the target's loss takes them (pipeline.targets).
         self.mixup = Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob,
