@@ -6,6 +6,7 @@
 #   make train FOLD=0 GPUS=2        one fold, data-parallel over 2 devices (torchrun; gloo on CPU)
 #   make train-all GPUS=4           4 workers, one per device, each training the next free fold
 #   make bench                      pipeline vs bare compute loop, loader, TTA, ensembling
+#   make gpu-wheels; make gpu-check  on a GPU machine: pytest -m gpu, CUDA bench per precision, a demo run
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,8 @@ BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/ben
 BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--text-config configs/sentiment-minilm.yaml,)
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
+# gpu-check: on a GPU machine's own python3 (no venv, no registry; gpu-wheels/ carries what it lacks)
+.PHONY: gpu-check gpu-wheels setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
 
 setup: $(VENV)/.installed
 
@@ -69,6 +71,12 @@ train-all: prepare
 	pids=(); for i in $$(seq 0 $$(($(GPUS) - 1))); do \
 	  CUDA_VISIBLE_DEVICES=$$i $(BIN)/pipeline train --config $(CONFIG) --fold all $(SETS) & pids+=($$!); \
 	done; status=0; for p in "$${pids[@]}"; do wait $$p || status=1; done; exit $$status
+
+gpu-check:  # pytest -m gpu, bench per precision, a short demo run, a table of ratios (scripts/gpu_check.py)
+	$(PYTHON) scripts/gpu_check.py
+
+gpu-wheels: setup  # wheels a bare offline GPU machine lacks -> gpu-wheels/ (GPU_PYTHON_VERSION, GPU_PRESENT=freeze.txt)
+	$(BIN)/python scripts/gpu_wheels.py --python-version $(or $(GPU_PYTHON_VERSION),3.12) $(if $(GPU_PRESENT),--present $(GPU_PRESENT))
 
 bench: setup
 	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(BENCH_TEXT) $(SETS)

@@ -160,7 +160,7 @@ def loader_only(cfg: Config, batches: int, warmup: int) -> dict:
     """(c) the training loader alone: decode (or cache read), augment, collate."""
     from pipeline.data import build_loader
 
-    task, _, _, _, train_rows, _ = _setup(cfg)
+    task, _, device, _, train_rows, _ = _setup(cfg)
     loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
     samples, it = 0, iter(loader)
     for _ in range(warmup):
@@ -168,9 +168,14 @@ def loader_only(cfg: Config, batches: int, warmup: int) -> dict:
     started = time.perf_counter()
     for _ in range(batches):
         try:
-            samples += len(next(it)[0])
+            batch = next(it)
         except StopIteration:
             it = iter(loader)
+            continue
+        if len(batch) == 3:  # the GPU path (augment.on_gpu): its device half is part of what feeds the model
+            batch = task.to_device(batch, device)
+        samples += len(batch[0])
+    _sync(device)
     return {"samples/s": samples / (time.perf_counter() - started), "peak MB": _peak_mb()}
 
 
@@ -310,6 +315,10 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
         c = replace(cfg, data=replace(cfg.data, cache=cache))
         rows.append(_row(f"(c) loader alone, {'decoded cache' if cache else 'decoding files'} (x model rate)",
                          b, isolated(loader_only, c, steps, warmup), model_rate))
+    if torch.cuda.is_available() and cfg.task == "classification":
+        c = replace(cfg, augment=replace(cfg.augment, on_gpu=True))
+        rows.append(_row("(c) loader alone, GPU path: cached uint8 + device augmentation (x model rate)", b,
+                         isolated(loader_only, c, steps, warmup), model_rate))
     none = None
     for spec in tta:
         result = isolated(predict_views, cfg, 4, spec)

@@ -119,6 +119,10 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0.2-0.4 typical, 0 off
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 1.0 typical, 0 off
     mix_prob: float = 1.0  # share of batches mixed when mixup/cutmix is on
+    # crops, flips, turns, colour jitter and normalisation of training batches on the GPU, the loader only reading
+    # uint8 squares (pipeline/tasks/classification/gpu_augment.py): for a few CPU cores behind a fast GPU. Image
+    # classification; ignored, and said, off CUDA. Validation, TTA and prediction stay on the CPU path
+    on_gpu: bool = False
 
 
 @dataclass

@@ -139,3 +139,12 @@ def test_two_gpus_train_one_fold_with_nccl(competition, make_config):
                             capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (cfg.run_dir / "fold0/oof.parquet").is_file()
+
+
+def test_training_with_gpu_augmentation(competition, make_config, caplog):
+    _, cfg = make_config(competition, train={"epochs": 2}, augment={"on_gpu": True, "vflip": 0.5, "rotate90": 0.5})
+    prepare.run(cfg)
+    train.run(cfg, fold=0)
+    metrics = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
+    assert metrics["train/loss"].notna().all() and (cfg.run_dir / "fold0/oof.parquet").is_file()
+    assert "no CUDA device here" not in caplog.text

@@ -3,6 +3,7 @@ classes, a binary or multilabel probability, a value or a grade), label smoothin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,8 +31,11 @@ from pipeline.models import build_classifier, normalisation, zero_head
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
 from pipeline.tasks.classification.demo_data import write_digits_competition
-from pipeline.tasks.classification.transforms import build_transforms
+from pipeline.tasks.classification.gpu_augment import GpuAugment, UInt8Dataset, canvas_side
+from pipeline.tasks.classification.transforms import INTERPOLATION, build_transforms
 from pipeline.tta import View, build_views, run_views
+
+log = logging.getLogger(__name__)
 
 
 def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
@@ -105,10 +109,29 @@ class ClassificationTask(ClassProbabilities):
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> ImageDataset:
         if self.mean is None:
             raise RuntimeError("build_model() sets the normalisation; call it before build_dataset()")
+        if train and self.augments_on_gpu():
+            self.gpu_augment = GpuAugment(self.cfg.image, self.cfg.augment, self.mean, self.std)
+            return UInt8Dataset(build_images(self.cfg, rows["id"]), self.labels(rows),
+                                canvas_side(self.cfg.image, self.cfg.augment), INTERPOLATION[self.cfg.image.interpolation])
         transform = build_transforms(self.cfg.image, self.cfg.augment, train, self.mean, self.std)
         return ImageDataset(build_images(self.cfg, rows["id"]), self.labels(rows), transform)
 
+    def augments_on_gpu(self) -> bool:
+        """augment.on_gpu where this process has CUDA; said once where it has not."""
+        if not self.cfg.augment.on_gpu:
+            return False
+        if torch.cuda.is_available():
+            return True
+        if not getattr(self, "_said_no_gpu", False):
+            log.info("augment.on_gpu: no CUDA device here; training batches are augmented on the CPU")
+            self._said_no_gpu = True
+        return False
+
     def to_device(self, batch, device: torch.device):
+        if len(batch) == 3:  # uint8 training images and their seeds (augment.on_gpu): augmented here, batched
+            x, y, seeds = batch
+            x = self.gpu_augment(x.to(device, non_blocking=True), seeds)
+            return x.contiguous(memory_format=self.memory_format), y.to(device, non_blocking=True)
         x, y = batch
         return x.to(device, non_blocking=True, memory_format=self.memory_format), y.to(device, non_blocking=True)
 
