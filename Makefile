@@ -5,6 +5,7 @@
 #   make submit RUN=blend MESSAGE="a+b d4"
 #   make train FOLD=0 GPUS=2        one fold, data-parallel over 2 devices (torchrun; gloo on CPU)
 #   make train-all GPUS=4           4 workers, one per device, each training the next free fold
+#   make predict GPUS=4             4 workers, one per device, each predicting a share of the folds
 #   make bench                      pipeline vs bare compute loop, loader, TTA, ensembling
 #   make gpu-wheels; make gpu-check  on a GPU machine: pytest -m gpu, CUDA bench per precision, a demo run
 SHELL := /bin/bash
@@ -82,7 +83,7 @@ bench: setup
 	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(BENCH_TEXT) $(SETS)
 
 predict: setup
-	$(BIN)/pipeline predict --config $(CONFIG) --fold $(or $(FOLD_PREDICT),all) $(SETS) $(if $(TTA),--tta $(TTA))
+	$(BIN)/pipeline predict --config $(CONFIG) --fold $(or $(FOLD_PREDICT),all) $(SETS) $(if $(TTA),--tta $(TTA)) --gpus $(GPUS)
 
 ensemble: setup
 	$(BIN)/pipeline ensemble $(RUNS) --method $(or $(METHOD),weighted) $(if $(NAME),--name $(NAME))

@@ -92,19 +92,22 @@ def _setup_logging() -> None:
 @user_errors
 def predict(
     config: Path = ConfigOpt,
-    fold: str = typer.Option("all", "--fold", "-f", help="fold number, 'all' trained folds (and a finished full-data "
-                             "refit), or 'full' (the refit's test predictions alone)"),
+    fold: str = typer.Option("all", "--fold", "-f", help="fold number(s) (0 or 0,2), 'all' trained folds (and a "
+                             "finished full-data refit), or 'full' (the refit's test predictions alone)"),
     tta: str = typer.Option(None, "--tta", help="none | hflip | vflip | flips | d4 | view list (default: predict.tta)"),
     weights: str = typer.Option(None, "--weights", help="best | ema | avg | auto (default: predict.weights)"),
+    gpus: int = typer.Option(1, "--gpus", help="worker processes, one per device, each predicting a share of the folds"),
+    combine: bool = typer.Option(True, "--combine/--no-combine", help="write oof/test.parquet and scores.json after "
+                                 "the folds (--no-combine: a worker's fold files only)"),
     set_: list[str] = SetOpt,
 ) -> None:
     """OOF + test predictions per fold with TTA; combined oof/test.parquet and scores.json (the CV).
 
-    Example: pipeline predict --config configs/leaves.yaml --tta d4 --weights avg
+    Example: pipeline predict --config configs/leaves.yaml --tta d4 --weights avg      make predict GPUS=4
     """
     from pipeline.stages import predict as stage
 
-    stage.run(load_config(config, set_ or []), fold=fold, tta=tta, weights=weights)
+    stage.run(load_config(config, set_ or []), fold=fold, tta=tta, weights=weights, gpus=gpus, combine=combine)
 
 
 @app.command()

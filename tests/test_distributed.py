@@ -89,3 +89,20 @@ def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
         counts[accum] = json.loads(result.stdout.strip().splitlines()[-1])
     assert counts[1]["steps"] == counts[2]["steps"] == 3
     assert counts[2]["allreduces"] == counts[1]["allreduces"] > 0
+
+
+def test_predict_on_two_workers_writes_what_one_process_writes(copy_run):
+    """`pipeline predict --gpus 2` (make predict GPUS=2): fold k on worker k mod 2, combined once at the end."""
+    from pipeline.rundir import RunDir
+    from pipeline.stages import predict
+
+    cfg = copy_run(predict={"tta": "hflip"})
+    one = predict.run(cfg)
+    run = RunDir(cfg.run_dir)
+    test_one = pd.read_parquet(run.test)
+    for f in run.fold_dirs():
+        f.predict_json.unlink()
+    two = predict.run(cfg, gpus=2)
+    assert two["cv"] == one["cv"] and two["folds"] == one["folds"]
+    pd.testing.assert_frame_equal(pd.read_parquet(run.test), test_one)
+    assert not (run.path / ".predict-workers.yaml").exists()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline import checkpoint
 from pipeline.averaging import averaged_weights
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 FULL_REFIT_NOTE = "full-data refit (no CV of its own: the CV is the folds' OOF score)"
 
 
-def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: str | None = None) -> dict:
-    """Predict each trained fold, then combine all folds' files into oof.parquet, test.parquet, scores.json."""
+def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: str | None = None, gpus: int = 1,
+        combine: bool = True) -> dict:
+    """Predict each trained fold (and a finished full-data refit), then combine all folds' files into oof.parquet,
+    test.parquet, scores.json. gpus > 1: one worker process per device, each predicting its share of the folds;
+    combine=False leaves the combining to whoever runs the workers."""
     if tta:
         cfg.predict.tta = tta
     if weights:
@@ -49,24 +53,28 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     configure_backends(pick_device(), cfg.train.deterministic)  # TF32 and cuDNN autotuning on CUDA; nothing on CPU
     run = RunDir(cfg.run_dir)
     refit = cfg.predict.full_refit and refit_finished(run)
-    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
-    if str(fold) == FULL:
-        if not refit:
-            raise UserError(f"no finished full-data refit in {run.full.path}" + ("" if cfg.predict.full_refit else
-                            " to predict (predict.full_refit=false)") + "; run `pipeline train --fold full` first")
-        predict_full(cfg, folds, test)
-        return combine_folds(cfg)
+    parts = str(fold).split(",")
+    with_full = refit if str(fold) == "all" else FULL in parts
+    if with_full and not refit:
+        raise UserError(f"no finished full-data refit in {run.full.path}" + ("" if cfg.predict.full_refit else
+                        " to predict (predict.full_refit=false)") + "; run `pipeline train --fold full` first")
     trained = run.folds_with("best.pt", cfg.cv.folds)
-    which = parse_folds(fold, cfg.cv.folds)
+    which = [k for part in parts if part != FULL for k in parse_folds(part, cfg.cv.folds)]
     missing = [k for k in which if k not in trained]
-    if str(fold) != "all" and missing or not trained:
+    if str(fold) != "all" and missing or not trained and not with_full:
         raise UserError(f"no trained fold {missing or 'at all'} in {cfg.run_dir}; run `pipeline train --fold ...` first")
     search = cfg.predict.tta == "search"
     if search and (str(fold) != "all" or len(trained) < 2):
         raise UserError("predict.tta=search chooses each fold's views on the other folds' OOF rows: train at least "
                         "two folds and predict them together (--fold all)")
-    mixed_recipes({k: saved_config(run.fold(k)) for k in trained}, cfg)  # says so when folds differ
     todo = [k for k in which if k in trained]
+    if gpus > 1:
+        if search:
+            raise UserError("predict.tta=search chooses views across folds in one process; predict without --gpus")
+        run_workers(cfg, [*todo, *([FULL] if with_full else [])], gpus)
+        return combine_folds(cfg) if combine else {}
+    mixed_recipes({k: saved_config(run.fold(k)) for k in trained}, cfg)  # says so when folds differ
+    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
     if not search:  # one fold in memory at a time
         for k in todo:
             write_fold(infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test))
@@ -77,9 +85,45 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
                               first.task.merge, first.task.evaluate, first.task.metric)
         for k, p in done.items():
             write_fold(p, chosen[k])
-    if refit and str(fold) == "all":
+    if with_full:
         predict_full(cfg, folds, test)
-    return combine_folds(cfg)
+    return combine_folds(cfg) if combine else {}
+
+
+def run_workers(cfg: Config, items: list, gpus: int) -> None:
+    """`pipeline predict --fold <share> --no-combine` in one process per device (CUDA_VISIBLE_DEVICES), fold k on
+    worker k mod gpus, from this run's resolved config; returns when all have finished, or names the one that
+    failed. Off CUDA the workers share the CPU (a check of the mechanism, not a speed-up)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.config import dump_yaml
+    from pipeline.files import write_text
+
+    shares = [items[i::gpus] for i in range(gpus) if items[i::gpus]]
+    path = RunDir(cfg.run_dir).path / ".predict-workers.yaml"
+    write_text(path, dump_yaml(cfg))
+    procs = []
+    try:
+        for i, share in enumerate(shares):
+            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i)} if torch.cuda.is_available() else {})}
+            command = [sys.executable, "-m", "pipeline", "predict", "--config", str(path), "--fold",
+                       ",".join(map(str, share)), "--no-combine"]
+            procs.append((share, subprocess.Popen(command, env=env)))
+        log.info("predicting %s on %d workers: %s", cfg.name, len(procs),
+                 "; ".join(f"{'device ' + str(i) if torch.cuda.is_available() else 'cpu'}: {share}"
+                           for i, (share, _) in enumerate(procs)))
+        failed = [(share, p.wait()) for share, p in procs]
+        failed = [(share, rc) for share, rc in failed if rc]
+        if failed:
+            raise UserError(f"predict worker for fold(s) {failed[0][0]} exited with code {failed[0][1]} (its error "
+                            "is above); fix it and rerun predict (finished folds are simply predicted again)")
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.kill()
+        path.unlink(missing_ok=True)
 
 
 @dataclass
