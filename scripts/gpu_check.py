@@ -107,12 +107,19 @@ def step(name: str, args: list[str], env: dict, limit: int) -> tuple[bool, str, 
 
 
 def bench_rows(out: str) -> list[list[str]]:
-    """The bench table's rows: part, batch, rate, ratio (pipeline.bench.print_table)."""
+    """The bench table's rows as [part, batch, rate, ratio, peak MB] (pipeline.bench.print_table: the first column
+    left-justified, the others right-justified under their header, so a blank cell is found by position)."""
+    lines = out.splitlines()
+    header = next((line for line in lines if line.startswith("part") and "ratio" in line), None)
+    if header is None:
+        return []
+    ends = [header.index(name) + len(name) for name in ("batch", "rate", "ratio")]
     rows = []
-    for line in out.splitlines():
-        if line.startswith("("):
-            cells = re.split(r"\s{2,}", line.strip())
-            rows.append((cells + [""] * 5)[:5])
+    for line in (line for line in lines if line.startswith("(")):
+        match = re.match(r"(.*?)\s{2,}(\S*)$", line[:ends[0]])
+        part, batch = (match.group(1), match.group(2)) if match else (line[:ends[0]].strip(), "")
+        rows.append([part.strip(), batch, line[ends[0]:ends[1]].strip(), line[ends[1]:ends[2]].strip(),
+                     line[ends[2]:].strip()])
     return rows
 
 
@@ -140,7 +147,7 @@ def main() -> None:
                                 env, STEP_LIMITS["bench"] * (4 if quick else 1))
         for part, batch, rate, ratio, _ in bench_rows(out):
             if part.startswith(("(a)", "(b)", "(c)")) or (p == precisions[0] and part.startswith(("(d)", "(e)"))):
-                summary.append([f"bench {p}: {part}", f"{rate} (batch {batch})", ratio, ""])
+                summary.append([f"bench {p}: {part}", f"{rate}" + (f" (batch {batch})" if batch else ""), ratio, ""])
         if not ok:
             summary.append([f"bench {p}", "FAILED", "", f"{seconds:.0f} s"])
 
