@@ -63,6 +63,22 @@ def prepare(
 
 @app.command()
 @user_errors
+def drift(
+    experiment: str = typer.Argument(..., help="experiment name under runs/ (or its directory)"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+) -> None:
+    """Adversarial validation: a train-vs-test classifier's AUC on cheap per-sample features (0.5: the test set
+    looks like train), the features that separate most -> runs/<exp>/adversarial.json, adversarial.csv.
+
+    Example: pipeline drift leaves-effnet-lite0
+    """
+    from pipeline import drift as stage
+
+    stage.run(experiment, runs_dir=runs_dir)
+
+
+@app.command()
+@user_errors
 def train(
     config: Path = ConfigOpt,
     fold: str = typer.Option("all", "--fold", "-f",

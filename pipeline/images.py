@@ -48,6 +48,13 @@ def image_hashes(cfg: Config, table: pd.DataFrame) -> list[str]:
     return file_hashes(image_paths(cfg, table[cfg.data.id_col]))
 
 
+def image_drift_features(cfg: Config, table: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Adversarial validation's features of each row's image (pipeline.drift.image_features)."""
+    from pipeline.drift import image_features
+
+    return image_features(image_paths(cfg, table[cfg.data.id_col]))
+
+
 def image_sizes(paths: Sequence[Path], workers: int = 8) -> pd.DataFrame:
     """width, height and mode per image file, from its header alone (no pixel is decoded)."""
     def header(path: Path) -> tuple[int, int, str]:

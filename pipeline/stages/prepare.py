@@ -10,7 +10,7 @@ import logging
 
 import pandas as pd
 
-from pipeline import duplicates
+from pipeline import drift, duplicates
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.files import write_csv
@@ -54,6 +54,8 @@ def run(cfg: Config, force: bool = False) -> None:
         folds, strategy = make_folds(cfg, samples, classes, hashes), resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")
     write_csv(run_dir.duplicates, found)  # before folds.csv, which marks a finished prepare
+    if cfg.cv.adversarial:  # does the test set look like train? (runs/<exp>/adversarial.json, .csv)
+        drift.check(cfg, task, samples, test)
     save_folds(cfg, folds, strategy)
     sizes = folds.table["fold"].value_counts().sort_index().tolist()
     what = {"multilabel": "tags", "ordinal": "grades"}.get(cfg.data.target_type, "classes")

@@ -69,6 +69,12 @@ class Task(ABC):
         return None
 
     @staticmethod
+    def drift_features(cfg: Config, table: pd.DataFrame, split: str) -> pd.DataFrame | None:
+        """Cheap per-row features for adversarial validation (pipeline.drift), one row per table row; split is
+        "train" or "test"; None: this task has none."""
+        return None
+
+    @staticmethod
     def input_size(cfg: Config) -> int | None:
         """The model's input side in pixels, for tables and reports; None where inputs have no fixed size."""
         return None

@@ -22,6 +22,7 @@ from pipeline.images import (
     ImageDataset,
     ImageFiles,
     check_images,
+    image_drift_features,
     image_hashes,
     image_paths,
     read_test_images,
@@ -91,6 +92,7 @@ class ClassificationTask(ClassProbabilities):
         return test
 
     fingerprints = staticmethod(image_hashes)
+    drift_features = staticmethod(image_drift_features)
 
     @staticmethod
     def input_size(cfg: Config) -> int:

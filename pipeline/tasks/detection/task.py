@@ -15,7 +15,7 @@ from torch import nn
 from pipeline.blend import Blend
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.images import check_images, image_hashes, image_paths, read_test_images
+from pipeline.images import check_images, image_drift_features, image_hashes, image_paths, read_test_images
 from pipeline.metrics import Metric
 from pipeline.submission import in_sample_order
 from pipeline.tasks.base import Demo, Task
@@ -79,6 +79,7 @@ class DetectionTask(Task):
 
     test_table = staticmethod(read_test_images)  # test.csv: one row per image; other columns (a class too) ignored
     fingerprints = staticmethod(image_hashes)
+    drift_features = staticmethod(image_drift_features)
 
     @staticmethod
     def input_size(cfg: Config) -> int:

@@ -160,6 +160,16 @@ class SequenceTask(ClassProbabilities):
         return text_hashes(table[TEXT]) if TEXT in table else None
 
     @staticmethod
+    def drift_features(cfg: Config, table: pd.DataFrame, split: str) -> pd.DataFrame:
+        """Texts: length and character mix; series: length, missing share and channel statistics (pipeline.drift)."""
+        from pipeline.drift import series_features, text_features
+
+        if TEXT in table:
+            return text_features(table[TEXT])
+        series, _ = read_series(cfg, f"{split}_csv")
+        return series_features([series[str(i)] for i in table[cfg.data.id_col].astype(str)])
+
+    @staticmethod
     def test_table(cfg: Config, check: bool = False) -> pd.DataFrame:
         """Test ids (one row per series or text); reading checks every value (and test labels, if any)."""
         if text_columns(cfg):

@@ -1,0 +1,54 @@
+"""Adversarial validation (pipeline.drift): prepare says whether the test set looks like train, and by what it
+differs when it does not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.drift import adversarial_validation, series_features, text_features
+from pipeline.stages import prepare
+from tests.conftest import cli
+
+
+def test_prepare_reports_the_adversarial_auc_and_writes_the_most_test_like_rows(competition, make_config, caplog):
+    _, cfg = make_config(competition)
+    with caplog.at_level("INFO", logger="pipeline"):
+        prepare.run(cfg)
+    same = json.loads((cfg.run_dir / "adversarial.json").read_text())
+    assert "adversarial validation AUC" in caplog.text and same["auc"] < 0.7  # one set of digits, split at random
+    likeness = pd.read_csv(cfg.run_dir / "adversarial.csv")
+    assert len(likeness) == 150 and likeness["p_test"].is_monotonic_decreasing
+
+    for image in pd.read_csv(competition / "test.csv")["image"]:  # the test set darkened, as by another camera
+        path = competition / image
+        Image.fromarray((np.asarray(Image.open(path).convert("RGB")) * 0.5).astype(np.uint8)).save(path)
+    path, shifted = make_config(competition, name="shifted")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        prepare.run(shifted)
+    drift = json.loads((shifted.run_dir / "adversarial.json").read_text())
+    assert drift["auc"] > 0.9 > same["auc"] + 0.2
+    assert drift["features"]["brightness"] > 0.9  # what differs is named (beside the re-saved files' bytes)
+    assert "CV may not track the leaderboard" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        cli("drift", "shifted", "--runs-dir", shifted.runs_dir)  # at any time, from the experiment's files
+    assert "adversarial validation AUC 1.00" in caplog.text
+
+
+def test_features_of_series_and_texts_and_a_separable_shift():
+    rng = np.random.default_rng(0)
+    short = [rng.normal(0, 1, (50, 2)) for _ in range(80)]
+    long = [rng.normal(0, 1, (90, 2)) for _ in range(80)]
+    a, b = series_features(short), series_features(long)
+    assert list(a.columns) == ["length", "missing", "mean_0", "std_0", "mean_1", "std_1"]
+    drift = adversarial_validation(a, b, range(80))
+    assert drift.auc > 0.95 and next(iter(drift.features)) == "length"
+    same = adversarial_validation(series_features(short[:40]), series_features(short[40:]), range(40))
+    assert same.auc < 0.75
+    texts = text_features(["A short one.", ("two", "columns 42")])
+    assert texts.loc[1, "words"] == 3 and texts.loc[1, "digits"] > 0
