@@ -91,6 +91,7 @@ def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
     assert counts[2]["allreduces"] == counts[1]["allreduces"] > 0
 
 
+@pytest.mark.slow  # two worker processes re-predicting every fold: ~1 min
 def test_predict_on_two_workers_writes_what_one_process_writes(copy_run):
     """`pipeline predict --gpus 2` (make predict GPUS=2): fold k on worker k mod 2, combined once at the end."""
     from pipeline.rundir import RunDir
