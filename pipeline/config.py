@@ -75,10 +75,8 @@ class CVConfig:
     # before cv.seed existed, so older experiments keep theirs
     seed: int = 42
     folds_file: str | None = None  # reuse these folds (another experiment's runs/<exp>/folds.csv) instead of making new ones
-    # adversarial validation in prepare (pipeline.drift): a train-vs-test classifier on cheap per-sample features;
-    # its AUC is logged, and from adversarial_warn up a warning says CV may not track the leaderboard
-    adversarial: bool = True
-    adversarial_warn: float = 0.7
+    adversarial: bool = True  # adversarial validation in prepare: a train-vs-test classifier's AUC (pipeline.drift)
+    adversarial_warn: float = 0.7  # from this AUC up, a warning that CV may not track the leaderboard
 
 
 @dataclass
