@@ -8,11 +8,7 @@ of (device kind, capability, request), so every GPU generation is tested on a CP
 
 from __future__ import annotations
 
-import logging
-
 import torch
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16 = (8, 0)  # Ampere: bf16 tensor cores, TF32 matmuls
@@ -23,7 +19,7 @@ GPUS = {"P100": (6, 0), "V100": (7, 0), "T4": (7, 5), "A100": (8, 0), "A10G": (8
 
 def choose_precision(requested: str, device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype:
     """The autocast dtype: auto is bf16 on CUDA >= 8.0, fp16 below it, fp32 elsewhere (CPU, MPS); fp32, bf16 and
-    fp16 are taken as asked (a warning says when that is a slow path)."""
+    fp16 are taken as asked (why() calls an emulated bf16 slow in the fold's log)."""
     if requested == "auto":
         if device_type != "cuda":
             return torch.float32

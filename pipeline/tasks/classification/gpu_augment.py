@@ -23,7 +23,9 @@ from pipeline.config import AugmentConfig, ImageConfig
 from pipeline.images import ImageDataset
 from pipeline.seeding import unpack
 
-LUMA = (0.299, 0.587, 0.114)  # grey level for contrast and saturation, as albumentations' ColorJitter
+LUMA = (0.299, 0.587, 0.114)
+TURNS = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [1.0, 0.0]],  # k quarter turns counter-clockwise
+                      [[-1.0, 0.0], [0.0, -1.0]], [[0.0, 1.0], [-1.0, 0.0]]])  # grey level for contrast and saturation, as albumentations' ColorJitter
 
 
 def canvas_side(image: ImageConfig, aug: AugmentConfig) -> int:
@@ -82,17 +84,12 @@ class GpuAugment:
     def __call__(self, images: torch.Tensor, seeds) -> torch.Tensor:
         p, device, n = self.params(seeds.cpu()), images.device, len(images)
         # output (u, v) in [-1, 1] -> input: flips and turns act on the output grid, then the crop box maps it
-        u = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(n, 1, 1)
         flip = torch.ones(n, 2)
         flip[torch.from_numpy(p["hflip"]), 0] = -1
         flip[torch.from_numpy(p["vflip"]), 1] = -1
-        u = u * flip[:, None, :]
-        turns = torch.from_numpy(p["turns"])
-        rot = torch.stack([torch.tensor([[math.cos(t * math.pi / 2), -math.sin(t * math.pi / 2)],
-                                         [math.sin(t * math.pi / 2), math.cos(t * math.pi / 2)]]).round()
-                           for t in turns.tolist()]) if n else torch.zeros(0, 2, 2)
+        rot = TURNS[torch.from_numpy(p["turns"])]
         scale = torch.diag_embed(torch.from_numpy(np.stack([p["hw"], p["hh"]], 1) * 2).float())
-        linear = scale @ rot @ u
+        linear = scale @ rot @ torch.diag_embed(flip)
         shift = torch.from_numpy(np.stack([p["cx"], p["cy"]], 1) * 2 - 1).float()
         theta = torch.cat([linear, shift[:, :, None]], dim=2).to(device)
         x = images.float().div_(255)
