@@ -26,6 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from pipeline.files import write_csv, write_json
+from pipeline.rundir import RunDir, resolve
 
 log = logging.getLogger(__name__)
 FORMATS = {"JPEG": 0, "PNG": 1, "WEBP": 2, "TIFF": 3, "BMP": 4, "GIF": 5}
@@ -76,11 +77,11 @@ def adversarial_validation(train: pd.DataFrame, test: pd.DataFrame, ids, folds: 
     return Drift(auc, features, likeness.reset_index(drop=True), (len(train), len(test)))
 
 
-def write(drift: Drift, folder: Path, warn: float) -> None:
+def write(drift: Drift, run: RunDir, warn: float) -> None:
     """adversarial.csv (training rows, most test-like first) and adversarial.json (AUC, features) in the run."""
-    write_csv(folder / "adversarial.csv", drift.test_likeness)
-    write_json(folder / "adversarial.json", {"auc": drift.auc, "warn_above": warn, "rows": list(drift.rows),
-                                             "features": drift.features})
+    write_csv(run.adversarial_csv, drift.test_likeness)
+    write_json(run.adversarial_json, {"auc": drift.auc, "warn_above": warn, "rows": list(drift.rows),
+                                      "features": drift.features})
 
 
 def report(drift: Drift, warn: float) -> None:
@@ -95,15 +96,13 @@ def report(drift: Drift, warn: float) -> None:
 def check(cfg, task, samples: pd.DataFrame, test: pd.DataFrame) -> Drift | None:
     """Adversarial validation of a competition's train and test tables (prepare's samples and test rows):
     logged, and written beside the folds; None where the task has no features."""
-    from pipeline.rundir import RunDir
-
     train_x = task.drift_features(cfg, samples, "train")
     if train_x is None or not len(test):
         return None
     drift = adversarial_validation(train_x, task.drift_features(cfg, test, "test"), samples[cfg.data.id_col],
                                    seed=cfg.cv.seed)
     report(drift, cfg.cv.adversarial_warn)
-    write(drift, RunDir(cfg.run_dir).path, cfg.cv.adversarial_warn)
+    write(drift, RunDir(cfg.run_dir), cfg.cv.adversarial_warn)
     return drift
 
 
@@ -111,7 +110,6 @@ def run(ref: str, runs_dir: str = "runs") -> Drift | None:
     """`pipeline drift EXP`: adversarial validation of an experiment's competition files, at any time."""
     from pipeline.errors import UserError
     from pipeline.fold_model import run_config
-    from pipeline.rundir import resolve
     from pipeline.tasks import TASKS
 
     cfg = run_config(resolve(ref, runs_dir))

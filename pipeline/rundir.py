@@ -1,6 +1,7 @@
 """The run directory's layout, in one place: the files through which the stages talk (../shared/DESIGN.md).
 
     runs/<exp>/  config.yaml meta.json folds.csv folds.json duplicates.csv oof.parquet test.parquet scores.json
+                 adversarial.json adversarial.csv (prepare's adversarial validation, pipeline.drift)
                  (ensembles: members.json weights.json)  report.html report/
                  (hf: text encoders: encoder/, the model's config.json and tokenizer files, no weights)
       fold<k>/   last.pt best.pt avg.pt top/epoch<e>.pt metrics.csv train.log train.lock preprocess.json
@@ -60,6 +61,7 @@ class RunDir:
         self.name = path.name
         self.config, self.meta = path / "config.yaml", path / "meta.json"
         self.folds_csv, self.folds_json, self.duplicates = path / "folds.csv", path / "folds.json", path / "duplicates.csv"
+        self.adversarial_json, self.adversarial_csv = path / "adversarial.json", path / "adversarial.csv"
         self.oof, self.test, self.scores = path / "oof.parquet", path / "test.parquet", path / "scores.json"
         self.members, self.weights = path / "members.json", path / "weights.json"  # ensembles only
         self.report, self.figures = path / "report.html", path / "report"

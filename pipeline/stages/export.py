@@ -89,7 +89,7 @@ def export_node(run: RunDir, dest: Path, runs_dir: str, folds: list[int] | None,
     if run.members.is_file():
         node = export_ensemble(run, node_dir, runs_dir, folds, dtype, nodes)
     else:
-        node = export_experiment(run, node_dir, folds, dtype)
+        node = export_experiment(run, node_dir, folds, dtype, "full_refit" in scores)
     nodes[run.name] = {**node, "source": str(run.path), "metric": scores["metric"], "cv": scores["cv"]}
 
 
@@ -118,12 +118,14 @@ def parse_fold_list(text: str) -> list[int | str]:
     return out
 
 
-def export_experiment(run: RunDir, node_dir: Path, folds: list[int | str] | None, dtype: str) -> dict:
+def export_experiment(run: RunDir, node_dir: Path, folds: list[int | str] | None, dtype: str,
+                      with_refit: bool) -> dict:
+    """The experiment's folds (and, with_refit, the full-data refit its test.parquet holds) into node_dir."""
     cfg = run_config(run)
     predicted = run.folds_with(PREDICT, cfg.cv.folds)
     if not predicted:
         raise UserError(f"{run.name} has no predicted fold; run `pipeline predict --config {run.config}` first")
-    if "full_refit" in run.read_scores():  # its test.parquet holds the full-data refit too
+    if with_refit:
         predicted.append(FULL)
     chosen = predicted if folds is None else folds
     if missing := [k for k in chosen if k not in predicted]:

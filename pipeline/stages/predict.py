@@ -25,6 +25,7 @@ from pipeline.config import Config
 from pipeline.data import build_loader
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
+from pipeline.fold_model import FoldModel
 from pipeline.folds import Folds, load_folds
 from pipeline.loop import evaluate, infer, pick_device, resolve_precision
 from pipeline.precision import configure_backends
@@ -114,8 +115,8 @@ def run_workers(cfg: Config, items: list, gpus: int) -> None:
         log.info("predicting %s on %d workers: %s", cfg.name, len(procs),
                  "; ".join(f"{'device ' + str(i) if torch.cuda.is_available() else 'cpu'}: {share}"
                            for i, (share, _) in enumerate(procs)))
-        failed = [(share, p.wait()) for share, p in procs]
-        failed = [(share, rc) for share, rc in failed if rc]
+        codes = [(share, p.wait()) for share, p in procs]
+        failed = [(share, rc) for share, rc in codes if rc]
         if failed:
             raise UserError(f"predict worker for fold(s) {failed[0][0]} exited with code {failed[0][1]} (its error "
                             "is above); fix it and rerun predict (finished folds are simply predicted again)")
@@ -236,11 +237,7 @@ def predict_full(cfg: Config, folds: Folds, test: pd.DataFrame) -> None:
     best = checkpoint.load(full.best)
     model = task.build_model()
     model.load_state_dict(best_weights(best))
-    device = pick_device()
-    model.to(device, memory_format=task.memory_format)
-    loader = build_loader(task.build_dataset(test, train=False), recipe, False, recipe.predict.batch_size)
-    outputs = task.merge(list(infer(task, model, loader, device, resolve_precision(recipe.train.precision, device),
-                                    views)))
+    outputs = FoldModel(recipe, task, model, views).predict(test)  # views merged, as write_fold merges a fold's
     write_parquet(full.test, task.prediction_frame(test, outputs))
     progress = best["progress"]
     write_json(full.predict_json, {"full_refit": True, "score": None, "tta": recipe.predict.tta,
