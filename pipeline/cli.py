@@ -184,6 +184,28 @@ def distill(
 
 @app.command()
 @user_errors
+def pseudo(
+    experiment: str = typer.Argument(..., help="the labelling experiment under runs/ (predicted: its fold test predictions)"),
+    name: str = typer.Option(..., "--name", "-n", help="the new experiment's name (runs/<name>/)"),
+    threshold: str = typer.Option(None, "--threshold", help="auto (OOF precision reaches pseudo.precision, 0.95) or a "
+                                  "confidence such as 0.9 (default pseudo.threshold: auto)"),
+    soft: bool = typer.Option(None, "--soft/--hard", help="train on the model's probabilities instead of its decisions"),
+    weight: float = typer.Option(None, "--weight", help="share of the pseudo rows drawn into each epoch, (0, 1] (default 1)"),
+    set_: list[str] = SetOpt,
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+) -> None:
+    """A new experiment on EXP's folds whose fold k also trains on the test rows EXP's fold-k model labels
+    confidently (its CV stays honest) -> runs/<name>/; then train, predict and submit it as usual.
+
+    Example: pipeline pseudo leaves-effnet-lite0 --name leaves-pl && pipeline train --config runs/leaves-pl/config.yaml --fold all
+    """
+    from pipeline.stages import pseudo as stage
+
+    stage.run(experiment, name, set_ or [], runs_dir=runs_dir, threshold=threshold, soft=soft, weight=weight)
+
+
+@app.command()
+@user_errors
 def export(
     experiment: str = typer.Argument(..., help="experiment or ensemble name under runs/ (or its directory)"),
     out: Path = typer.Option(None, "--out", "-o", help="export folder (default: exports/<exp>)"),

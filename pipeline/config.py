@@ -77,6 +77,10 @@ class CVConfig:
     folds_file: str | None = None  # reuse these folds (another experiment's runs/<exp>/folds.csv) instead of making new ones
     adversarial: bool = True  # adversarial validation in prepare: a train-vs-test classifier's AUC (pipeline.drift)
     adversarial_warn: float = 0.7  # from this AUC up, a warning that CV may not track the leaderboard
+    # > 0: also score the OOF on this share of training rows, the most test-like by adversarial validation
+    # (scores.json cv_like_test): each row is still predicted by the fold model that never saw it, so it is an
+    # honest estimate of the score on a test set that differs from train. 0.2 is a common choice.
+    holdout_like_test: float = 0.0
 
 
 @dataclass
@@ -276,6 +280,23 @@ class DistillConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """`pipeline pseudo EXP --name NEW`: fold k of NEW trains on fold k's rows plus the test rows that fold k's model
+    of EXP labels confidently, and on nothing any model of fold k's validation rows said (its CV stays honest)."""
+
+    source: str | None = None  # the labelling experiment's run directory; pipeline pseudo sets it
+    # auto: the lowest confidence at which the kept OOF rows of the other folds reach `precision`; or a number:
+    # this confidence (a class probability; ordinal: distance from the nearest cut point, in grades)
+    threshold: float | Literal["auto"] = "auto"
+    precision: float = 0.95  # share of kept OOF rows (detection: boxes at IoU 0.5) that must be right (auto)
+    min_rows: int = 20  # OOF rows (boxes) at least behind that precision: a threshold on 3 lucky rows is noise
+    soft: bool = False  # train on the model's probabilities (values) instead of its decisions (not for detection)
+    # share of the kept test rows drawn into each epoch, a fresh draw every epoch: the pseudo rows' weight in the
+    # loss beside the labelled rows (in expectation), the same for every task and loss
+    weight: float = 1.0
+
+
+@dataclass
 class Config:
     name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
     task: Literal["classification", "detection", "sequence"] = "classification"  # what is being learned
@@ -294,6 +315,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pipeline.config import Config
 from pipeline.distributed import ShardSampler, world
 from pipeline.errors import UserError
-from pipeline.seeding import LengthGroupedSampler, LengthSortedSampler, SeededSampler
+from pipeline.seeding import DrawnRows, DrawSampler, LengthGroupedSampler, LengthSortedSampler, SeededSampler
 
 MAX_LISTED = 20  # bad rows printed one per line; the rest are counted
 
@@ -230,7 +230,11 @@ def build_loader(dataset: Dataset, cfg: Config, train: bool, batch_size: int, se
     seed = cfg.seed if seed is None else seed
     w = world()  # under torchrun each rank trains on its share and evaluates one contiguous block
     if train:
-        shuffle = DistributedSampler(dataset, num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+        drawn: DrawnRows | None = getattr(dataset, "drawn", None)  # pseudo-labelled rows, drawn at their weight
+        positions = range(len(dataset) if drawn is None else drawn.epoch_length(len(dataset)))
+        shuffle = DistributedSampler(positions, num_replicas=w.size, rank=w.rank, shuffle=True, seed=seed)
+        if drawn is not None:
+            shuffle = DrawSampler(shuffle, drawn, len(dataset), seed)
         if hasattr(dataset, "lengths"):  # variable-length items (token ids): batches of similar lengths pad less
             shuffle = LengthGroupedSampler(shuffle, dataset.lengths, batch_size, seed)
         sampler = SeededSampler(shuffle, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import socket
 import subprocess
@@ -27,6 +28,7 @@ def write_run_header(cfg: Config, stage: str) -> None:
 
 
 def collect_meta(cfg: Config, stage: str) -> dict:
+    pseudo = RunDir(cfg.run_dir).pseudo
     return {
         "stage": stage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -37,6 +39,8 @@ def collect_meta(cfg: Config, stage: str) -> dict:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in PACKAGES},
+        # a pseudo-labelled experiment's source and thresholds (pipeline pseudo), kept through later stages
+        **({"pseudo": json.loads(pseudo.read_text())} if cfg.pseudo.source and pseudo.is_file() else {}),
     }
 
 

@@ -46,7 +46,7 @@ def run(exp: str, runs_dir: str = "runs", screenshot: bool = False) -> Path:
     run = RunDir(cfg.run_dir)
     out = run.figures
     scores = _json(run.scores)
-    sections = [summary(cfg, scores), learning_section(cfg, out)]
+    sections = [summary(cfg, scores), *test_set_sections(run, scores), learning_section(cfg, out)]
     oof = read_oof(run)
     if oof is not None:
         task = build_task(cfg, run.classes())
@@ -111,6 +111,40 @@ def refit_fact(scores: dict) -> dict:
         return {}
     return {"test predictions": f"the {len(scores.get('folds', {}))} folds + {refit['note']}, {refit['epochs']} "
                                 f"epochs, {refit['weights']} weights"}
+
+
+def test_set_sections(run: RunDir, scores: dict) -> list[Section]:
+    """How this experiment used the test set: its pseudo-labels (pipeline pseudo) and the adversarial validation."""
+    sections = []
+    if run.pseudo.is_file():
+        p = _json(run.pseudo)
+        cv, metric = scores.get("cv"), p["metric"]
+        rows = pd.DataFrame([{"fold": f["fold"], "threshold": "-" if f["threshold"] is None else round(f["threshold"], 4),
+                              "OOF precision": "-" if f.get("oof_precision") is None else round(f["oof_precision"], 4),
+                              "OOF units kept": f"{f['oof_kept']} / {f['oof_units']}" if "oof_kept" in f else "-",
+                              "test rows kept": f"{f['rows']} / {f['of']}",
+                              "top classes": ", ".join(f"{c} {n}" for c, n in sorted(
+                                  f["per_class"].items(), key=lambda kv: -kv[1])[:5]) or "-"} for f in p["folds"]])
+        after = "not predicted yet" if cv is None else f"{cv:.4f}"
+        body = (f"<p>Round {p['round']} of pseudo-labels from <b>{html.escape(p['source'])}</b>: fold k trains on the "
+                f"test rows that {html.escape(p['source'])}'s fold-k model labels, kept at a threshold fitted on the "
+                f"other folds' OOF rows ({'auto, ' if p['threshold'] == 'auto' else ''}precision target "
+                f"{p['precision_target']}); {'soft targets' if p['soft'] else 'hard labels'}, weight {p['weight']}. "
+                f"CV before ({html.escape(p['source'])}) {metric} {p['source_cv']:.4f} &rarr; after {after}.</p>"
+                + table(rows))
+        sections.append(Section("Pseudo-labels", body))
+    if run.adversarial_json.is_file():
+        a = _json(run.adversarial_json)
+        top = pd.DataFrame([{"feature": k, "AUC alone": round(v, 3)} for k, v in list(a["features"].items())[:8]])
+        verdict = "the test set looks like train" if a["auc"] < a["warn_above"] else \
+            "the test set differs from train: CV may not track the leaderboard"
+        like = scores.get("cv_like_test")
+        extra = "" if like is None else (f"<p>CV on the {like['share']:.0%} most test-like training rows "
+                                         f"({like['rows']} OOF rows): {like['score']:.4f}.</p>")
+        sections.append(Section("Adversarial validation", f"<p>Train-vs-test AUC {a['auc']:.3f} ({a['rows'][0]} train vs "
+                                f"{a['rows'][1]} test rows): {verdict}. Features that separate most:</p>" + table(top)
+                                + extra))
+    return sections
 
 
 def learning_section(cfg: Config, out: Path) -> Section:

@@ -2,10 +2,11 @@
 
     runs/<exp>/  config.yaml meta.json folds.csv folds.json duplicates.csv oof.parquet test.parquet scores.json
                  adversarial.json adversarial.csv (prepare's adversarial validation, pipeline.drift)
+                 pseudo.json (pipeline pseudo: the source, thresholds and rows kept per fold)
                  (ensembles: members.json weights.json)  report.html report/
                  (hf: text encoders: encoder/, the model's config.json and tokenizer files, no weights)
       fold<k>/   last.pt best.pt avg.pt top/epoch<e>.pt metrics.csv train.log train.lock preprocess.json
-                 oof.parquet oof_no_tta.parquet test.parquet predict.json
+                 oof.parquet oof_no_tta.parquet test.parquet predict.json (pipeline pseudo: pseudo.parquet)
       full/      a fold folder for the full-data refit (`train --fold full`): every row, no OOF, no CV of its own
 
 Any stage may run on another machine later, as long as it sees the same folder; this module is that contract.
@@ -40,6 +41,7 @@ class FoldDir:
         self.preprocess = path / "preprocess.json"
         self.oof, self.oof_no_tta, self.test = path / "oof.parquet", path / "oof_no_tta.parquet", path / "test.parquet"
         self.predict_json = path / "predict.json"
+        self.pseudo = path / "pseudo.parquet"  # pipeline pseudo's labelled test rows for this fold (an input: kept)
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -62,6 +64,7 @@ class RunDir:
         self.config, self.meta = path / "config.yaml", path / "meta.json"
         self.folds_csv, self.folds_json, self.duplicates = path / "folds.csv", path / "folds.json", path / "duplicates.csv"
         self.adversarial_json, self.adversarial_csv = path / "adversarial.json", path / "adversarial.csv"
+        self.pseudo = path / "pseudo.json"  # pipeline pseudo's provenance: source, thresholds, rows kept per fold
         self.oof, self.test, self.scores = path / "oof.parquet", path / "test.parquet", path / "scores.json"
         self.members, self.weights = path / "members.json", path / "weights.json"  # ensembles only
         self.report, self.figures = path / "report.html", path / "report"

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,6 +57,42 @@ class SeededSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i in self.sampler:
             yield i, sample_seed(self.seed, self.epoch, i)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+@dataclass(frozen=True)
+class DrawnRows:
+    """A training dataset's rows from `start` on (pseudo-labelled test rows) are drawn afresh each epoch, `share` of
+    them: their weight beside the labelled rows, in expectation, for any task and loss."""
+
+    start: int
+    share: float
+
+    def epoch_length(self, n: int) -> int:
+        """Rows per epoch for a dataset of n rows: every labelled row and the drawn share of the rest."""
+        return self.start + round(self.share * (n - self.start))
+
+
+class DrawSampler(Sampler):
+    """Maps an inner sampler over the epoch's positions (DistributedSampler of DrawnRows.epoch_length) onto dataset
+    rows: positions below `start` are the labelled rows; the rest take this epoch's seeded draw of the others."""
+
+    def __init__(self, sampler: Sampler, drawn: DrawnRows, n: int, seed: int):
+        self.sampler, self.drawn, self.n, self.seed, self.epoch = sampler, drawn, n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.drawn.start
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -2))
+        chosen = (start + torch.randperm(self.n - start, generator=g)).tolist()
+        for i in self.sampler:
+            yield i if i < start else chosen[i - start]
 
     def __len__(self) -> int:
         return len(self.sampler)

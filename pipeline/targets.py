@@ -93,6 +93,16 @@ class Target(ABC):
         """Decision parameters fitted on OOF rows for the metric; {} where nothing is fitted."""
         return {}
 
+    def confidence(self, outputs: np.ndarray) -> np.ndarray | None:
+        """How sure each row's decision is, for pseudo-labelling (pipeline.stages.pseudo); None: outputs carry no
+        confidence (a value), so a threshold cannot pick rows."""
+        return None
+
+    def hits(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """Whether each row's decision (default settings) is right: every tag of a multilabel row."""
+        right = self.decide(outputs) == np.asarray(truth).reshape(self.decide(outputs).shape)
+        return right.reshape(len(right), -1).all(axis=1)
+
     def score(self, truth: np.ndarray, outputs: np.ndarray, params: dict | None = None) -> float:
         m = self.metric
         return m(truth, self.decide(outputs, params) if m.decisions else self.metric_outputs(outputs))
@@ -158,6 +168,9 @@ class Multiclass(Target):
     def decide(self, outputs, params=None):
         return outputs.argmax(axis=1)
 
+    def confidence(self, outputs):
+        return outputs.max(axis=1)
+
     def metric_outputs(self, outputs):
         return outputs
 
@@ -197,6 +210,10 @@ class _Sigmoid(Target):
 
     def activate(self, logits):
         return logits.float().sigmoid()
+
+    def confidence(self, outputs):
+        """The probability of the decided side; a multilabel row is as sure as its least sure label."""
+        return np.maximum(outputs, 1 - outputs).min(axis=1)
 
     def valid_loss(self, truth, outputs):
         return logloss(truth, self.metric_outputs(outputs))
@@ -404,6 +421,11 @@ class Ordinal(Regression):
     def decide(self, outputs, params=None):
         cuts = np.asarray(params["cuts"]) if params and "cuts" in params else self.default_cuts()
         return np.asarray(self.classes, dtype=np.float64)[np.searchsorted(cuts, outputs[:, 0])]
+
+    def confidence(self, outputs):
+        """Distance of the predicted value from the nearest cut point, in grades: far from a cut, the grade is sure."""
+        cuts = self.default_cuts()
+        return np.abs(outputs[:, :1] - cuts[None, :]).min(axis=1) if len(cuts) else np.full(len(outputs), np.inf)
 
     def fit_params(self, outputs, truth):
         """Cut points that maximise the metric on these rows (Nelder-Mead from the midpoints, kept sorted)."""

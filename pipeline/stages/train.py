@@ -114,6 +114,10 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> 
         from pipeline.stages.distill import training_set
 
         train_set = training_set(task, cfg, fold, train_rows)
+    elif cfg.pseudo.source:  # pipeline pseudo: fold k's rows and the test rows fold k's source model labelled
+        from pipeline.stages.pseudo import training_set
+
+        train_set = training_set(task, cfg, fold, train_rows)
     else:
         train_set = task.build_dataset(train_rows, train=True)
     if state is not None and cfg.train.batch_size == "auto":  # a resumed fold keeps the batch (and LR) it began with

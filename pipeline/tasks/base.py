@@ -165,6 +165,30 @@ class Task(ABC):
         """An ensemble's blend as fold k's student may see it: fitted without fold k's OOF rows (pipeline distill)."""
         raise UserError(f"{type(self).__name__} ensembles cannot teach a student")
 
+    # -- pseudo-labels (pipeline pseudo) --------------------------------------------------------------------
+    def confidence(self, outputs: Any) -> np.ndarray | None:
+        """How sure each unit of the outputs is (a row; detection: a box, in image order); None: outputs carry no
+        confidence (values), so every row is kept."""
+        raise UserError(f"{type(self).__name__} outputs cannot be pseudo-labelled")
+
+    def hits(self, outputs: Any, truths: Any) -> np.ndarray:
+        """Whether each unit is right (a row's decision; a box matched to a truth of its class at IoU 0.5)."""
+        raise UserError(f"{type(self).__name__} outputs cannot be pseudo-labelled")
+
+    def keep_confident(self, frame: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+        """A test prediction frame cut to what passes the threshold (rows; detection: images with their passing
+        boxes); None keeps every row."""
+        raise UserError(f"{type(self).__name__} outputs cannot be pseudo-labelled")
+
+    def pseudo_counts(self, frame: pd.DataFrame) -> dict[str, int]:
+        """Kept pseudo-labels per class (boxes per class; {} for values)."""
+        return {}
+
+    def pseudo_dataset(self, train_rows: pd.DataFrame, pseudo: pd.DataFrame, soft: bool) -> Dataset:
+        """Fold k's training rows followed by its pseudo-labelled test rows, labelled by decisions (or, soft, by the
+        outputs themselves)."""
+        raise UserError(f"{type(self).__name__} outputs cannot be pseudo-labelled")
+
     @abstractmethod
     def blend_test(self, fitted: dict, tests: list) -> Any:
         """An ensemble's fitted blend (its weights.json; weights as a list in member order) on the members' outputs
@@ -271,6 +295,42 @@ class ClassProbabilities(Task):
     def fold_blend(self, fitted: dict, oofs: list[np.ndarray], truth: np.ndarray, folds: np.ndarray, k: int,
                    tests: list[np.ndarray]) -> np.ndarray:
         return blend_without_fold(fitted, oofs, truth, folds, k, tests, self.metric, self.target)
+
+    def confidence(self, outputs: np.ndarray) -> np.ndarray | None:
+        return self.target.confidence(outputs)
+
+    def hits(self, outputs: np.ndarray, truths: np.ndarray) -> np.ndarray:
+        return self.target.hits(outputs, truths)
+
+    def keep_confident(self, frame: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+        if threshold is None:
+            return frame.reset_index(drop=True)
+        return frame[self.confidence(self.read_outputs(frame)) >= threshold].reset_index(drop=True)
+
+    def pseudo_counts(self, frame: pd.DataFrame) -> dict[str, int]:
+        """Decided labels per class (tags per label, grades per grade); {} for values."""
+        if self.target.kind == "regression":
+            return {}
+        decided = self.target.decide(self.read_outputs(frame))
+        if decided.ndim == 2:  # tags
+            return {c: int(n) for c, n in zip(self.target.columns, decided.sum(axis=0), strict=True)}
+        names = self.classes if self.target.kind != "ordinal" else None
+        counts = pd.Series(decided).value_counts(sort=False).sort_index()
+        return {str(names[int(v)] if names else v): int(n) for v, n in counts.items()}
+
+    def pseudo_dataset(self, train_rows: pd.DataFrame, pseudo: pd.DataFrame, soft: bool) -> Dataset:
+        outputs = self.read_outputs(pseudo)
+        # unlabelled: any real label stands in where the dataset reads one; .labels is replaced below
+        extra = pd.DataFrame({"id": pseudo["id"], "target": train_rows["target"].iloc[0], "fold": -1})
+        dataset = self.build_dataset(pd.concat([train_rows[["id", "target", "fold"]], extra], ignore_index=True),
+                                     train=True)
+        if soft:  # the truths in the outputs' terms (one-hot with the smoothing), then the outputs themselves
+            truths = self.soft_targets(train_rows, np.zeros((len(train_rows), outputs.shape[1]), np.float32), 1.0)
+            labels = np.concatenate([truths, self.soft_targets(None, outputs, 0.0)]).astype(np.float32)
+        else:
+            labels = np.concatenate([self.labels(train_rows), self.target.decide(outputs)])
+        dataset.labels = labels  # every row's training target (datasets index .labels)
+        return dataset
 
     def blend_test(self, fitted: dict, tests: list[np.ndarray]) -> np.ndarray:
         return apply_blend(fitted["method"], tests, fitted["weights"], fitted.get("stacker"),

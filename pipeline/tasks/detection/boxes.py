@@ -173,6 +173,27 @@ def mean_average_precision(predictions: Sequence[Detections], truths: Sequence[t
     return {"map50": float(ap[:, 0].mean()), "map": float(ap.mean())}
 
 
+def box_hits(predictions: Sequence[Detections], truths: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per box, in image order and each image's stored order: is it a true positive at IoU 0.5, matched as
+    mean_average_precision matches (per image and class, by descending score, to the best untaken truth)."""
+    groups, where = [], []  # (det boxes by score, truths) per image and class; and those boxes' flat positions
+    offset = 0
+    for det, (true_boxes, true_labels) in zip(predictions, truths, strict=True):
+        t_all = np.asarray(true_boxes, dtype=np.float64).reshape(-1, 4)
+        t_labels = np.asarray(true_labels).astype(np.int64).reshape(-1)
+        labels = np.asarray(det.labels).astype(np.int64).reshape(-1)
+        for c in np.unique(labels):
+            keep = np.flatnonzero(labels == c)
+            keep = keep[np.argsort(-det.scores[keep], kind="mergesort")]
+            groups.append((det.boxes[keep].astype(np.float64), t_all[t_labels == c]))
+            where.append(offset + keep)
+        offset += len(labels)
+    hits = np.zeros(offset, dtype=bool)
+    for positions, matched in zip(where, _match_groups([g[0] for g in groups], [g[1] for g in groups]), strict=True):
+        hits[positions] = matched[:, 0]  # IOU_THRESHOLDS[0] is 0.5
+    return hits
+
+
 MATCH_CHUNK = 500_000  # IoU entries (groups x detections x truths) matched together: ~4 MB of float64
 
 

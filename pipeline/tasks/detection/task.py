@@ -22,6 +22,7 @@ from pipeline.tasks.base import Demo, Task
 from pipeline.tasks.detection.boxes import (
     BOX_VIEWS,
     Detections,
+    box_hits,
     check_box_views,
     fuse,
     mean_average_precision,
@@ -219,6 +220,38 @@ class DetectionTask(Task):
     def _fuse_members(self, outputs: list, weights: np.ndarray, iou: float) -> list[Detections]:
         used = [i for i, w in enumerate(weights) if w > 0]  # a zero weight leaves the member out altogether
         return self.merge([outputs[i] for i in used], [float(weights[i]) for i in used], iou)
+
+    # -- pseudo-labels: boxes whose score passes a threshold calibrated on OOF boxes (precision at IoU 0.5) ----------
+    def confidence(self, outputs: list[Detections]) -> np.ndarray:
+        return np.concatenate([d.scores for d in outputs]) if outputs else np.zeros(0, np.float32)
+
+    def hits(self, outputs: list[Detections], truths: list) -> np.ndarray:
+        return box_hits(outputs, truths)
+
+    def keep_confident(self, frame: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+        """The images with at least one box at or above the threshold, with those boxes alone."""
+        frame = frame.reset_index(drop=True).copy()
+        dets = self.read_outputs(frame)
+        keep = [d.scores >= (-np.inf if threshold is None else threshold) for d in dets]
+        frame["boxes"] = [d.boxes[m].reshape(-1) for d, m in zip(dets, keep, strict=True)]
+        frame["scores"] = [d.scores[m] for d, m in zip(dets, keep, strict=True)]
+        frame["labels"] = [d.labels[m] for d, m in zip(dets, keep, strict=True)]
+        return frame[[bool(m.any()) for m in keep]].reset_index(drop=True)
+
+    def pseudo_counts(self, frame: pd.DataFrame) -> dict[str, int]:
+        labels = np.concatenate([np.asarray(lab, np.int64) for lab in frame["labels"]]) if len(frame) else []
+        counts = np.bincount(np.asarray(labels, np.int64), minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts, strict=True) if n}
+
+    def pseudo_dataset(self, train_rows: pd.DataFrame, pseudo: pd.DataFrame, soft: bool) -> DetectionDataset:
+        """Training images with their boxes, then the test images with their kept boxes as truths."""
+        if soft:
+            raise UserError("pseudo.soft: detection pseudo-labels are boxes, kept or not; drop --soft")
+        truths = [self.truths[i] for i in train_rows["id"]] + \
+                 [(d.boxes, d.labels) for d in self.read_outputs(pseudo)]
+        ids = [*train_rows["id"], *pseudo["id"]]
+        return DetectionDataset(image_paths(self.cfg, ids), truths, self.cfg.image.size,
+                                build_box_transforms(self.cfg, True))
 
     def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """PredictionString per sample id, in sample order (column name from sample_submission)."""
