@@ -106,6 +106,15 @@ def check(cfg, task, samples: pd.DataFrame, test: pd.DataFrame) -> Drift | None:
     return drift
 
 
+def like_test_rows(adversarial_csv: Path, share: float) -> set[str] | None:
+    """The ids of the `share` most test-like training rows (adversarial.csv, most test-like first); None where
+    cv.holdout_like_test is off or prepare wrote no adversarial validation."""
+    if share <= 0 or not adversarial_csv.is_file():
+        return None
+    likeness = pd.read_csv(adversarial_csv, dtype={"id": str})
+    return set(likeness["id"].head(max(1, round(share * len(likeness)))))
+
+
 def run(ref: str, runs_dir: str = "runs") -> Drift | None:
     """`pipeline drift EXP`: adversarial validation of an experiment's competition files, at any time."""
     from pipeline.errors import UserError

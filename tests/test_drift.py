@@ -52,3 +52,22 @@ def test_features_of_series_and_texts_and_a_separable_shift():
     assert same.auc < 0.75
     texts = text_features(["A short one.", ("two", "columns 42")])
     assert texts.loc[1, "words"] == 3 and texts.loc[1, "digits"] > 0
+
+
+def test_cv_like_test_scores_the_oof_on_the_most_test_like_rows_and_the_report_shows_the_drift(copy_run):
+    from pipeline.report import run as report
+    from pipeline.stages.predict import combine_folds
+    from tests.conftest import oof_accuracy
+
+    cfg = copy_run(cv={"holdout_like_test": 0.2})
+    scores = combine_folds(cfg)
+    likeness = pd.read_csv(cfg.run_dir / "adversarial.csv")
+    ids = set(likeness["id"].astype(str).head(30))  # 20% of 150, most test-like first
+    oof = pd.read_parquet(cfg.run_dir / "oof.parquet")
+    like = scores["cv_like_test"]
+    assert like["rows"] == 30 and like["share"] == 0.2
+    classes = json.loads((cfg.run_dir / "folds.json").read_text())["classes"]
+    assert np.isclose(like["score"], oof_accuracy(oof[oof["id"].astype(str).isin(ids)], classes))
+    page = report(cfg.name, cfg.runs_dir).read_text()
+    assert "Adversarial validation" in page and "most test-like training rows" in page
+    assert "cv_like_test" not in combine_folds(copy_run("off"))  # 0 (the default): not scored

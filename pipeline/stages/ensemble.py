@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.files import copy_file, write_json, write_text
 from pipeline.provenance import collect_meta
 from pipeline.rundir import RunDir, resolve
-from pipeline.stages.predict import fitted_score_frame
+from pipeline.stages.predict import fitted_score_frame, like_test_score
 from pipeline.tasks import Task, build_task
 from pipeline.tracking import build_tracker
 
@@ -105,6 +105,7 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     oof = task.prediction_frame(base.keys, blend.oof)
     test = task.prediction_frame(base.test_ids.to_frame(), blend.test)
     cv, per_fold, fitted = fitted_score_frame(task, oof)
+    fitted.update(like_test_score(base.cfg, task, oof, base.run))  # the members' folds, so the first's drift
     name = name or f"ens-{method}-" + "-".join(m.cfg.name for m in members)
     scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold, fitted)
     metric = task.metric.name

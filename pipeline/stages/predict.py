@@ -23,6 +23,7 @@ from pipeline import checkpoint
 from pipeline.averaging import averaged_weights
 from pipeline.config import Config
 from pipeline.data import build_loader
+from pipeline.drift import like_test_rows
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_parquet
 from pipeline.fold_model import FoldModel
@@ -288,6 +289,7 @@ def combine_folds(cfg: Config) -> dict:
         "rows": len(oof),
         **fitted,  # decisions (applied by submit), cv_fitted_in_sample, cv_default_decisions
     }
+    scores.update(like_test_score(cfg, task, oof, run))
     if refit:
         record = json.loads(refit.predict_json.read_text())
         scores["test_models"] = [f.k for f in done] + [FULL]
@@ -304,6 +306,22 @@ def combine_folds(cfg: Config) -> dict:
     if refit:
         log.info("test predictions: the %d folds and the %s", len(done), FULL_REFIT_NOTE)
     return scores
+
+
+def like_test_score(cfg: Config, task: Task, oof: pd.DataFrame, run: RunDir) -> dict:
+    """{cv_like_test: the OOF score on the cv.holdout_like_test share of most test-like rows}, or {} where it is off.
+    Every such row is scored by the fold model that never saw it: an honest estimate under a train/test shift."""
+    ids = like_test_rows(run.adversarial_csv, cfg.cv.holdout_like_test)
+    if ids is None:
+        if cfg.cv.holdout_like_test > 0:
+            log.warning("cv.holdout_like_test=%s but %s is missing: run `pipeline drift %s`", cfg.cv.holdout_like_test,
+                        run.adversarial_csv, run.name)
+        return {}
+    rows = oof[oof["id"].astype(str).isin(ids)]
+    score = fitted_score_frame(task, rows)[0]
+    log.info("CV %s on the %.0f%% most test-like training rows (%d, by adversarial validation): %.4f",
+             cfg.train.metric, 100 * cfg.cv.holdout_like_test, len(rows), score)
+    return {"cv_like_test": {"score": score, "share": cfg.cv.holdout_like_test, "rows": len(rows)}}
 
 
 def fitted_score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int, float], dict]:
