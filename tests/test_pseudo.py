@@ -169,3 +169,30 @@ def test_bad_pseudo_requests_are_refused(source, trained_run, tmp_path):
     assert_refused(invoke("pseudo", "blend", "--name", "x", "--runs-dir", runs), "ensemble")
     RunDir(f"{runs}/src").fold(1).test.unlink()
     assert_refused(invoke("pseudo", "src", "--name", "y", "--runs-dir", runs), "fold1", "pipeline predict")
+
+
+@pytest.mark.parametrize("what", ["series", "boxes"])
+def test_sequences_and_detection_train_on_their_pseudo_labels(what, tmp_path, caplog):
+    from pipeline.stages import predict, prepare, train
+    from pipeline.tasks.detection.demo_data import write_digit_boxes_competition
+    from tests.conftest import SEQ, write_config, write_series_competition
+    from tests.test_detection import DETECT
+
+    if what == "series":
+        root, base, model = write_series_competition(tmp_path / "series", n_train=24, n_test=8), SEQ, "gru"
+    else:
+        root, base, model = write_digit_boxes_competition(tmp_path / "boxes", n_images=16), DETECT, "test_efficientnet"
+    _, cfg = write_config(tmp_path, root, base, "src", cv={"folds": 2}, train={"epochs": 1}, model={"name": model})
+    prepare.run(cfg)
+    train.run(cfg)
+    predict.run(cfg)
+    made = pseudo.run("src", "pl", runs_dir=cfg.runs_dir, threshold="0")
+    assert made["folds"][0]["rows"] > 0
+    assert made["round"] == 1 and all(f["rows"] == len(pd.read_parquet(
+        RunDir(f"{cfg.runs_dir}/pl").fold(f["fold"]).pseudo)) for f in made["folds"])
+    if what == "boxes":  # kept: the test images with a box, each with its boxes
+        assert all(sum(f["per_class"].values()) >= f["rows"] for f in made["folds"])
+    with caplog.at_level("INFO", logger="pipeline"):
+        cli("train", "--config", f"{cfg.runs_dir}/pl/config.yaml", "--fold", "0")
+    assert f"+ {made['folds'][0]['rows']} pseudo-labelled test rows from src" in caplog.text
+    assert (RunDir(f"{cfg.runs_dir}/pl").fold(0).oof).is_file()
