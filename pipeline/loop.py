@@ -7,6 +7,7 @@ What a step changes lives in one TrainingState (pipeline/state.py), which the ch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -57,6 +58,8 @@ def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: Da
     """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in its folder.
     Without a valid_loader (`--fold full`) nothing is scored: it trains cfg.train.epochs and best.pt holds the last
     epoch's weights, `keep` (model | ema) being the ones predict uses."""
+    if hasattr(model, "solve"):  # a head solved in closed form (ROCKET + ridge/logistic): one solve, not epochs
+        return fit_closed_form(task, model, train_loader, valid_loader, cfg, fold, tracker)
     t, world, device = cfg.train, distributed.world(), pick_device()
     dtype = resolve_precision(t.precision, device)
     state = TrainingState.build(model, cfg, steps_per_epoch(len(train_loader), cfg), device, dtype, task.memory_format)
@@ -98,6 +101,32 @@ def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: Da
         if stop:
             break
         epoch += 1
+    return state.progress
+
+
+def fit_closed_form(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader | None,
+                    cfg: Config, fold: FoldDir, tracker) -> Progress:
+    """One "epoch": the model solves its head on every training row (its own inner CV), then is scored and saved as
+    any epoch's weights are, so predict, ensembles and export read it as they read a network's fold."""
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema=False, epochs=1, compile=False))
+    device = torch.device("cpu")  # the features are numba code on the CPU; the head is a few thousand multiply-adds
+    state = TrainingState.build(model, cfg, 1, device, torch.float32, task.memory_format)
+    started = time.perf_counter()
+    train_loss = model.solve(task.target, train_loader.dataset)
+    seconds = time.perf_counter() - started
+    if valid_loader is None:
+        scores = {}
+        improved, _ = state.progress.record_unvalidated(0, 1, "model")
+    else:
+        scores = {"model": evaluate(task, model, valid_loader, device, torch.float32)}
+        improved, _ = state.progress.record(0, scores, task.metric, 1, 0)
+    state.metrics.append(epoch_row(state, 0, train_loss, scores, len(train_loader.dataset), seconds))
+    if distributed.world().main:
+        score = scores["model"]["score"] if scores else math.nan
+        save_epoch(fold, TopEpochs(fold.top, 0, task.metric.greater_is_better), state, score, improved,
+                   {"wandb_id": tracker.run_id, "config": to_dict(cfg)})
+    tracker.log(state.metrics[-1], step=0)
+    log_epoch(state, 0, 1, train_loss, scores, task.metric.name, improved, False)
     return state.progress
 
 

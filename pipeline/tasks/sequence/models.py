@@ -192,4 +192,5 @@ def build_sequence_model(cfg: Config, in_channels: int, vocab_size: int, num_cla
         return Recurrent(stem, s.dim, s.hidden, s.layers, num_classes, drop, name)
     if name == "transformer":
         return Transformer(stem, s.dim, s.heads, s.layers, num_classes, drop)
-    raise UserError(f"model.name={name!r} is not a sequence model; choose one of {', '.join(SEQUENCE_MODELS)}")
+    raise UserError(f"model.name={name!r} is not a sequence model; choose one of {', '.join(SEQUENCE_MODELS)}, "
+                    "minirocket or multirocket")

@@ -41,6 +41,7 @@ from pipeline.tasks.sequence.encoder import (
     keep_files,
 )
 from pipeline.tasks.sequence.models import build_sequence_model
+from pipeline.tasks.sequence.rocket import ROCKET_KERNELS, ROCKETS, RocketFeatures, RocketModel
 from pipeline.tta import VIEWS, View
 
 # auto is no TTA: on 10 BasicMotions/JapaneseVowels runs crops never raised CV and lowered it on 7 (1.0 -> 0.95).
@@ -139,6 +140,10 @@ class SequenceTask(ClassProbabilities):
         self.encoder = encoder_folder(cfg.model.name)
         if self.encoder and not self.text:
             raise UserError(f"model.name={cfg.model.name}: a text encoder needs texts; set data.text_col")
+        if cfg.model.name in ROCKETS and self.text:
+            raise UserError(f"model.name={cfg.model.name}: random convolution kernels take series, not texts; "
+                            "use gru, lstm, transformer or an hf: encoder")
+        self.rocket: RocketFeatures | None = None
         self.tokens: Tokens | None = None
         self.pretrained = False
 
@@ -210,7 +215,13 @@ class SequenceTask(ClassProbabilities):
         s = self.cfg.sequence
         if not self.text:
             self.normaliser = Normaliser.fit(items)
-            return {"mean": self.normaliser.mean.tolist(), "std": self.normaliser.std.tolist()}
+            state = {"mean": self.normaliser.mean.tolist(), "std": self.normaliser.std.tolist()}
+            if self.cfg.model.name in ROCKETS:  # the random kernels' dilations and biases, from these rows only
+                self.rocket = RocketFeatures.fit(self.cfg.model.name, self.cfg.sequence.rocket_kernels or
+                                                 ROCKET_KERNELS[self.cfg.model.name], self.cfg.seed,
+                                                 [self.normaliser(x) for x in items])
+                state["rocket"] = self.rocket.state()
+            return state
         if self.encoder:  # nothing is fitted: the pretrained tokenizer, kept with the run for predict and export
             check_folder(self.encoder, weights=True)
             keep_files(self.encoder, self.run_encoder)
@@ -226,6 +237,7 @@ class SequenceTask(ClassProbabilities):
         super().load_fold(state)
         if "mean" in state:
             self.normaliser = Normaliser(np.asarray(state["mean"], np.float32), np.asarray(state["std"], np.float32))
+            self.rocket = RocketFeatures.from_state(state["rocket"]) if "rocket" in state else None
         elif "encoder" in state:
             folder = self.cfg.run_dir / state["encoder"]
             check_folder(folder, weights=False)
@@ -248,6 +260,8 @@ class SequenceTask(ClassProbabilities):
     def build_model(self) -> nn.Module:
         if self.normaliser is None and self.vocab is None and self.tokens is None:
             raise RuntimeError("fit_fold() or load_fold() sets the preprocessing; call it before build_model()")
+        if self.rocket is not None:
+            return RocketModel(self.rocket, self.target.width)
         if self.encoder:
             return build_encoder_model(self.cfg, self.encoder if self.pretrained else self.run_encoder,
                                        self.target.width, self.tokens.pad_id, self.pretrained)
