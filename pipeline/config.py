@@ -241,6 +241,8 @@ class SequenceConfig:
     scaling: float = 0.1  # training per-channel scale ~ N(1, scaling) on series; 0 off
     crop: float = 0.1  # training random crop removes up to this share of the steps; 0 off
     tta_crop: float = 0.1  # predict.tta=crops: views without this share of the start, or of the end
+    # networks trained per fold and averaged, InceptionTime-style (the paper averages 5); each costs a network's time
+    networks: int = 1
     rocket_kernels: int = 0  # model.name=minirocket|multirocket: random kernels; 0 = the papers' 10,000 / 6,250
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 from pipeline.stages import prepare
 from pipeline.tasks.sequence.models import SEQUENCE_MODELS, build_sequence_model
@@ -127,3 +127,31 @@ def test_sequence_through_the_cli(series_root, make_config, tmp_path):
     assert sub["series_id"].tolist() == pd.read_csv(series_root / "sample_submission.csv")["series_id"].tolist()
     assert set(sub["label"]) <= {"class0", "class1", "class2"}
     assert_export_submits_the_same(runs, "blend", series_root, tmp_path)  # per-fold channel statistics travel
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "regression"])
+def test_members_train_apart_and_predict_their_mean(kind):
+    from pipeline.tasks.sequence.models import Members, repeat_truths
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.name, cfg.sequence.dim, cfg.sequence.filters, cfg.sequence.layers = "inception", 8, 4, 1
+    width = 1 if kind != "multiclass" else 3
+    nets = [build_sequence_model(cfg, 2, 0, width) for _ in range(3)]
+    model = Members(nets, kind)
+    x, mask = torch.randn(4, 10, 2), torch.ones(4, 10, dtype=torch.bool)
+    assert model.train()(x, mask).shape == (12, width)  # each member's rows: each its own loss
+    assert repeat_truths(torch.zeros(12, width), torch.arange(4)).tolist() == [0, 1, 2, 3] * 3
+    model.eval()
+    outs = torch.stack([n(x, mask) for n in nets])
+    activate = {"multiclass": lambda o: o.softmax(-1), "binary": torch.sigmoid, "regression": lambda o: o}[kind]
+    assert torch.allclose(activate(model(x, mask)), activate(outs).mean(0), atol=1e-5)
+
+
+def test_several_networks_per_fold_train_through_the_cli(series_root, make_config):
+    path, cfg = make_config(series_root, base=SEQ, model={"name": "inception"}, sequence={"networks": 2},
+                            cv={"folds": 2}, train={"epochs": 1})
+    for command in ("prepare", "train", "predict"):
+        cli(command, "--config", path)
+    state = torch.load(cfg.run_dir / "fold0" / "best.pt", weights_only=True)
+    assert any(k.startswith("members.1.") for k in state["model"])  # two networks in the fold's checkpoint

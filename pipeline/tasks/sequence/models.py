@@ -176,6 +176,35 @@ class Transformer(nn.Module):
         return self.head(masked_mean(self.norm(h), mask))
 
 
+class Members(nn.Module):
+    """sequence.networks > 1: InceptionTime's ensemble (Fawaz et al. average five networks) inside one model.
+    Training: each member's outputs, stacked along the batch ([M x B, C]), so the loss is the mean of the members'
+    own losses and each member learns alone, from its own initialisation, on the same batches. Evaluation: the
+    members' predictions averaged, returned as the logits of that average (what the target activates to it)."""
+
+    def __init__(self, members: list[nn.Module], kind: str):
+        super().__init__()
+        self.members, self.kind = nn.ModuleList(members), kind
+
+    def forward(self, x, mask):
+        outs = [m(x, mask) for m in self.members]
+        if self.training:
+            return torch.cat(outs, dim=0)
+        stacked = torch.stack([o.float() for o in outs])
+        if self.kind == "multiclass":  # log of the mean probability: softmax gives the mean back
+            return torch.logsumexp(torch.log_softmax(stacked, dim=-1), dim=0) - math.log(len(outs))
+        if self.kind in ("binary", "multilabel"):
+            p = torch.sigmoid(stacked).mean(0).clamp(1e-7, 1 - 1e-7)
+            return torch.log(p) - torch.log1p(-p)
+        return stacked.mean(0)  # values: the affine activation commutes with the mean
+
+
+def repeat_truths(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The truths once per member where the model stacks its members' outputs (Members in training)."""
+    times = len(logits) // len(y)
+    return y if times == 1 else y.repeat(times, *[1] * (y.ndim - 1))
+
+
 SEQUENCE_MODELS = ("inception", "resnet1d", "gru", "lstm", "transformer")
 
 

@@ -40,7 +40,7 @@ from pipeline.tasks.sequence.encoder import (
     encoder_folder,
     keep_files,
 )
-from pipeline.tasks.sequence.models import build_sequence_model
+from pipeline.tasks.sequence.models import Members, build_sequence_model, repeat_truths
 from pipeline.tasks.sequence.rocket import ROCKET_KERNELS, ROCKETS, RocketFeatures, RocketModel
 from pipeline.tta import VIEWS, View
 
@@ -266,7 +266,10 @@ class SequenceTask(ClassProbabilities):
             return build_encoder_model(self.cfg, self.encoder if self.pretrained else self.run_encoder,
                                        self.target.width, self.tokens.pad_id, self.pretrained)
         channels = 0 if self.text else len(self.normaliser.mean)
-        return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, self.target.width)
+        def build():
+            return build_sequence_model(self.cfg, channels, len(self.vocab) if self.text else 0, self.target.width)
+        n = self.cfg.sequence.networks
+        return build() if n <= 1 else Members([build() for _ in range(n)], self.target.kind)
 
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> SequenceDataset | TokenDataset:
         if self.encoder:  # one batched tokenizer call per dataset: once per fold, not per epoch
@@ -283,8 +286,10 @@ class SequenceTask(ClassProbabilities):
             lam = float(np.random.beta(alpha, alpha))
             perm = torch.randperm(len(x), device=x.device)
             logits = model(lam * x + (1 - lam) * x[perm], mask | mask[perm])
-            return lam * self.target.loss(logits, y) + (1 - lam) * self.target.loss(logits, y[perm])
-        return self.target.loss(model(x, mask), y)
+            return lam * self.target.loss(logits, repeat_truths(logits, y)) + \
+                (1 - lam) * self.target.loss(logits, repeat_truths(logits, y[perm]))
+        logits = model(x, mask)
+        return self.target.loss(logits, repeat_truths(logits, y))
 
     def views(self, spec: str) -> list[View]:
         if spec not in SEQUENCE_TTA:
