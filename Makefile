@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch>=2.3" "torchvision>=0.18"
-	$(BIN)/python -m pip install -q -e ".[dev,text]"
+	$(BIN)/python -m pip install -q -e ".[dev,text,series]"
 	touch $@
 
 test: setup

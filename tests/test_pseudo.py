@@ -146,6 +146,8 @@ def test_pseudo_then_train_predict_report_and_a_second_round(source, tmp_path):
         assert entry["oof_kept"] == entry["oof_units"] and 0 <= entry["oof_precision"] <= 1
     assert load_config(new.config).pseudo.source == str(RunDir(f"{runs}/src").path)
     cli("train", "--config", new.config, "--fold", "all")
+    cli("train", "--config", new.config, "--fold", "full")  # the refit: the source's test mean, all its OOF's cut
+    assert len(pd.read_parquet(new.full.pseudo)) == info["folds"][0]["of"]  # threshold 0 keeps every test row
     cli("predict", "--config", new.config)
     assert json.loads(new.meta.read_text())["pseudo"]["source"] == "src"  # kept through train and predict
     cli("report", "pl", "--runs-dir", runs)
@@ -163,6 +165,7 @@ def test_bad_pseudo_requests_are_refused(source, trained_run, tmp_path):
     runs = source.runs_dir
     copy_run_to(trained_run, tmp_path, "src2")
     assert_refused(invoke("pseudo", "src", "--name", "src", "--runs-dir", runs), "its own name")
+    assert_refused(invoke("pseudo", "src", "--name", "src2", "--runs-dir", runs), "already has trained folds")
     assert_refused(invoke("pseudo", "src", "--name", "x", "--weight", "0", "--runs-dir", runs), "(0, 1]")
     assert_refused(invoke("pseudo", "src", "--name", "x", "--threshold", "high", "--runs-dir", runs), "'auto'")
     ensemble.run(["src", "src2"], method="mean", name="blend", runs_dir=runs)

@@ -94,3 +94,13 @@ def test_minirocket_refuses_soft_targets():
 
     with pytest.raises(UserError, match="soft targets"):
         model.solve(target, Soft())
+
+
+@pytest.mark.slow  # numba compiles MultiRocket's kernels on first use (about a minute)
+def test_multirocket_trains_and_predicts(tmp_path, make_config):
+    root = write_series_competition(tmp_path / "series", n_train=30, n_test=6)
+    path, cfg = make_config(root, base=SEQ, name="multi", cv={"folds": 2},
+                            **{**ROCKET, "model": {"name": "multirocket"}})
+    for command in ("prepare", "train", "predict"):
+        cli(command, "--config", path)
+    assert json.loads((cfg.run_dir / "scores.json").read_text())["cv"] > 0.7

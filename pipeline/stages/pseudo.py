@@ -43,8 +43,12 @@ def run(source_ref: str, name: str, overrides: list[str] | tuple[str, ...] = (),
     """Make runs/<name>/ (config, folds, fold{k}/pseudo.parquet, pseudo.json); training is the usual command."""
     source = check_source(resolve(source_ref, runs_dir))
     cfg = new_config(source, name, overrides, threshold, soft, weight)
-    prepare.run(cfg)
     run_dir = RunDir(cfg.run_dir)
+    trained = [f.k for f in run_dir.fold_dirs() if f.last.is_file()]
+    if trained:  # new labels under folds trained on the old ones would make one experiment of two
+        raise UserError(f"{run_dir} already has trained folds {trained}; pseudo-label into a new --name, or delete "
+                        f"{run_dir} first")
+    prepare.run(cfg)
     if run_dir.classes() != source.classes():
         raise UserError(f"{name}'s classes differ from {source.name}'s ({source.folds_json}); pseudo-label on the "
                         "same competition files and target settings")
