@@ -112,7 +112,7 @@ def fit_closed_form(task: Task, model: nn.Module, train_loader: DataLoader, vali
     device = torch.device("cpu")  # the features are numba code on the CPU; the head is a few thousand multiply-adds
     state = TrainingState.build(model, cfg, 1, device, torch.float32, task.memory_format)
     started = time.perf_counter()
-    train_loss = model.solve(task.target, train_loader.dataset)
+    train_loss = model.solve(task, train_loader.dataset)
     seconds = time.perf_counter() - started
     if valid_loader is None:
         scores = {}

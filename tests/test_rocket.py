@@ -4,6 +4,7 @@ inner CV, through the same five commands and files as the networks (and blended 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ def test_minirocket_refuses_soft_targets():
         items = [__import__("torch").as_tensor(x) for x in series(4)]
 
     with pytest.raises(UserError, match="soft targets"):
-        model.solve(target, Soft())
+        model.solve(SimpleNamespace(target=target), Soft())
 
 
 @pytest.mark.slow  # numba compiles MultiRocket's kernels on first use (about a minute)
@@ -104,3 +105,40 @@ def test_multirocket_trains_and_predicts(tmp_path, make_config):
     for command in ("prepare", "train", "predict"):
         cli(command, "--config", path)
     assert json.loads((cfg.run_dir / "scores.json").read_text())["cv"] > 0.7
+
+
+@pytest.mark.parametrize("kind, classes", [("binary", ["no", "yes"]), ("multilabel", ["a", "b", "c"]),
+                                           ("ordinal", [1, 2, 3])])
+def test_every_target_type_gets_its_head(kind, classes):
+    """Binary: one logit for the positive class; tags: a logistic per tag; grades: ridge on the value."""
+    import torch
+
+    from pipeline.tasks.sequence.rocket import RocketModel
+
+    rng = np.random.default_rng(0)
+    items = [rng.normal(size=(20, 2)).astype(np.float32) for _ in range(40)]
+    signal = np.array([x[:, 0].mean() for x in items])
+    labels = {"binary": (signal > 0).astype(np.int64),
+              "multilabel": np.stack([signal > 0, signal < 0, np.zeros(40, bool)], 1).astype(np.int64),
+              "ordinal": np.digitize(signal, [-0.1, 0.1]).astype(np.float64) + 1}[kind]
+    for x, s in zip(items, signal, strict=True):  # make the signal loud enough to learn
+        x[:, 0] += 3 * s
+    cfg = Config()
+    cfg.data.target_type, cfg.train.metric = kind, "auto"
+    target = build_target(cfg, classes)
+    if kind == "ordinal":
+        target.fit(labels)  # the grades' mean and spread, as fit_fold sets them
+
+    class Rows:
+        def __init__(self, series, y):
+            self.items, self.labels = [torch.as_tensor(x) for x in series], y
+
+        def __len__(self):
+            return len(self.items)
+
+    model = RocketModel(RocketFeatures.fit("minirocket", 168, 0, items), target.width)
+    model.solve(SimpleNamespace(target=target), Rows(items, labels))
+    x = torch.nn.utils.rnn.pad_sequence([torch.as_tensor(i) for i in items], batch_first=True)
+    outputs = target.activate(model.eval()(x, torch.ones(x.shape[:2], dtype=torch.bool))).detach().numpy()
+    assert outputs.shape == (40, target.width)
+    assert target.hits(outputs, labels).mean() > 0.8  # in sample: the head learned the signal

@@ -109,11 +109,13 @@ class RocketModel(nn.Module):
         f = torch.from_numpy(self.features([s[:n] for s, n in zip(series, lengths, strict=True)]))
         return self.head(f.to(self.head.weight.device))
 
-    def solve(self, target, dataset) -> float:
-        """Fit the head on every row of the training dataset (inner CV picks the regularisation); its loss in sample."""
+    def solve(self, task, dataset) -> float:
+        """Fit the head on every row of the training dataset (inner CV picks the regularisation); its loss in sample.
+        task: the sequence task (its target: the outputs' kind, the values' standardisation)."""
         from sklearn.preprocessing import StandardScaler
 
         started = time.perf_counter()
+        target = task.target
         labels = np.asarray(dataset.labels)
         if labels.dtype.kind == "f" and target.kind in ("multiclass", "binary", "multilabel"):
             raise UserError(f"model.name={self.features.name} learns labels, not soft targets (pipeline pseudo --soft, "
