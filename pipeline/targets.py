@@ -100,7 +100,8 @@ class Target(ABC):
 
     def hits(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
         """Whether each row's decision (default settings) is right: every tag of a multilabel row."""
-        right = self.decide(outputs) == np.asarray(truth).reshape(self.decide(outputs).shape)
+        decided = self.decide(outputs)
+        right = decided == np.asarray(truth).reshape(decided.shape)
         return right.reshape(len(right), -1).all(axis=1)
 
     def score(self, truth: np.ndarray, outputs: np.ndarray, params: dict | None = None) -> float:

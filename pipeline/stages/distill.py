@@ -27,6 +27,7 @@ from pipeline.folds import Folds, load_folds
 from pipeline.rundir import FULL, FoldDir, RunDir, resolve
 from pipeline.stages import predict, prepare, train
 from pipeline.tasks import Task, build_task
+from pipeline.tasks.base import with_unlabelled
 
 log = logging.getLogger(__name__)
 TEACHER_FILE = "teacher.parquet"  # in the student's fold folders: id, part (train|test), the teachers' outputs
@@ -157,9 +158,7 @@ def training_set(task: Task, cfg: Config, fold: FoldDir, train_rows: pd.DataFram
     rows = train_rows
     if cfg.distill.test:
         on_test = frame[frame["part"] == "test"].reset_index(drop=True)
-        # unlabelled: any real label stands in where the dataset reads one; the soft target replaces it below
-        extra = pd.DataFrame({"id": on_test["id"], "target": train_rows["target"].iloc[0], "fold": -1})
-        rows = pd.concat([train_rows[["id", "target", "fold"]], extra], ignore_index=True)
+        rows = with_unlabelled(train_rows, on_test["id"])  # the soft targets replace the stand-in labels below
         soft.append(task.soft_targets(None, task.read_outputs(on_test), alpha))
     dataset = task.build_dataset(rows, train=True)
     dataset.labels = np.concatenate(soft).astype(np.float32)  # every row's training target (datasets index .labels)

@@ -30,6 +30,13 @@ from pipeline.tta import View
 RESERVED = {"id", "target", "fold"}  # prediction-frame columns that class names may not take
 
 
+def with_unlabelled(rows: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    """Folds-table rows followed by unlabelled ones (test ids) for a training dataset: any real label stands in where
+    the dataset reads one, and the caller replaces the dataset's .labels (distillation, pseudo-labels)."""
+    extra = pd.DataFrame({"id": ids.to_numpy(), "target": rows["target"].iloc[0], "fold": -1})
+    return pd.concat([rows[["id", "target", "fold"]], extra], ignore_index=True)
+
+
 @dataclass(frozen=True)
 class Demo:
     """`pipeline demo --task T`: an embedded competition and the experiments run on it."""
@@ -320,10 +327,7 @@ class ClassProbabilities(Task):
 
     def pseudo_dataset(self, train_rows: pd.DataFrame, pseudo: pd.DataFrame, soft: bool) -> Dataset:
         outputs = self.read_outputs(pseudo)
-        # unlabelled: any real label stands in where the dataset reads one; .labels is replaced below
-        extra = pd.DataFrame({"id": pseudo["id"], "target": train_rows["target"].iloc[0], "fold": -1})
-        dataset = self.build_dataset(pd.concat([train_rows[["id", "target", "fold"]], extra], ignore_index=True),
-                                     train=True)
+        dataset = self.build_dataset(with_unlabelled(train_rows, pseudo["id"]), train=True)
         if soft:  # the truths in the outputs' terms (one-hot with the smoothing), then the outputs themselves
             truths = self.soft_targets(train_rows, np.zeros((len(train_rows), outputs.shape[1]), np.float32), 1.0)
             labels = np.concatenate([truths, self.soft_targets(None, outputs, 0.0)]).astype(np.float32)
