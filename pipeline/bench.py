@@ -221,7 +221,7 @@ def write_members(cfg: Config, runs: Path, members: int, rows: int, classes: int
     strengths, one member in memory at a time."""
     import pandas as pd
 
-    from pipeline.config import dump_yaml, load_config
+    from pipeline.config import Config, dump_yaml, with_values
     from pipeline.files import write_csv, write_json, write_parquet, write_text
 
     rng = np.random.default_rng(0)
@@ -236,8 +236,8 @@ def write_members(cfg: Config, runs: Path, members: int, rows: int, classes: int
         run.mkdir(parents=True)
         write_csv(run / "folds.csv", keys[["id", "fold"]])
         write_json(run / "folds.json", {"classes": labels})
-        member_cfg = load_config(None, [f"name={name}", f"runs_dir={runs}", f"predict.dtype={cfg.predict.dtype}",
-                                        "tracking.wandb=disabled"])
+        member_cfg = with_values(Config(), {"name": name, "runs_dir": str(runs), "predict.dtype": cfg.predict.dtype,
+                                            "tracking.wandb": "disabled"})
         write_text(run / "config.yaml", dump_yaml(member_cfg))
         write_json(run / "scores.json", {"cv": 0.0})
         for part, frame, n in (("oof", keys, rows), ("test", test_ids, len(test_ids))):

@@ -4,7 +4,8 @@ Class probabilities (multiclass) have their own fast paths below; probabilities 
 multilabel) and values (regression, ordinal) go through `blend_outputs`' general climb and meta-models.
 
 Weights and meta-models are fitted on out-of-fold predictions only; test predictions never enter a fit.
-Every fitted method is also scored the honest way: fitted on K-1 folds, scored on the held-out fold.
+Every fitted method is also scored the honest way: fitted on K-1 folds, scored on the held-out fold; and it replaces
+the plain mean only when that held-out gain exceeds its own noise (pipeline.noise).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from pipeline.errors import UserError
 from pipeline.metrics import Metric, logloss
+from pipeline.noise import judge
 
 EPS = 1e-7
 
@@ -240,8 +242,8 @@ def blend_without_fold(fitted: dict, oofs: list[np.ndarray], truth: np.ndarray, 
     """Fold k's version of an ensemble's fitted blend (its weights.json), applied to tests: weights climbed on the
     OOF rows outside fold k, or the stacker's meta-model that was fitted without fold k. What blends fold k's
     targets for a student (pipeline distill) has then never seen fold k's labels; only the ensemble's choice of
-    equal weights over climbed ones (weights_from), made on every fold, is kept as the ensemble made it."""
-    method, columns = fitted["method"], target.kind != "multiclass"
+    equal weights over climbed ones or a stacker (weights_from), made on every fold, is kept as the ensemble made it."""
+    method, columns = applied_method(fitted), target.kind != "multiclass"
     if method == "stack":
         i = list(np.unique(folds)).index(k)  # stack() fits one meta-model per fold, in fold order
         stacker = fitted["stacker"]
@@ -249,12 +251,18 @@ def blend_without_fold(fitted: dict, oofs: list[np.ndarray], truth: np.ndarray, 
                {**stacker, "columns": [[column[i]] for column in stacker["columns"]]})
         return apply_stacker(one, tests)
     weights = np.full(len(oofs), 1 / len(oofs))
-    if method == "weighted" and fitted.get("weights_from") not in ("uniform", None):
+    if method == "weighted":
         rows = folds != k
         members = as_float32([p[rows] for p in oofs])
         weights = (climb_columns(members, truth[rows], metric, target.valid_loss) if columns else
                    hill_climb(method, members, truth[rows], metric))
     return apply_blend(method, tests, weights, None, columns)
+
+
+def applied_method(fitted: dict) -> str:
+    """The method an ensemble's weights.json applies: its own, or the mean where its fitted weights or stacker did
+    not beat the mean by more than noise (weights_from "uniform")."""
+    return "mean" if fitted.get("weights_from") == "uniform" else fitted["method"]
 
 
 def apply_blend(method: str, tests: Sequence[np.ndarray], weights: np.ndarray | None, stacker: dict | None,
@@ -278,7 +286,7 @@ def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence
     if method == "stack":
         members = as_float32(oofs)
         oof, test, stacker = stack(members, target, folds, tests, members[0].shape[1])
-        return Blend(oof, test, None, metric(target, oof), stacker=stacker)  # stacked OOF: fitted on other folds
+        return stack_or_mean(combine, members, tests, target, metric, oof, test, stacker)
     if method == "weighted":
         oofs = as_float32(oofs)  # in memory, converted once for all K+1 climbs and the blend
         weights, held_out_oof, params = fit_weights(oofs, target, folds, metric)
@@ -292,23 +300,34 @@ def blend_probabilities(method: str, oofs: Sequence[np.ndarray], tests: Sequence
 def fit_weights(oofs: list[np.ndarray], target: np.ndarray, folds: np.ndarray,
                 metric: Metric) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Hill-climbed weights for float32 members, kept only when their held-out score beats the plain mean:
-    (weights, the held-out blended OOF or None when the mean is kept, params).
+    (weights, the held-out blended OOF or None when the mean is kept, params). Beating it means by more than the
+    gain's noise (pipeline.noise): on 36 rows, a win by one row is not evidence.
 
     When every member saturates the metric (BasicMotions: five members at CV 1.0), the climb is steered
     by log-loss alone and chose one member that scored 0.875 on test where the mean scored 1.0; so
     weights must earn their place on folds they were not fitted on, else every member counts equally.
     """
     uniform = np.full(len(oofs), 1 / len(oofs))
-    mean_score = metric(target, combine("mean", oofs, uniform))
     ks = list(np.unique(folds))
     # The K held-out climbs (the honest score) and the climb on every row (the weights used), two at a time.
     *per_fold, weights = _in_threads(lambda k: _climb_without(k, "weighted", oofs, target, folds, metric), [*ks, None])
     held_out_oof = _blend_held_out("weighted", oofs, folds, dict(zip(ks, per_fold, strict=True)))
-    held_out = metric(target, held_out_oof)
-    if metric.better(held_out, mean_score):
-        in_sample = metric(target, combine("weighted", oofs, weights))
-        return weights, held_out_oof, {"weights_from": "hill climbing", "cv_in_sample": in_sample}
-    return uniform, None, {"weights_from": "uniform", "fitted_held_out": held_out, "mean_cv": mean_score}
+    params = judge("hill climbing", metric, target, held_out_oof, combine("mean", oofs, uniform))
+    if params["weights_from"] == "uniform":
+        return uniform, None, params
+    return weights, held_out_oof, {**params, "cv_in_sample": metric(target, combine("weighted", oofs, weights))}
+
+
+def stack_or_mean(mix, members: list[np.ndarray], tests, truth: np.ndarray, metric: Metric, oof: np.ndarray,
+                  test: np.ndarray, stacker: dict) -> Blend:
+    """A stacked blend (its cross-fitted OOF, test and stacker) when it beats the mean of the members by more than
+    noise, as fitted weights must (pipeline.noise); else the mean, by mix (combine or combine_columns)."""
+    uniform = np.full(len(members), 1 / len(members))
+    mean_oof = mix("mean", members, uniform)
+    params = judge("stacking", metric, truth, oof, mean_oof)
+    if params["weights_from"] == "uniform":
+        return Blend(mean_oof, mix("mean", tests, uniform), uniform, None, params)
+    return Blend(oof, test, None, params["fitted_held_out"], params, stacker)  # stacked OOF: fitted on other folds
 
 
 # -- binary, multilabel, regression, ordinal ------------------------------------------------------------------
@@ -325,9 +344,9 @@ def blend_outputs(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.nd
                         "use mean, weighted or stack")
     mix = combine_columns
     if method == "stack":
-        members = as_float32(oofs)
-        oof, test, stacker = stack_columns(members, truth, folds, as_float32(tests), values)
-        return Blend(oof, test, None, metric(truth, oof), stacker=stacker)
+        members, tests = as_float32(oofs), as_float32(tests)
+        oof, test, stacker = stack_columns(members, truth, folds, tests, values)
+        return stack_or_mean(mix, members, tests, truth, metric, oof, test, stacker)
     if method != "weighted":
         weights = np.full(len(oofs), 1 / len(oofs))
         return Blend(mix(method, oofs, weights), mix(method, tests, weights), weights, None)
@@ -342,12 +361,12 @@ def blend_outputs(method: str, oofs: Sequence[np.ndarray], tests: Sequence[np.nd
     for k, w in zip(ks, per_fold, strict=True):
         held_out_oof[folds == k] = mix("weighted", [p[folds == k] for p in oofs], w)
     uniform = np.full(len(oofs), 1 / len(oofs))
-    mean_score, held_out = metric(truth, mix("mean", oofs, uniform)), metric(truth, held_out_oof)
-    if metric.better(held_out, mean_score):
-        params = {"weights_from": "hill climbing", "cv_in_sample": metric(truth, mix("weighted", oofs, weights))}
-        return Blend(held_out_oof, mix("weighted", tests, weights), weights, held_out, params)
-    params = {"weights_from": "uniform", "fitted_held_out": held_out, "mean_cv": mean_score}
-    return Blend(mix("mean", oofs, uniform), mix("mean", tests, uniform), uniform, None, params)
+    mean_oof = mix("mean", oofs, uniform)
+    params = judge("hill climbing", metric, truth, held_out_oof, mean_oof)
+    if params["weights_from"] == "uniform":
+        return Blend(mean_oof, mix("mean", tests, uniform), uniform, None, params)
+    params["cv_in_sample"] = metric(truth, mix("weighted", oofs, weights))
+    return Blend(held_out_oof, mix("weighted", tests, weights), weights, params["fitted_held_out"], params)
 
 
 def combine_columns(method: str, members, weights: np.ndarray) -> np.ndarray:

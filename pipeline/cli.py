@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.config import load_config
+from pipeline.config import load_config, with_values
 from pipeline.errors import UserError
 
 app = typer.Typer(
@@ -288,8 +288,8 @@ def bench(
         shape = tuple(int(v) for v in ensemble.lower().split("x"))
     except ValueError:
         raise UserError("--batch-sizes is a comma list of integers, --ensemble is MEMBERSxROWSxCLASSES") from None
-    text = load_config(text_config, ["name=bench-text", "tracking.wandb=disabled", "tracking.quiet=true"]) \
-        if text_config else None
+    text = with_values(load_config(text_config), {"name": "bench-text", "tracking.wandb": "disabled",
+                                                  "tracking.quiet": True}) if text_config else None
     stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape, text=text)
 
 

@@ -4,12 +4,14 @@
 
 A YAML file holds only what differs from the defaults below; `extends: other.yaml` starts from another file.
 Unknown keys and wrongly typed values are errors that name the key and suggest the nearest valid one.
+Text fields (names, paths) keep the text as written: `--set name=0123` is "0123", never YAML's 83.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +34,9 @@ class DataConfig:
     # auto: guessed from the target column and sample_submission, and logged (pipeline.labels.infer_target_type);
     # binary: one probability; multilabel: tags; regression: a value; ordinal: grades, cut points fitted on OOF
     target_type: Literal["auto", "multiclass", "binary", "multilabel", "regression", "ordinal"] = "auto"
+    # what submit writes: labels (class names, 0/1 tags, grades) or scores (probabilities, unrounded values);
+    # auto: what sample_submission holds (prepare logs the evidence; 0/1 placeholders go by train.metric)
+    submission_form: Literal["auto", "labels", "scores"] = "auto"
     label_sep: str = " "  # multilabel: the separator of tags in one cell (Kaggle Planet: "clear primary")
     # one 0/1 column per label instead of a tag column (multilabel, Jigsaw), or several value columns (regression,
     # CommonLit/ELL: auto takes numbers that are not all 0/1 for values)
@@ -334,17 +339,123 @@ class Config:
         return Path(self.data.root) / getattr(self.data, name)
 
 
+NAME = re.compile(r"[A-Za-z0-9._-]+")  # an experiment name: one folder under runs_dir
+
+
+def check_name(name: Any, what: str = "name") -> str:
+    """name, if it can be an experiment's folder under runs_dir (letters, digits, '.', '_', '-'; not '.' or '..')."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{what} {name!r}: an experiment name is one folder under runs_dir: letters, digits, '.', '_' "
+                        "and '-' ([A-Za-z0-9._-]+), not '.' or '..'")
+    return name
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (and the files it extends), then `key.path=value` overrides."""
+    """Defaults, then the YAML file (and the files it extends), then `key.path=value` overrides. A run directory's
+    config.yaml (meta.json beside it) is read where the run is now: runs_dir its parent, name its folder's name."""
     tree: dict[str, Any] = {}
     if path is not None:
-        tree = _read_yaml_tree(Path(path), seen=())
+        path = Path(path)
+        tree = _read_yaml_tree(path, seen=())
+        if path.name == "config.yaml" and (path.parent / "meta.json").is_file():
+            _place(tree, path.parent)
+    _override(tree, overrides)
+    cfg = _build(Config, tree, prefix="")
+    check_name(cfg.name)
+    return cfg
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A run directory's config.yaml pointed at the folder where the run is now: runs_dir its parent, name its
+    folder's name, whatever the file says (a run copied from another machine, or moved, reads itself); then
+    `key.path=value` overrides."""
+    run_dir = Path(run_dir)
+    tree = _read_yaml_tree(run_dir / "config.yaml", seen=())
+    _place(tree, run_dir)
+    _override(tree, overrides)
+    return _build(Config, tree, prefix="")
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of cfg with dotted keys set to Python values, checked as a file's values are: the overrides code
+    makes (a trial's name, its runs_dir), which never pass through text."""
+    tree = to_dict(cfg)
+    for key, value in values.items():
+        _assign(tree, key.split("."), value)
+    out = _build(Config, tree, prefix="")
+    check_name(out.name)
+    return out
+
+
+def parse_value(keys: str | list[str], raw: str) -> Any:
+    """The value of `--set key.path=raw`: the raw text for a text field (a name, a path: `0123`, `12:30` and
+    `exp #2` stay as written; quotes are YAML's), else YAML (numbers, lists, null)."""
+    keys = keys.split(".") if isinstance(keys, str) else keys
+    kind, text = _field_type(keys), raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted: YAML's string
+        return _yaml(text)
+    if kind is str:
+        return raw
+    if set(typing.get_args(kind)) == {str, type(None)}:
+        return None if text in ("", "null", "~") else raw
+    return _yaml(raw) if text else None
+
+
+def _override(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set train.epochs=5")
-        _assign(tree, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
-    return _build(Config, tree, prefix="")
+        keys = key.strip().split(".")
+        try:
+            _assign(tree, keys, parse_value(keys, raw))
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item!r}: not a YAML value ({str(e).splitlines()[0]})") from None
+
+
+def _field_type(keys: list[str]) -> Any:
+    """The declared type of a dotted config key; None when it names no field (the build reports that)."""
+    kind: Any = Config
+    for key in keys:
+        if not dataclasses.is_dataclass(kind) or key not in {f.name for f in dataclasses.fields(kind)}:
+            return None
+        kind = typing.get_type_hints(kind)[key]
+    return kind
+
+
+def _place(tree: dict[str, Any], run_dir: Path) -> None:
+    """Point a run's config tree at run_dir: set as values, never as text a YAML parser could change."""
+    tree["runs_dir"], tree["name"] = str(run_dir.parent), run_dir.name
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader whose numbers remember how they were written, so that a text field given `0123` or
+    `12:30` (YAML 1.1: 83 and 750) keeps that text (_coerce)."""
+
+
+class _Int(int):
+    text: str
+
+
+class _Float(float):
+    text: str
+
+
+def _remembered(kind: type, construct):
+    def constructor(loader, node):
+        value = kind(construct(loader, node))
+        value.text = node.value
+        return value
+
+    return constructor
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _remembered(_Int, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _remembered(_Float, yaml.SafeLoader.construct_yaml_float))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader
 
 
 def config_from_dict(tree: dict[str, Any], where: str = "") -> Config:
@@ -369,7 +480,7 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise UserError(f"config {path}: `extends` loops back to itself")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = _yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(tree, dict):
@@ -454,7 +565,7 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         except ValueError:
             pass
     if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)  # YAML reads `name: 2024` as a number
+        return getattr(value, "text", str(value))  # YAML reads `name: 0123` as the number 83: the text as written
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise UserError(f"config key {key}={value!r}: expected {kind.__name__}")
-    return value
+    return kind(value) if kind in (int, float) else value  # plain numbers, not _Loader's

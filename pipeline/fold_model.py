@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, load_run_config
 from pipeline.data import build_loader
 from pipeline.folds import load_folds, resolve_target
 from pipeline.loop import infer, pick_device, resolve_precision
@@ -42,8 +42,9 @@ class FoldModel:
 
 def run_config(run: RunDir) -> Config:
     """A run's config.yaml as prepare resolved it, pointed at the run directory where it is now."""
-    cfg = load_config(run.config, [f"runs_dir={run.path.parent}", f"name={run.name}"])
-    resolve_target(cfg, json.loads(run.folds_json.read_text()).get("target_type"))
+    cfg = load_run_config(run.path)
+    folds = json.loads(run.folds_json.read_text())
+    resolve_target(cfg, folds.get("target_type"), folds.get("metric"))
     return cfg
 
 

@@ -60,15 +60,17 @@ def resolve_strategy(cfg: Config, target: pd.Series) -> str:
     return "kfold" if continuous else "stratified"
 
 
-def resolve_target(cfg: Config, target_type: str | None) -> None:
+def resolve_target(cfg: Config, target_type: str | None, metric: str | None = None) -> None:
     """Settle data.target_type (as prepare found it; experiments from before target types are multiclass) and an
-    auto train.metric (the target type's default), in place, so every later stage and config.yaml names them."""
+    auto train.metric, in place, so every later stage and config.yaml names them. metric: what prepare settled an
+    auto metric to (folds.json; it follows what sample_submission asks for, pipeline.labels.settle_target); None:
+    the target type's default."""
     if cfg.task == "detection":
         cfg.train.metric = "map50" if cfg.train.metric == "auto" else cfg.train.metric
         return
     cfg.data.target_type = target_type or "multiclass"
     if cfg.train.metric == "auto":
-        cfg.train.metric = DEFAULTS[cfg.data.target_type]
+        cfg.train.metric = metric or DEFAULTS[cfg.data.target_type]
 
 
 def assign_folds(target, groups: pd.Series | None, k: int, strategy: str, seed: int) -> np.ndarray:
@@ -213,6 +215,7 @@ def save_folds(cfg: Config, folds: Folds, strategy: str) -> None:
         "rows": len(folds.table),
         "classes": folds.classes,
         "target_type": folds.target_type,
+        "metric": cfg.train.metric,  # as prepare settled it: what an auto train.metric means in later stages
         "key": key,
     })
     write_text(run.folds_csv, text)
@@ -263,7 +266,7 @@ def load_folds(cfg: Config) -> Folds:
                         "holds another hash); rerun `pipeline prepare --force`")
     table = pd.read_csv(run.folds_csv, dtype={"id": str})
     classes, target_type = meta["classes"], meta.get("target_type", "multiclass")
-    resolve_target(cfg, target_type)
+    resolve_target(cfg, target_type, meta.get("metric"))
     # CSV round-trips labels as str/int; compare as the folds were written (tags are text, values numbers).
     if target_type == "multilabel":
         table["target"] = table["target"].fillna("").astype(str)

@@ -1,7 +1,9 @@
 """The training target column: which target type `data.target_type: auto` takes it for (and why), its checks,
-and its label set. Shared by image classification and sequences (series and text).
+its label set, and what the submission will hold (labels or scores, as sample_submission shows) with the metric
+that follows. Shared by image classification and sequences (series and text).
 
     kind, classes = label_set(cfg, train_table, path)   # logs "target type binary: ..."
+    settle_target(cfg, kind, classes)                    # logs "submission: labels 1, 2 in 'label' (...)"
 """
 
 from __future__ import annotations
@@ -15,11 +17,60 @@ import pandas as pd
 from pipeline.config import Config
 from pipeline.data import _row_numbers, label_cols_kind, short
 from pipeline.errors import UserError
-from pipeline.metrics import BINARY, MULTICLASS, MULTILABEL, ORDINAL, REGRESSION
-from pipeline.targets import split_tags, submission_column
+from pipeline.folds import resolve_target
+from pipeline.metrics import BINARY, DEFAULTS, MULTICLASS, MULTILABEL, ORDINAL, REGRESSION, VALUES
+from pipeline.targets import (
+    LABELS,
+    SCORES,
+    TARGETS,
+    Form,
+    build_target,
+    fractions,
+    split_tags,
+    submission_column,
+)
 
 log = logging.getLogger(__name__)
 MANY_VALUES = 30  # whole-number targets with more distinct values than this (and few rows per value) are regression
+# An auto train.metric where the submission's form says more than the target type: labels of a binary target are
+# scored by accuracy (Titanic), per-class probability columns by log-loss, fractions per label by column-wise AUC
+# (Jigsaw), unrounded grades by RMSE; everything else takes the target type's default (metrics.DEFAULTS).
+FORM_METRICS = {(BINARY, LABELS): "accuracy", (MULTICLASS, SCORES): "logloss", (MULTILABEL, SCORES): "roc_auc",
+                (ORDINAL, SCORES): "rmse"}
+
+
+def settle_target(cfg: Config, kind: str, classes: list) -> None:
+    """Settle the target type and an auto train.metric in cfg (what config.yaml and folds.json record), the metric
+    following what sample_submission asks for, and log one line: what the submission will hold and why."""
+    sample = _sample(cfg)
+    found = sample_form(cfg, kind, classes, sample)
+    chosen = cfg.data.submission_form if cfg.data.submission_form != "auto" else found[1].kind if found else None
+    auto = cfg.train.metric == "auto"
+    resolve_target(cfg, kind, FORM_METRICS.get((kind, chosen), DEFAULTS[kind]))
+    if found is None:
+        return
+    column = found[0]
+    labels, why = build_target(cfg, classes).writes_labels(sample, column)
+    what = ({MULTILABEL: "tags", ORDINAL: "grades"}.get(kind, "labels") if labels else
+            "values" if kind in VALUES else "probabilities")
+    if labels and kind == BINARY:
+        what += f" {', '.join(map(str, classes))}"
+    log.info("submission: %s in %r (%s); train.metric %s%s", what, column, why, cfg.train.metric,
+             " (auto)" if auto else "")
+
+
+def sample_form(cfg: Config, kind: str, classes: list, sample: pd.DataFrame | None) -> tuple[str, Form] | None:
+    """(column, what it asks for) of sample_submission: its one value column, or the first class column of a
+    per-class layout; None without a sample."""
+    if sample is None or cfg.data.id_col not in sample.columns:
+        return None
+    rest = [str(c) for c in sample.columns if c != cfg.data.id_col]
+    per_class = len(rest) > 1 and set(rest) <= {str(c) for c in classes}
+    column = rest[0] if per_class else submission_column(cfg, sample)
+    if column not in sample.columns:
+        return None
+    probe = TARGETS[kind](cfg, classes)  # the metric named, or the type's default: form() does not depend on it
+    return column, probe.form(sample, column)
 
 
 def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Config) -> tuple[str, str]:
@@ -27,7 +78,7 @@ def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Confi
     col = cfg.data.target_col
     column = submission_column(cfg, sample) if sample is not None else None
     asked = sample[column] if column in getattr(sample, "columns", ()) else None
-    asks_fraction = asked is not None and _fractions(asked)
+    asks_fraction = asked is not None and fractions(asked)
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().all():
         distinct = np.unique(numbers)
@@ -56,11 +107,6 @@ def infer_target_type(values: pd.Series, sample: pd.DataFrame | None, cfg: Confi
 def _label_cols_type(cfg: Config, table: pd.DataFrame) -> tuple[str, str]:
     kind, n = label_cols_kind(table, cfg), len(cfg.data.label_cols)
     return kind, f"data.label_cols names {n} " + ("columns of values" if kind == REGRESSION else "0/1 label columns")
-
-
-def _fractions(column: pd.Series) -> bool:
-    numbers = pd.to_numeric(column, errors="coerce")
-    return bool(numbers.notna().all() and not np.allclose(numbers, np.round(numbers)))
 
 
 def label_set(cfg: Config, table: pd.DataFrame, path: Path) -> tuple[str, list]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import load_config
+from pipeline.config import load_run_config
 from pipeline.metrics import greater_is_better
 from pipeline.rundir import RunDir
 from pipeline.tasks import TASKS
@@ -37,7 +37,7 @@ def experiments(runs_dir: str | Path, submissions_dir: str | Path) -> pd.DataFra
 
 def _row(path: Path) -> dict:
     run = RunDir(path)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.path)
     scores = json.loads(run.scores.read_text()) if run.scores.is_file() else {}
     members = json.loads(run.members.read_text()) if run.members.is_file() else None
     done = sum(1 for f in run.fold_dirs() if f.oof.is_file())

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Config, dump_yaml
+from pipeline.errors import UserError
 from pipeline.files import write_json, write_text
 from pipeline.rundir import RunDir
 
@@ -21,8 +22,11 @@ PACKAGES = ("torch", "torchvision", "timm", "albumentations", "numpy", "pandas",
 
 
 def write_run_header(cfg: Config, stage: str) -> None:
-    """Write runs/<exp>/config.yaml and meta.json before a stage does its work."""
+    """Write runs/<exp>/config.yaml and meta.json before a stage does its work; never over an ensemble's."""
     run = RunDir(cfg.run_dir)
+    if run.kind() == "ensemble":
+        raise UserError(f"{run.path} is an ensemble; give the experiment its own name (name: in its config, or "
+                        "--set name=...)")
     write_text(run.config, dump_yaml(cfg))
     write_json(run.meta, collect_meta(cfg, stage))
 

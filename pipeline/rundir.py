@@ -19,11 +19,15 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from pipeline.errors import UserError
 from pipeline.files import check_stamps, new_stamp, write_json, write_parquet
 
 FULL = "full"  # `--fold full`: the model refit on every row
+KINDS = {"ensemble": "an ensemble", "pseudo": "a pseudo-labelled experiment (pipeline pseudo)",
+         "student": "a distilled student (pipeline distill)", "experiment": "an experiment",
+         "other": "a folder that is not a run directory"}  # RunDir.kind()
 
 
 class FoldDir:
@@ -98,13 +102,44 @@ class RunDir:
         return json.loads(self.folds_json.read_text())["classes"]
 
     def member_runs(self, runs_dir: str | Path = "runs") -> list[RunDir]:
-        """An ensemble's members (members.json) where they are now: the run directory it recorded, else the one of
-        that name under runs_dir (a runs/ folder moved since)."""
+        """An ensemble's members (members.json) where they are now: the run directory it recorded, one of that name
+        beside the ensemble (the two moved or copied together), else under runs_dir. Where members.json recorded a
+        member's predictions (its scores.json stamp), the first of these holding those predictions wins, so a
+        different run that merely shares the name is never taken for the member."""
         members = []
         for m in json.loads(self.members.read_text()):
-            recorded = RunDir(m["run"])
-            members.append(recorded if recorded.config.is_file() else resolve(m["name"], runs_dir))
+            places = [Path(m["run"]), self.path.parent / Path(m["run"]).name, Path(runs_dir) / m["name"]]
+            found = [RunDir(p) for p in dict.fromkeys(places) if (p / "config.yaml").is_file()]
+            if not found:
+                raise UserError(f"{self.name}'s member {m['name']} not found: none of {', '.join(map(str, places))} "
+                                "holds config.yaml; pass --runs-dir where the members live")
+            same = [r for r in found if m.get("stamp") and r.stamp() == m["stamp"]]
+            members.append((same or found)[0])
         return members
+
+    def stamp(self) -> str | None:
+        """The stamp of the predictions scores.json describes (None before any)."""
+        return json.loads(self.scores.read_text()).get("stamp") if self.scores.is_file() else None
+
+    def kind(self) -> str | None:
+        """What the folder holds: None (nothing yet), "ensemble", "pseudo" (pipeline pseudo's), "student" (pipeline
+        distill's), "experiment", or "other" (files, but no run)."""
+        if self.members.is_file():  # an ensemble's first file
+            return "ensemble"
+        if not self.config.is_file():
+            return "other" if self.path.is_dir() and any(self.path.iterdir()) else None
+        tree = yaml.safe_load(self.config.read_text()) or {}
+        if (tree.get("pseudo") or {}).get("source"):
+            return "pseudo"
+        return "student" if (tree.get("distill") or {}).get("teacher") else "experiment"
+
+    def claim(self, kind: str, fix: str) -> RunDir:
+        """This folder as what a stage is about to write there (a `kind`): refused when it holds anything else, so
+        an ensemble, a pseudo-labelled experiment or a student never overwrites another run."""
+        held = self.kind()
+        if held not in (None, kind):
+            raise UserError(f"{self.path} is {KINDS[held]}, not {KINDS[kind]}: {fix}")
+        return self
 
     def read_scores(self, *parts: str) -> dict:
         """scores.json, checked against the stamps of the prediction files named ("oof", "test")."""
@@ -122,11 +157,15 @@ class RunDir:
 
 
 def resolve(ref: str | Path, runs_dir: str | Path = "runs") -> RunDir:
-    """An experiment by name (runs_dir/<name>) or by the path of its run directory; it must hold config.yaml."""
-    path = Path(ref) if (Path(ref) / "config.yaml").is_file() else Path(runs_dir) / ref
-    if not (path / "config.yaml").is_file():
-        raise UserError(f"no experiment {ref!r}: {path / 'config.yaml'} not found")
-    return RunDir(path)
+    """An experiment by name (runs_dir/<name>) or by the path of its run directory; it must hold config.yaml. A ref
+    that names two run directories (./<ref> and runs_dir/<ref>) is refused: pass the path of the one meant."""
+    here, under = Path(ref), Path(runs_dir) / ref
+    found = [p for p in (here, under) if (p / "config.yaml").is_file()]
+    if len(found) == 2 and here.resolve() != under.resolve():
+        raise UserError(f"{ref!r} names two runs, {here} and {under}; pass the path of the one you mean")
+    if not found:
+        raise UserError(f"no experiment {ref!r}: {under / 'config.yaml'} not found")
+    return RunDir(found[0])
 
 
 def best_weights(state: dict) -> dict:

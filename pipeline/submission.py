@@ -66,7 +66,7 @@ def in_sample_order(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> pd
 def validate(sub: pd.DataFrame, sample: pd.DataFrame, target: Target | list, cfg: Config) -> None:
     """The checks Kaggle's scorer makes on a submission of labels, tags, probabilities or values."""
     check_rows(sub, sample, cfg)
-    check_values(sub, target, cfg)
+    check_values(sub, target, cfg, sample)
 
 
 def check_rows(sub: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> None:
@@ -101,9 +101,9 @@ def check_columns(sub: pd.DataFrame, sample: pd.DataFrame, sample_path) -> None:
                     "the id and one label column, a probability one the id and one column per class train.csv uses")
 
 
-def check_values(sub: pd.DataFrame, target: Target | list, cfg: Config) -> None:
-    """No empty cells; then each value column as its target type checks it (known labels and tags, probabilities
-    in [0, 1], finite numbers)."""
+def check_values(sub: pd.DataFrame, target: Target | list, cfg: Config, sample: pd.DataFrame | None = None) -> None:
+    """No empty cells; then each value column as its target type checks it, in the form the sample asks for (known
+    labels and tags where it shows labels, probabilities in [0, 1] where it shows fractions, finite numbers)."""
     target = _as_target(target, cfg)
     nan = sub.isna()
     if target.kind == "multilabel" and not cfg.data.min_tags:  # a row may have no tag: an empty cell
@@ -114,7 +114,7 @@ def check_values(sub: pd.DataFrame, target: Target | list, cfg: Config) -> None:
                         f"in column {short(nan.columns[nan.any()][0])}")
     for col in sub.columns:
         if col != cfg.data.id_col:
-            target.check_values(sub[col].reset_index(drop=True), str(col))
+            target.check_values(sub[col].reset_index(drop=True), str(col), sample)
 
 
 def score_against_solution(submission: Path, solution: Path, cfg: Config | None = None) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +28,16 @@ from pipeline.metrics import BINARY, MULTICLASS, MULTILABEL, ORDINAL, REGRESSION
 
 log = logging.getLogger(__name__)
 PREDICTION = "prediction"  # the output column of one-output targets (binary probability, value, grade)
+LABELS, SCORES, EITHER = "labels", "scores", "either"  # what a submission column holds (Form.kind)
+
+
+@dataclass(frozen=True)
+class Form:
+    """What a sample_submission column asks for: labels (class names, 0/1 tags, grades), scores (probabilities,
+    values), or either (0/1 whole numbers that may be placeholders: the metric decides); evidence says why."""
+
+    kind: str
+    evidence: str
 
 
 class Target(ABC):
@@ -126,13 +137,33 @@ class Target(ABC):
     def submission_values(self, outputs: np.ndarray, sample: pd.DataFrame, column: str, params: dict) -> np.ndarray:
         """One submission column's values from test outputs (rows in sample order)."""
 
-    def check_values(self, values: pd.Series, column: str) -> None:
-        """Content checks of a submission column; raises UserError naming the row."""
+    def form(self, sample: pd.DataFrame, column: str) -> Form:
+        """What sample_submission's column asks this target for (values, by default)."""
+        return Form(SCORES, f"{column!r} of sample_submission takes values")
+
+    def writes_labels(self, sample: pd.DataFrame, column: str) -> tuple[bool, str]:
+        """Does the submission's column hold decisions (labels, tags, grades) rather than scores, and the one-line
+        reason: data.submission_form when set, else the sample's evidence, and for 0/1 placeholders the metric."""
+        form, chosen = self.form(sample, column), self.cfg.data.submission_form
+        if chosen != "auto":
+            return chosen == LABELS, f"data.submission_form={chosen} (sample_submission {form.evidence})"
+        if form.kind != EITHER:
+            return form.kind == LABELS, f"sample_submission {form.evidence}"
+        decisions, m = self.metric.decisions, self.metric.name
+        flip = "train.metric=roc_auc (or logloss)" if decisions else "train.metric=accuracy (or f1)"
+        return decisions, (f"sample_submission {form.evidence}, which may be placeholders: {m} scores "
+                           f"{'labels' if decisions else 'probabilities'}; a competition scored on "
+                           f"{'probabilities' if decisions else 'labels'} wants {flip} or data.submission_form="
+                           f"{SCORES if decisions else LABELS}")
+
+    def check_values(self, values: pd.Series, column: str, sample: pd.DataFrame | None = None) -> None:
+        """Content checks of a submission column, in the form sample_submission asks for (when given); raises
+        UserError naming the row."""
         numbers = pd.to_numeric(values, errors="coerce")
         bad = ~np.isfinite(numbers.to_numpy(dtype=np.float64))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise UserError(f"submission row {i + 2}, column {column!r}: {values.iloc[i]!r} is not a number")
+            raise UserError(f"submission row {i + 2}, column {column!r}: {cell(values.iloc[i])} is not a number")
 
 
 class Multiclass(Target):
@@ -178,19 +209,22 @@ class Multiclass(Target):
     def valid_loss(self, truth, outputs):
         return logloss(truth, outputs)
 
+    def form(self, sample, column):
+        """One column per class asks for its probability (Kaggle's layout for log-loss, even with one-hot 0/1
+        placeholders); a single column asks for labels."""
+        if column in self.columns and len(self.columns) > 1:
+            return Form(SCORES, "has one column per class")
+        return Form(LABELS, f"asks for one label per row in {column!r}")
+
     def submission_values(self, outputs, sample, column, params):
-        if column in self.columns:
+        if column in self.columns and len(self.columns) > 1:
             return outputs[:, self.columns.index(column)]
         return np.asarray(self.classes, dtype=object)[outputs.argmax(axis=1)]
 
-    def check_values(self, values, column):
-        if column in self.columns:
+    def check_values(self, values, column, sample=None):
+        if column in self.columns and len(self.columns) > 1:
             return check_probabilities(values, column)
-        unknown = ~values.astype(str).isin(set(self.columns))
-        if unknown.any():
-            i = int(np.flatnonzero(unknown.to_numpy())[0])
-            raise UserError(f"submission row {i + 2} has label {values.iloc[i]!r}, which train.csv never uses "
-                            f"(column {column!r})")
+        check_labels(values, column, self.classes, "label")
 
 
 class _Sigmoid(Target):
@@ -253,19 +287,28 @@ class Binary(_Sigmoid):
     def decide(self, outputs, params=None):
         return (outputs[:, 0] >= self.threshold(params)).astype(np.int64)
 
+    def form(self, sample, column):
+        return column_form(sample[column], self.classes, column)
+
     def submission_values(self, outputs, sample, column, params):
-        if wants_labels(sample[column], self.metric):
-            log.info("submission column %s: labels %s at threshold %.2f (sample_submission holds labels, or whole "
-                     "numbers and %s scores labels)", column, self.classes, self.threshold(params), self.metric.name)
+        labels, why = self.writes_labels(sample, column)
+        if labels:
+            log.info("submission column %s: labels %s at threshold %.2f (%s)", column,
+                     ", ".join(map(str, self.classes)), self.threshold(params), why)
             return np.asarray(self.classes, dtype=object)[self.decide(outputs, params)]
-        log.info("submission column %s: the probability of %s (sample_submission holds fractions, or whole numbers "
-                 "and %s scores probabilities)", column, self.classes[1], self.metric.name)
+        log.info("submission column %s: the probability of %s (%s)", column, self.classes[1], why)
         return outputs[:, 0]
 
-    def check_values(self, values, column):
-        if values.astype(str).isin({str(c) for c in self.classes}).all():
+    def check_values(self, values, column, sample=None):
+        if sample is None:  # no sample to go by: labels or probabilities
+            if not values.astype(str).isin(names(self.classes)).all():
+                check_probabilities(values, column)
             return
-        check_probabilities(values, column)
+        labels, why = self.writes_labels(sample, column)
+        if labels:
+            check_labels(values, column, self.classes, "label", why)
+        else:
+            check_probabilities(values, column, why)
 
 
 class Multilabel(_Sigmoid):
@@ -294,10 +337,15 @@ class Multilabel(_Sigmoid):
     def decide(self, outputs, params=None):
         return (outputs >= self.threshold(params)).astype(np.int64)
 
+    def form(self, sample, column):
+        if column in self.columns:  # one column per label: 0/1 tags or a probability
+            return column_form(sample[column], [], column)
+        return Form(LABELS, f"asks for the tags of each row in {column!r}")
+
     def submission_values(self, outputs, sample, column, params):
         if column in self.columns:  # one column per label: its probability, or 0/1 where the sample asks for labels
             j = self.columns.index(column)
-            return self.decide(outputs, params)[:, j] if wants_labels(sample[column], self.metric) else outputs[:, j]
+            return self.decide(outputs, params)[:, j] if self.writes_labels(sample, column)[0] else outputs[:, j]
         decided = self.decide(outputs, params)
         if self.cfg.data.min_tags:  # at least this many tags per row: the most likely ones when below threshold
             top = np.argsort(-outputs, axis=1)[:, : self.cfg.data.min_tags]
@@ -305,9 +353,11 @@ class Multilabel(_Sigmoid):
         names = np.asarray(self.columns, dtype=object)
         return np.array([self.cfg.data.label_sep.join(names[row.astype(bool)]) for row in decided], dtype=object)
 
-    def check_values(self, values, column):
+    def check_values(self, values, column, sample=None):
         if column in self.columns:
-            return check_probabilities(values, column)
+            labels, why = self.writes_labels(sample, column) if sample is not None else (False, "")
+            return check_labels(values, column, [0, 1], "0/1 tag", why) if labels else \
+                check_probabilities(values, column, why)
         known = set(self.columns)
         for i, tags in enumerate(values.fillna("").astype(str)):
             unknown = [t for t in split_tags(tags, self.cfg.data.label_sep) if t not in known]
@@ -442,17 +492,31 @@ class Ordinal(Regression):
         cuts = np.sort(found.x) if objective(found.x) < objective(start) else start
         return {"cuts": cuts.tolist()}
 
+    def form(self, sample, column):
+        """Grades, unless the sample holds fractions: then the unrounded value (a competition scoring it by RMSE)."""
+        if fractions(sample[column]):
+            return Form(SCORES, f"holds fractions in {column!r} ({shown(sample[column])})")
+        return Form(LABELS, f"holds whole numbers in {column!r} ({shown(sample[column])}): grades")
+
     def submission_values(self, outputs, sample, column, params):
+        labels, why = self.writes_labels(sample, column)
+        if not labels:
+            log.info("submission column %s: unrounded values (%s)", column, why)
+            return outputs[:, 0]
         grades = self.decide(outputs, params)
         return np.asarray(self.classes, dtype=object)[np.searchsorted(np.asarray(self.classes, np.float64), grades)]
 
-    def check_values(self, values, column):
+    def check_values(self, values, column, sample=None):
         super().check_values(values, column)
+        labels, why = self.writes_labels(sample, column) if sample is not None else (True, "")
+        if not labels:
+            return
         known = np.asarray(self.classes, dtype=np.float64)
         off = ~np.isin(pd.to_numeric(values).to_numpy(dtype=np.float64), known)
         if off.any():
             i = int(np.flatnonzero(off)[0])
-            raise UserError(f"submission row {i + 2}, column {column!r}: {values.iloc[i]!r} is not a grade train.csv uses")
+            raise UserError(f"submission row {i + 2}, column {column!r}: {cell(values.iloc[i])} is not a grade train.csv "
+                            f"uses{f' ({why})' if why else ''}")
 
 
 TARGETS: dict[str, type[Target]] = {t.kind: t for t in (Multiclass, Binary, Multilabel, Regression, Ordinal)}
@@ -478,23 +542,78 @@ def quantile_bins(values: np.ndarray, k: int) -> np.ndarray:
     return np.searchsorted(edges, values, side="right").astype(str)
 
 
-def wants_labels(column: pd.Series, metric: Metric) -> bool:
-    """Does a sample submission column ask for labels rather than probabilities? Fractions ask for probabilities,
-    text for labels; whole numbers (0/1 placeholders) go by the metric: a decision metric scores labels."""
-    numbers = pd.to_numeric(column, errors="coerce")
+def column_form(column: pd.Series, classes: list, name: str) -> Form:
+    """What one sample_submission column of a two-way outcome (a binary target, a multilabel 0/1 column) asks for.
+    Class names that cannot be probabilities (text, numbers outside [0, 1], whole numbers that are training labels
+    other than {0, 1}) ask for labels; fractions for probabilities; 0/1 whole numbers may be either."""
+    values = column.dropna()
+    numbers = pd.to_numeric(values, errors="coerce")
+    seen = shown(values)
     if numbers.isna().any():
-        return True
-    if not np.allclose(numbers, np.round(numbers)):
-        return False
-    return metric.decisions
+        return Form(LABELS, f"holds class names in {name!r} ({seen})")
+    if fractions(values):
+        return Form(SCORES, f"holds fractions in {name!r} ({seen})")
+    if ((numbers < 0) | (numbers > 1)).any():
+        return Form(LABELS, f"holds whole numbers outside [0, 1] in {name!r} ({seen})")
+    known = names(classes)
+    if known and known != {"0", "1"} and names(values) <= known:
+        return Form(LABELS, f"holds {seen} in {name!r}, labels train.csv uses")
+    return Form(EITHER, f"holds 0/1 whole numbers in {name!r} ({seen})")
 
 
-def check_probabilities(values: pd.Series, column: str) -> None:
+def names(values) -> set[str]:
+    """Labels as text, whole numbers without their '.0' (a CSV's 1 and 1.0 name one class)."""
+    return set(as_names(pd.Series(list(values), dtype=object)))
+
+
+def as_names(values: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    whole = np.isfinite(numbers) & (numbers == np.round(numbers))
+    out = values.astype(str).to_numpy(dtype=object)
+    out[whole] = [str(int(n)) for n in numbers[whole]]
+    return pd.Series(out, index=values.index)
+
+
+def shown(values: pd.Series, k: int = 3) -> str:
+    """A few distinct values of a column, for messages."""
+    distinct = pd.unique(values.dropna())
+    text = ", ".join(str(v) for v in distinct[:k])
+    return text + (", ..." if len(distinct) > k else "") if len(distinct) else "nothing"
+
+
+def cell(value) -> str:
+    """One CSV cell for a message: 0.5 or 'yes', not np.float64(0.5)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def fractions(column: pd.Series) -> bool:
+    numbers = pd.to_numeric(column.dropna(), errors="coerce")
+    return bool(len(numbers) and numbers.notna().all() and not np.allclose(numbers, np.round(numbers)))
+
+
+def check_labels(values: pd.Series, column: str, classes: list, what: str, why: str = "") -> None:
+    """Every value is one of the training labels; the first that is not is named, with what the sample asks for."""
+    known = names(classes)
+    bad = ~as_names(values).isin(known) | values.isna()
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad.to_numpy())[0])
+    uses = f"train.csv uses {', '.join(sorted(known)[:5])}{', ...' if len(known) > 5 else ''}"
+    reason = f"; {why}" if why else ""
+    if fractions(values.iloc[[i]]):
+        raise UserError(f"submission row {i + 2}, column {column!r}: {cell(values.iloc[i])} is a probability where "
+                        f"a {what} is asked for ({uses}{reason})")
+    raise UserError(f"submission row {i + 2} has {what} {cell(values.iloc[i])}, which train.csv never uses (column "
+                    f"{column!r}; {uses}{reason})")
+
+
+def check_probabilities(values: pd.Series, column: str, why: str = "") -> None:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna() | (numbers < 0) | (numbers > 1)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserError(f"submission row {i + 2}, column {column!r}: {values.iloc[i]!r} is not a probability in [0, 1]")
+        raise UserError(f"submission row {i + 2}, column {column!r}: {cell(values.iloc[i])} is not a probability in "
+                        f"[0, 1]" + (f"; {why}" if why else ""))
 
 
 def submission_column(cfg: Config, sample: pd.DataFrame) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline.config import Config, load_config, to_dict
+from pipeline.config import Config, load_config, parse_value, to_dict, with_values
 from pipeline.errors import UserError
 from pipeline.files import copy_file, write_csv, write_json, write_text
 from pipeline.folds import load_folds
@@ -89,7 +89,7 @@ def parse_param(text: str) -> Param:
     if not key.strip() or kind not in KINDS or not rest:
         raise UserError(usage)
     if kind == "choice":
-        return Param(key.strip(), kind, choices=tuple(yaml.safe_load(v) for v in rest.split("|")))
+        return Param(key.strip(), kind, choices=tuple(parse_value(key.strip(), v) for v in rest.split("|")))
     try:
         low, high = (float(v) for v in rest.split(":"))
     except ValueError:
@@ -138,7 +138,9 @@ def run(config: str | Path | None, overrides: list[str], force: bool = False) ->
     if cfg.tune.trials < 1 or not 0 < cfg.tune.promote <= 1:
         raise UserError("tune.trials must be >= 1 and tune.promote in (0, 1]")
     for param in space:  # a typo in a key or a value of the wrong type fails now, not after an hour of trials
-        load_config(config, [*overrides, f"{param.key}={param.sample(np.random.default_rng(0))}"])
+        with_values(cfg, {param.key: param.sample(np.random.default_rng(0))})
+    RunDir(cfg.run_dir).claim("experiment", "tune searches around an experiment's config; give it another name "
+                              "(--set name=...)")
     prepare.run(cfg)  # the experiment's folds, shared by every trial; skipped when up to date
     load_folds(cfg)  # settles data.target_type and an auto train.metric, as every trial will
     root = cfg.run_dir / "tune"
@@ -186,12 +188,12 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
     from pipeline.stages import predict, train
 
     shorter = stage.epochs / cfg.train.epochs  # the whole schedule, compressed: warmup shrinks with it
-    trial = load_config(config, [
-        *overrides, f"name={cfg.name}-s{s}-t{i:02d}", f"runs_dir={cfg.run_dir / 'tune'}",
-        f"tracking.group={tune_group(cfg)}", f"train.epochs={stage.epochs}",
-        f"train.warmup_epochs={cfg.train.warmup_epochs * shorter:.4g}", "train.keep_top=0",
-        f"data.cache_dir={cfg.cache_dir}",  # decoded once for every trial
-        *(f"{key}={value}" for key, value in draw.items())])
+    trial = with_values(load_config(config, overrides), {
+        "name": f"{cfg.name}-s{s}-t{i:02d}", "runs_dir": str(cfg.run_dir / "tune"),
+        "tracking.group": tune_group(cfg), "train.epochs": stage.epochs,
+        "train.warmup_epochs": float(f"{cfg.train.warmup_epochs * shorter:.4g}"), "train.keep_top": 0,
+        "data.cache_dir": str(cfg.cache_dir),  # decoded once for every trial
+        **draw})
     ours, theirs = RunDir(cfg.run_dir), RunDir(trial.run_dir)
     for source, target in ((ours.folds_json, theirs.folds_json), (ours.folds_csv, theirs.folds_csv)):
         if not target.is_file():  # the experiment's folds, folds.csv last as prepare writes them

@@ -165,7 +165,8 @@ def test_bad_pseudo_requests_are_refused(source, trained_run, tmp_path):
     runs = source.runs_dir
     copy_run_to(trained_run, tmp_path, "src2")
     assert_refused(invoke("pseudo", "src", "--name", "src", "--runs-dir", runs), "its own name")
-    assert_refused(invoke("pseudo", "src", "--name", "src2", "--runs-dir", runs), "already has trained folds")
+    assert_refused(invoke("pseudo", "src", "--name", "src2", "--runs-dir", runs), "is an experiment, not a pseudo",
+                   file="src2")
     assert_refused(invoke("pseudo", "src", "--name", "x", "--weight", "0", "--runs-dir", runs), "(0, 1]")
     assert_refused(invoke("pseudo", "src", "--name", "x", "--threshold", "high", "--runs-dir", runs), "'auto'")
     ensemble.run(["src", "src2"], method="mean", name="blend", runs_dir=runs)

@@ -83,7 +83,7 @@ def test_a_task_trains_predicts_round_trips_and_submits(task_setup):
     sample = read_sample(cfg)
     sub = task.submission(task.prediction_frame(test, task.merge(list(test_outputs))), sample)
     check_rows(sub, sample, cfg)
-    task.check_submission(sub)
+    task.check_submission(sub, sample)
 
 
 def test_stages_call_only_methods_of_the_task_contract():

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.config import load_config
+from pipeline.config import load_config, with_values
 from pipeline.errors import UserError
 from pipeline.stages import ensemble, predict, prepare, submit, train
 from pipeline.tasks import TASKS
@@ -32,10 +32,10 @@ def run(task: str = "classification", root: str | None = None, runs_dir: str = "
     if not (root_path / "solution.csv").is_file():
         demo.write(root_path)
         log.info("wrote the embedded %s competition to %s", task, root_path)
-    common = [f"data.root={root_path}", f"runs_dir={runs_dir}", f"submissions_dir={submissions_dir}", *overrides]
+    where = {"data.root": str(root_path), "runs_dir": str(runs_dir), "submissions_dir": str(submissions_dir)}
     names, cfg = [], None
     for file in demo.experiments:
-        cfg = load_config(CONFIGS / file, common)
+        cfg = with_values(load_config(CONFIGS / file, overrides), where)
         prepare.run(cfg)
         train.run(cfg, fold="all")
         predict.run(cfg)
@@ -49,7 +49,7 @@ def run(task: str = "classification", root: str | None = None, runs_dir: str = "
         print(f"CV {metric} {name}: {s['cv']:.4f} (without TTA {s['cv_no_tta']:.4f})")
     how = (f"each fold blended as fitted on the other folds; in-sample {scores['cv_in_sample']:.4f}"
            if scores["cv_held_out"] is not None else
-           "equal weights: fitted weights did not beat the mean on held-out folds")
+           "equal weights: fitted weights did not beat the mean on held-out folds by more than noise")
     print(f"CV {metric} ensemble: {scores['cv']:.4f} ({how})")
     print("held-back score (solution.csv): " + ", ".join(f"{k} {v:.4f}" for k, v in held_back.items()))
     print(f"submission: {path}")

@@ -39,9 +39,13 @@ def run(teacher_ref: str, cfg: Config, runs_dir: str = "runs", alpha: float | No
     members = teacher_members(teacher, runs_dir)
     if cfg.task == "detection" or run_config(members[0]).task == "detection":  # before any training starts
         raise UserError("distill trains on soft class probabilities or values; detection ensembles fuse boxes")
-    if cfg.name == run_config(teacher).name or cfg.run_dir.resolve() == teacher.path.resolve():
-        raise UserError(f"the student needs its own name (the teacher is {teacher.name}); set name: in its config "
-                        "or --set name=...")
+    for run in (teacher, *members):
+        if cfg.name == run.name or cfg.run_dir.resolve() == run.path.resolve():
+            role = "the teacher" if run is teacher else f"a member of the teacher {teacher.name}"
+            raise UserError(f"the student needs its own name: {run.path} is {role}; set name: in its config or "
+                            "--set name=...")
+    RunDir(cfg.run_dir).claim("student", "give the student another name: in its config or --set name=... "
+                              "(pipeline distill never overwrites another run)")
     cfg.distill.teacher = str(teacher.path)
     cfg.distill.alpha = cfg.distill.alpha if alpha is None else alpha
     cfg.distill.test = cfg.distill.test if test is None else test

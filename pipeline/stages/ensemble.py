@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.config import Config, dump_yaml, load_config
+from pipeline.config import Config, check_name, dump_yaml, load_run_config
 from pipeline.errors import UserError
 from pipeline.files import copy_file, write_json, write_text
+from pipeline.noise import describe
 from pipeline.provenance import collect_meta
 from pipeline.rundir import RunDir, resolve
 from pipeline.stages.predict import fitted_score_frame, like_test_score
@@ -47,7 +48,7 @@ def load_member(ref: str, runs_dir: str) -> Member:
     for path in (run.folds_csv, run.oof, run.test, run.scores):
         if not path.is_file():
             raise UserError(f"ensemble member {ref}: {path} missing; run `pipeline predict` for it first")
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.path)
     scores = run.read_scores("oof", "test")
     outputs = [c for c in pq.read_schema(run.test).names if c != "id"]
     key_columns = [c for c in pq.read_schema(run.oof).names if c not in outputs]  # id, target, fold, truths
@@ -97,6 +98,7 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
         raise UserError("an ensemble needs at least two experiments")
     members = [load_member(r, runs_dir) for r in refs]
     check_compatible(members)
+    name = ensemble_dir(name, method, members).name
     base = members[0]
     task = build_task(base.cfg, base.run.classes())
     folds = base.keys["fold"].to_numpy()
@@ -106,12 +108,10 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     test = task.prediction_frame(base.test_ids.to_frame(), blend.test)
     cv, per_fold, fitted = fitted_score_frame(task, oof)
     fitted.update(like_test_score(base.cfg, task, oof, base.run))  # the members' folds, so the first's drift
-    name = name or f"ens-{method}-" + "-".join(m.cfg.name for m in members)
     scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold, fitted)
     metric = task.metric.name
-    if blend.params.get("weights_from") == "uniform":
-        log.info("fitted weights scored %.4f on folds they were not fitted on, no better than the mean's %.4f: "
-                 "every member gets equal weight", blend.params["fitted_held_out"], blend.params["mean_cv"])
+    if "gain" in blend.params:  # a fitted blend against the mean (pipeline.noise)
+        log.info(describe(blend.params, len(oof)))
     log.info("members: %s", ", ".join(f"{m.name} {metric} {m.cv:.4f}" for m in members))
     in_sample = blend.params.get("cv_in_sample")
     log.info("%s ensemble %s: CV %.4f%s -> %s", method, name, cv,
@@ -121,17 +121,32 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     return scores
 
 
+def ensemble_dir(name: str | None, method: str, members: list[Member]) -> RunDir:
+    """runs/<name>/ beside the first member (default name: ens-<method>-<members>), refused where it would overwrite
+    a member or a run that is not an ensemble; rerunning an ensemble's name replaces that ensemble."""
+    name = check_name(name or f"ens-{method}-" + "-".join(m.run.name for m in members), "--name")
+    for m in members:
+        if m.run.name == name:
+            raise UserError(f"--name {name}: that is the name of the member {m.run.path}; give the ensemble its own "
+                            "--name")
+    return RunDir(members[0].run.path.parent / name).claim("ensemble", "give the ensemble another --name "
+                                                              "(an ensemble never overwrites another run)")
+
+
 def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold,
                    fitted: dict) -> dict:
-    # beside the first member, where it is now (its config.yaml may still name the runs_dir it was trained in)
-    cfg = load_config(base.run.config, [f"name={name}", f"runs_dir={base.run.path.parent}"])
+    cfg = load_run_config(base.run.path)  # pointed at the first member's folder, where it is now
+    cfg.name = name  # checked by ensemble_dir: the ensemble sits beside its first member
     run = RunDir(cfg.run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
+    # first, so that even a killed run leaves a folder that says ensemble (RunDir.kind): each member's folder and
+    # predictions (scores.json stamp), for RunDir.member_runs to find them again and never another run of that name
+    write_json(run.members, [{"name": m.name, "run": str(m.run.path.resolve()), "cv": m.cv, "stamp": m.run.stamp()}
+                             for m in members])
     write_text(run.config, dump_yaml(cfg))
     write_json(run.meta, {**collect_meta(cfg, "ensemble"), "members": [m.name for m in members]})
     copy_file(base.run.folds_json, run.folds_json)
     copy_file(base.run.folds_csv, run.folds_csv)
-    write_json(run.members, [{"name": m.name, "run": str(m.run.path), "cv": m.cv} for m in members])
     write_json(run.weights, {"method": method, **blend.params, "weights": None if blend.weights is None else
                              {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)},
                              "stacker": blend.stacker})  # what pipeline infer applies to another test set

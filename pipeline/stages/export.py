@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from pipeline import __version__
-from pipeline.config import Config, dump_yaml, load_config
+from pipeline.config import Config, dump_yaml, load_run_config
 from pipeline.errors import UserError
 from pipeline.exported import FORMAT, MANIFEST, PREDICT, PREPROCESS, RECIPE, WEIGHTS, file_hashes
 from pipeline.files import atomic_dir, copy_file, write_json, write_text
@@ -95,7 +95,7 @@ def export_node(run: RunDir, dest: Path, runs_dir: str, folds: list[int] | None,
 
 def export_ensemble(run: RunDir, node_dir: Path, runs_dir: str, folds, dtype: str, nodes: dict) -> dict:
     fitted = json.loads(run.weights.read_text())
-    if fitted["method"] == "stack" and not fitted.get("stacker"):
+    if fitted["method"] == "stack" and fitted.get("weights_from") != "uniform" and not fitted.get("stacker"):
         raise UserError(f"{run.weights} holds no stacker coefficients (made by an older version); rerun "
                         f"`pipeline ensemble ... --method stack --name {run.name}`, then export")
     members = run.member_runs(runs_dir)
@@ -219,7 +219,7 @@ def first_experiment(run: RunDir, runs_dir: str) -> Config:
     """The config of an experiment, or of an ensemble's first member (recursively): its competition's files."""
     while run.members.is_file():
         run = run.member_runs(runs_dir)[0]
-    return load_config(run.config)
+    return load_run_config(run.path)
 
 
 def competition(run: RunDir, runs_dir: str) -> str:

@@ -72,7 +72,7 @@ def run(export: str | Path, data: str | Path, test_csv: str | None = None, sampl
     task = build_task(cfg, classes(root, top))
     sub = task.submission(frame, sample, scores.get("decisions"))  # as `pipeline submit` decodes and checks it
     check_rows(sub, sample, cfg)
-    task.check_submission(sub)
+    task.check_submission(sub, sample)
     write_csv(out, sub)
     seconds = time.time() - start
     log.info("submission %s (%d rows; the export's CV %s %.4f) validated against %s in %.0f s (%.1f rows/s)", out,
@@ -114,7 +114,8 @@ def _device(name: str | None) -> torch.device:
 
 def node_config(root: Path, node: str, place: Place) -> Config:
     cfg = place.apply(load_config(root / node / "config.yaml"), node)
-    resolve_target(cfg, json.loads((root / node / "folds.json").read_text()).get("target_type"))
+    folds = json.loads((root / node / "folds.json").read_text())
+    resolve_target(cfg, folds.get("target_type"), folds.get("metric"))
     return cfg
 
 

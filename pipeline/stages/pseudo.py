@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, check_name, load_run_config
 from pipeline.errors import UserError
 from pipeline.files import parquet_stamp, write_json, write_parquet
 from pipeline.fold_model import run_config
@@ -87,9 +87,11 @@ def check_source(source: RunDir) -> RunDir:
 
 def new_config(source: RunDir, name: str, overrides, threshold, soft, weight) -> Config:
     """EXP's config as NEW's: same data, model and folds; the pseudo settings given; a plain (not distilled) one."""
-    if name == source.name:
-        raise UserError(f"--name {name}: the new experiment needs its own name (the source is {source.name})")
-    cfg = load_config(source.config, [f"runs_dir={source.path.parent}", *overrides, f"name={name}"])
+    if check_name(name, "--name") == source.name:
+        raise UserError(f"--name {name}: the new experiment needs its own name (the source is {source.path})")
+    cfg = load_run_config(source.path, overrides)  # beside EXP, where it is now, unless --set runs_dir=...
+    cfg.name = name
+    RunDir(cfg.run_dir).claim("pseudo", "pseudo-label into a new --name (pipeline pseudo never overwrites another run)")
     p = cfg.pseudo
     p.source = str(source.path)
     p.soft = p.soft if soft is None else soft

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, load_run_config
 from pipeline.errors import UserError
 from pipeline.files import write_csv
 from pipeline.rundir import RunDir, resolve
@@ -26,8 +26,10 @@ LOG_COLUMNS = ["exp", "cv", "metric", "file", "created", "message", "public_lb"]
 
 
 def load_run(exp: str, runs_dir: str = "runs") -> Config:
-    """The config of an experiment (by name under runs_dir, or its run directory's path)."""
-    return load_config(resolve(exp, runs_dir).config)
+    """The config of an experiment (by name under runs_dir, or its run directory's path), pointed at that folder:
+    its run_dir is the folder named and its name the folder's, whatever its config.yaml says (a run copied from
+    another machine reads itself, never a local run of the same name)."""
+    return load_run_config(resolve(exp, runs_dir).path)
 
 
 def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs") -> Path:
@@ -44,7 +46,7 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
     task = build_task(cfg, run.classes())
     sub = task.submission(pd.read_parquet(run.test), sample, scores.get("decisions"))
     check_rows(sub, sample, cfg)
-    task.check_submission(sub)
+    task.check_submission(sub, sample)
     path = Path(out) if out else Path(cfg.submissions_dir) / f"{cfg.name}.csv"
     write_csv(path, sub)
     entry = {"exp": cfg.name, "cv": scores["cv"], "metric": scores["metric"], "file": str(path),

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.blend import Blend, apply_blend, blend_outputs, blend_without_fold
+from pipeline.blend import Blend, applied_method, apply_blend, blend_outputs, blend_without_fold
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.metrics import Metric
@@ -206,8 +206,9 @@ class Task(ABC):
         """The competition's file from test predictions, in sample_submission's order (params: fit_params')."""
 
     @abstractmethod
-    def check_submission(self, sub: pd.DataFrame) -> None:
-        """Content checks beyond rows/ids/order (labels known to train, well-formed box strings ...)."""
+    def check_submission(self, sub: pd.DataFrame, sample: pd.DataFrame) -> None:
+        """Content checks beyond rows/ids/order, in the form the sample asks for (labels known to train where it
+        shows labels, probabilities where it shows fractions, well-formed box strings ...)."""
 
     @abstractmethod
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
@@ -337,14 +338,14 @@ class ClassProbabilities(Task):
         return dataset
 
     def blend_test(self, fitted: dict, tests: list[np.ndarray]) -> np.ndarray:
-        return apply_blend(fitted["method"], tests, fitted["weights"], fitted.get("stacker"),
+        return apply_blend(applied_method(fitted), tests, fitted["weights"], fitted.get("stacker"),
                            columns=self.target.kind != "multiclass")
 
     def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return decode(test, sample, self.cfg, self.target, params or {})
 
-    def check_submission(self, sub: pd.DataFrame) -> None:
-        check_values(sub, self.target, self.cfg)
+    def check_submission(self, sub: pd.DataFrame, sample: pd.DataFrame) -> None:
+        check_values(sub, self.target, self.cfg, sample)
 
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
         from pipeline.report import oof_sections  # matplotlib only when a report is drawn

@@ -17,7 +17,6 @@ from pipeline.cache import cached_images, cached_side
 from pipeline.config import Config
 from pipeline.data import check_test_labels, read_test, read_train
 from pipeline.errors import UserError
-from pipeline.folds import resolve_target
 from pipeline.images import (
     ImageDataset,
     ImageFiles,
@@ -27,7 +26,7 @@ from pipeline.images import (
     image_paths,
     read_test_images,
 )
-from pipeline.labels import label_set
+from pipeline.labels import label_set, settle_target
 from pipeline.models import build_classifier, normalisation, zero_head
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
@@ -72,7 +71,7 @@ class ClassificationTask(ClassProbabilities):
         here), after checking every image decodes."""
         train = read_train(cfg)
         kind, classes = label_set(cfg, train, cfg.data_path("train_csv"))
-        resolve_target(cfg, kind)
+        settle_target(cfg, kind, classes)
         paths = image_paths(cfg, train[cfg.data.id_col])  # refuses ids that leave data.root, even unchecked
         if cfg.data.check_images:
             check_images(paths, cfg.data_path("train_csv"))

@@ -141,12 +141,43 @@ def mean_average_precision(predictions: Sequence[Detections], truths: Sequence[t
     for all (image, class) groups and all ten thresholds at once, one detection rank at a time (_match_groups):
     a few hundred numpy steps instead of images x classes x thresholds x detections Python iterations.
     """
+    return average_precision(match_images(predictions, truths, max_det))
+
+
+@dataclass
+class Matches:
+    """Every image's detections matched to its truths, flat in image order (per image by class, then by descending
+    score): mAP from them is a sort and a cumulative sum, so images can be resampled (`take`, a blend's noise by
+    bootstrap) without matching again."""
+
+    image: np.ndarray  # [D] the image of each detection
+    cls: np.ndarray  # [D] its class, an index into the classes with ground truth in some image
+    scores: np.ndarray  # [D]
+    tp: np.ndarray  # [D, thresholds] whether it is a true positive at each of IOU_THRESHOLDS
+    n_true: np.ndarray  # [images, classes] ground-truth boxes
+
+    def __len__(self) -> int:
+        return len(self.n_true)
+
+    def take(self, rows: np.ndarray) -> Matches:
+        """The matches of images `rows` (repeats allowed), in that order: as if those images had been matched."""
+        counts = np.bincount(self.image, minlength=len(self))
+        starts = np.cumsum(counts) - counts
+        lengths = counts[rows]
+        offsets = np.cumsum(lengths) - lengths
+        at = np.arange(lengths.sum()) - np.repeat(offsets - starts[rows], lengths)
+        image = np.repeat(np.arange(len(rows)), lengths)
+        return Matches(image, self.cls[at], self.scores[at], self.tp[at], self.n_true[rows])
+
+
+def match_images(predictions: Sequence[Detections], truths: Sequence[tuple[np.ndarray, np.ndarray]],
+                 max_det: int = 100) -> Matches:
+    """Each image's detections of a class with ground truth matched at every IoU threshold (mean_average_precision)."""
     classes = sorted({int(c) for _, labels in truths for c in labels})
-    if not classes:
-        return {"map50": float("nan"), "map": float("nan")}
     index = {c: i for i, c in enumerate(classes)}
-    groups, n_true = [], np.zeros(len(classes), dtype=np.int64)  # groups: (class index, scores, det boxes, truths)
-    for det, (true_boxes, true_labels) in zip(predictions, truths, strict=True):
+    n_true = np.zeros((len(truths), len(classes)), dtype=np.int64)
+    groups = []  # (image, class index, scores, det boxes, truths) per image and class
+    for image, (det, (true_boxes, true_labels)) in enumerate(zip(predictions, truths, strict=True)):
         t_all = np.asarray(true_boxes, dtype=np.float64).reshape(-1, 4)
         t_labels = np.asarray(true_labels).astype(np.int64).reshape(-1)
         d_labels = np.asarray(det.labels).astype(np.int64).reshape(-1)
@@ -159,17 +190,27 @@ def mean_average_precision(predictions: Sequence[Detections], truths: Sequence[t
             b = det.boxes[keep]
             # pycocotools ignores a detection whose area falls outside the range 'all' ([0, 1e10]): an inverted box
             keep = keep[(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) >= 0]
-            n_true[index[int(c)]] += len(t)
-            groups.append((index[int(c)], det.scores[keep], det.boxes[keep].astype(np.float64), t))
-    matched = _match_groups([g[2] for g in groups], [g[3] for g in groups])
-    ap = np.zeros((len(classes), len(IOU_THRESHOLDS)))
-    for ci in range(len(classes)):
-        mine = [i for i, g in enumerate(groups) if g[0] == ci]  # in image order, as pycocotools concatenates
-        scores = np.concatenate([groups[i][1] for i in mine]) if mine else np.zeros(0)
-        tp = np.concatenate([matched[i] for i in mine]) if mine else np.zeros((0, len(IOU_THRESHOLDS)), bool)
-        tp = tp[np.argsort(-scores, kind="mergesort")]
-        for ti in range(len(IOU_THRESHOLDS)):
-            ap[ci, ti] = _interpolated_ap(tp[:, ti], n_true[ci])
+            n_true[image, index[int(c)]] += len(t)
+            groups.append((image, index[int(c)], det.scores[keep], det.boxes[keep].astype(np.float64), t))
+    matched = _match_groups([g[3] for g in groups], [g[4] for g in groups])
+    sizes = [len(g[2]) for g in groups]
+    return Matches(np.repeat([g[0] for g in groups], sizes).astype(np.int64),
+                   np.repeat([g[1] for g in groups], sizes).astype(np.int64),
+                   np.concatenate([g[2] for g in groups]) if groups else np.zeros(0, np.float32),
+                   np.concatenate(matched) if groups else np.zeros((0, len(IOU_THRESHOLDS)), bool), n_true)
+
+
+def average_precision(matches: Matches) -> dict[str, float]:
+    """{'map50', 'map'} of matched detections: per class with ground truth in these images, its detections in image
+    order sorted by descending score (stable, as pycocotools concatenates them), 101-point interpolated AP."""
+    n_true = matches.n_true.sum(axis=0)
+    scored = np.flatnonzero(n_true > 0)
+    if not len(scored):
+        return {"map50": float("nan"), "map": float("nan")}
+    order = np.lexsort((-matches.scores, matches.cls))  # by class, then descending score; ties in image order
+    cls, tp = matches.cls[order], matches.tp[order]
+    bounds = np.searchsorted(cls, np.arange(len(n_true) + 1))
+    ap = np.stack([_interpolated_ap(tp[bounds[ci]:bounds[ci + 1]], n_true[ci]) for ci in scored])
     return {"map50": float(ap[:, 0].mean()), "map": float(ap.mean())}
 
 
@@ -246,15 +287,15 @@ def _batched_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def _interpolated_ap(tp: np.ndarray, n_true: int) -> float:
-    if n_true == 0:
-        return 0.0
-    tps, fps = np.cumsum(tp), np.cumsum(~tp)
+def _interpolated_ap(tp: np.ndarray, n_true: int) -> np.ndarray:
+    """Per IoU threshold (a column of tp, detections by descending score), COCO's 101-point interpolated AP."""
+    tps, fps = np.cumsum(tp, axis=0), np.cumsum(~tp, axis=0)
     recall = tps / n_true
     precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
-    precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision  # envelope
-    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
-    q = np.zeros(len(RECALL_POINTS))
-    ok = idx < len(precision)
-    q[ok] = precision[idx[ok]]
-    return float(q.mean())
+    precision = np.maximum.accumulate(precision[::-1], axis=0)[::-1]  # the envelope
+    q = np.zeros((tp.shape[1], len(RECALL_POINTS)))
+    for ti in range(tp.shape[1]):
+        idx = np.searchsorted(recall[:, ti], RECALL_POINTS, side="left")
+        ok = idx < len(precision)
+        q[ti, ok] = precision[idx[ok], ti]
+    return q.mean(axis=1)

@@ -17,14 +17,17 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.images import check_images, image_drift_features, image_hashes, image_paths, read_test_images
 from pipeline.metrics import Metric
+from pipeline.noise import paired_noise, verdict
 from pipeline.submission import in_sample_order
 from pipeline.tasks.base import Demo, Task
 from pipeline.tasks.detection.boxes import (
     BOX_VIEWS,
     Detections,
+    average_precision,
     box_hits,
     check_box_views,
     fuse,
+    match_images,
     mean_average_precision,
     unview_boxes,
 )
@@ -167,8 +170,9 @@ class DetectionTask(Task):
               folds: np.ndarray) -> Blend:
         """WBF across experiments: mean (equal weights, detect.wbf_iou) or weighted (IoU and weights tuned on OOF).
 
-        Tuned settings are kept only when, tuned on the other folds, they beat the mean fusion on each held-out
-        fold; the OOF then holds every fold fused as tuned without it, so its score is the honest CV."""
+        Tuned settings are kept only when, tuned on the other folds, they beat the mean fusion on the held-out folds
+        by more than that gain's noise (pipeline.noise, images resampled); the OOF then holds every fold fused as
+        tuned without it, so its score is the honest CV."""
         if method not in ("mean", "weighted", "wbf"):
             raise UserError(f"--method {method}: detection ensembles fuse boxes; use mean or weighted (alias wbf)")
         oofs, tests = list(oofs), list(tests)  # fusion reads each member per image: held in memory
@@ -181,14 +185,23 @@ class DetectionTask(Task):
             fit, out = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
             w, t = self.tune_fusion([[m[i] for i in fit] for m in oofs], [target[i] for i in fit])
             held[out] = self._fuse_members([[m[i] for i in out] for m in oofs], w, t)
-        held_out, mean_cv = self.evaluate(list(held), target)["score"], self.evaluate(mean.oof, target)["score"]
-        if not self.metric.better(held_out, mean_cv):
-            mean.params.update(weights_from="uniform", fitted_held_out=held_out, mean_cv=mean_cv)
+        params = self.judge_fusion(list(held), mean.oof, target)
+        if params["weights_from"] == "uniform":
+            mean.params.update(params)
             return mean
         weights, iou = self.tune_fusion(oofs, target)
         in_sample = self.evaluate(self._fuse_members(oofs, weights, iou), target)["score"]
-        return Blend(list(held), self._fuse_members(tests, weights, iou), weights, held_out,
-                     {"iou_thr": iou, "weights_from": "tuned", "cv_in_sample": in_sample})
+        return Blend(list(held), self._fuse_members(tests, weights, iou), weights, params["fitted_held_out"],
+                     {"iou_thr": iou, **params, "cv_in_sample": in_sample})
+
+    def judge_fusion(self, tuned: list[Detections], mean: list[Detections], target: list) -> dict:
+        """pipeline.noise's verdict on tuned against mean fusion: each image's boxes matched once, then images resampled
+        (0.8 s for 1000 images of 10 classes, 3 s of 80 classes: a fraction of tune_fusion's own time)."""
+        a, b = (match_images(outputs, target, self.cfg.detect.max_det) for outputs in (tuned, mean))
+        def score(matches):
+            return average_precision(matches)[self.metric.name]
+        noise = paired_noise(lambda rows: score(a.take(rows)) - score(b.take(rows)), len(target))
+        return verdict("tuned", self.metric, score(a), score(b), noise)
 
     def blend_test(self, fitted: dict, tests: list[list[Detections]]) -> list[Detections]:
         if fitted.get("weights_from") == "tuned":
@@ -261,7 +274,7 @@ class DetectionTask(Task):
         rows = in_sample_order(test, sample, self.cfg).reset_index()
         return decode_boxes(self.read_outputs(rows), rows["id"], self.cfg, self.classes, sample.columns[1])
 
-    def check_submission(self, sub: pd.DataFrame) -> None:
+    def check_submission(self, sub: pd.DataFrame, sample: pd.DataFrame) -> None:
         check_boxes(sub, self.cfg)
 
     def read_outputs(self, frame: pd.DataFrame) -> list[Detections]:

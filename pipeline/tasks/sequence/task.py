@@ -17,8 +17,7 @@ from pipeline.config import Config
 from pipeline.data import check_test_labels
 from pipeline.duplicates import text_hashes
 from pipeline.errors import UserError
-from pipeline.folds import resolve_target
-from pipeline.labels import label_set
+from pipeline.labels import label_set, settle_target
 from pipeline.seeding import sample_generator, unpack
 from pipeline.submission import score_against_solution
 from pipeline.tasks.base import ClassProbabilities, Demo
@@ -156,7 +155,7 @@ class SequenceTask(ClassProbabilities):
             series, _ = read_series(cfg, "train_csv")
             samples = read_series_labels(cfg, series)
         kind, classes = label_set(cfg, samples, cfg.data_path("train_csv" if text_columns(cfg) else "labels_csv"))
-        resolve_target(cfg, kind)
+        settle_target(cfg, kind, classes)
         return samples, classes
 
     @staticmethod
