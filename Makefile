@@ -45,8 +45,9 @@ test-slow: setup
 fuzz: setup  # fresh random CSVs for every reader (make test replays a fixed set)
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
-lint: setup
-	$(BIN)/ruff check pipeline tests
+lint: setup  # style (ruff) and the architecture: the layer contracts in pyproject.toml (lint-imports)
+	$(BIN)/ruff check pipeline tests scripts
+	$(BIN)/lint-imports
 
 demo: setup
 	$(BIN)/pipeline demo

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import typer
 
-from pipeline.config import load_config, with_values
-from pipeline.errors import UserError
+from pipeline.core.config import load_config, with_values
+from pipeline.core.errors import UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -72,7 +72,7 @@ def drift(
 
     Example: pipeline drift leaves-effnet-lite0
     """
-    from pipeline import drift as stage
+    from pipeline.stages import drift as stage
 
     stage.run(experiment, runs_dir=runs_dir)
 
@@ -177,7 +177,7 @@ def distill(
 
     Example: pipeline distill blend --config configs/leaves-student.yaml --test
     """
-    from pipeline.stages import distill as stage
+    from pipeline.workflows import distill as stage
 
     stage.run(teacher, load_config(config, set_ or []), runs_dir=runs_dir, alpha=alpha, test=test)
 
@@ -199,7 +199,7 @@ def pseudo(
 
     Example: pipeline pseudo leaves-effnet-lite0 --name leaves-pl && pipeline train --config runs/leaves-pl/config.yaml --fold all
     """
-    from pipeline.stages import pseudo as stage
+    from pipeline.workflows import pseudo as stage
 
     stage.run(experiment, name, set_ or [], runs_dir=runs_dir, threshold=threshold, soft=soft, weight=weight)
 
@@ -262,7 +262,7 @@ def demo(
 
     Example: pipeline demo --set train.epochs=3      pipeline demo --task detection
     """
-    from pipeline.stages import demo as stage
+    from pipeline.workflows import demo as stage
 
     stage.run(task=task, root=root, runs_dir=runs_dir, overrides=set_ or [])
 
@@ -281,7 +281,7 @@ def bench(
 
     Example: pipeline bench --config configs/bench.yaml --batch-sizes 32,64,128
     """
-    from pipeline import bench as stage
+    from pipeline.workflows import bench as stage
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",")] if batch_sizes else None
@@ -311,7 +311,7 @@ def tune(
     """
     import json
 
-    from pipeline import tune as stage
+    from pipeline.workflows import tune as stage
 
     overrides = [*(set_ or []), *([f"tune.trials={trials}"] if trials is not None else []),
                  *([f"tune.space={json.dumps(param)}"] if param else []),
@@ -331,7 +331,7 @@ def runs(
 
     Example: pipeline runs      pipeline runs --json | jq '.[0].exp'
     """
-    from pipeline import leaderboard
+    from pipeline.stages import leaderboard
 
     table = leaderboard.experiments(runs_dir, submissions_dir)
     if as_json:
@@ -352,7 +352,7 @@ def report(
 
     Example: pipeline report leaves-effnet-lite0 --screenshot
     """
-    from pipeline import report as stage
+    from pipeline.stages import report as stage
 
     path = stage.run(exp, runs_dir, screenshot=screenshot)
     typer.echo(str(path))

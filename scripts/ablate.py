@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline.config import load_config, to_dict
-from pipeline.metrics import greater_is_better
+from pipeline.core.config import load_config, to_dict
+from pipeline.scoring.metrics import greater_is_better
 
 # set -> (config, budget overrides): the budget of issue 18's comparison for leaves (128 px, batch 32, 6 epochs)
 SETS = {

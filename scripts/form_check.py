@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 
 HERE = Path(__file__).resolve().parents[1]
 TINY_IMAGES = ["model.name=test_resnet", "model.weights_file=null", "image.size=32", "train.batch_size=16"]

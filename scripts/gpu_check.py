@@ -73,7 +73,7 @@ def gpu_info() -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.precision import choose_precision
+    from pipeline.core.precision import choose_precision
 
     if not torch.cuda.is_available():
         if "--cpu" in sys.argv:  # a dry run of the script itself, on a machine without a GPU
@@ -107,7 +107,7 @@ def step(name: str, args: list[str], env: dict, limit: int) -> tuple[bool, str, 
 
 
 def bench_rows(out: str) -> list[list[str]]:
-    """The bench table's rows as [part, batch, rate, ratio, peak MB] (pipeline.bench.print_table: the first column
+    """The bench table's rows as [part, batch, rate, ratio, peak MB] (pipeline.workflows.bench.print_table: the first column
     left-justified, the others right-justified under their header, so a blank cell is found by position)."""
     lines = out.splitlines()
     header = next((line for line in lines if line.startswith("part") and "ratio" in line), None)

@@ -4,7 +4,7 @@
 set -euo pipefail
 P=.venv/bin/pipeline
 for DS in "$@"; do
-  root=$(.venv/bin/python -c "from pipeline.config import load_config; print(load_config('configs/$DS.yaml').data.root)")
+  root=$(.venv/bin/python -c "from pipeline.core.config import load_config; print(load_config('configs/$DS.yaml').data.root)")
   for M in inception resnet1d gru lstm transformer; do
     S=(--set name=$DS-$M --set model.name=$M --set tracking.quiet=true)
     $P prepare -c configs/$DS.yaml "${S[@]}"
@@ -17,8 +17,8 @@ for DS in "$@"; do
   for M in inception resnet1d gru lstm transformer blend; do
     .venv/bin/python - "$DS" "$M" "$root" <<'PY'
 import json, sys
-from pipeline.config import load_config
-from pipeline.stages.demo import score_against_solution
+from pipeline.core.config import load_config
+from pipeline.workflows.demo import score_against_solution
 ds, m, root = sys.argv[1:]
 cfg = load_config(f"configs/{ds}.yaml")
 s = json.load(open(f"runs/{ds}-{m}/scores.json"))

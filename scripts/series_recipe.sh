@@ -33,8 +33,8 @@ echo $((SECONDS - start)) > "$RUNS/$NAME-blend/seconds"
 import json, sys
 from pathlib import Path
 import numpy as np, pandas as pd
-from pipeline.fold_model import run_config
-from pipeline.rundir import RunDir
+from pipeline.engine.fold_model import run_config
+from pipeline.runs.rundir import RunDir
 runs, name = sys.argv[1:]
 print(f"\n{'experiment':<28} {'CV':>8} {'held-back':>10} {'seconds':>8}")
 for part in ("minirocket", "inception", "blend"):

@@ -35,9 +35,9 @@ import pandas as pd
 import timm
 import torch
 
-from pipeline.config import load_config
-from pipeline.models import load_backbone
-from pipeline.optim import scale_lr
+from pipeline.core.config import load_config
+from pipeline.engine.models import load_backbone
+from pipeline.engine.optim import scale_lr
 
 out, config = Path(sys.argv[1]), sys.argv[2]
 cfg = load_config(config, [f"train.batch_size={sys.argv[3]}"])
@@ -57,9 +57,9 @@ torch.save({"state_dict": model.state_dict()}, out / "timm-initial.pth")
 print(scale_lr(cfg.train, world_size=1).lr, len(classes), cfg.model.name)
 PY
 )
-WEIGHT_DECAY=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.weight_decay)")
-SMOOTHING=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').train.label_smoothing)")
-VFLIP=$($PY -c "from pipeline.config import load_config; print(load_config('$CONFIG').augment.vflip)")
+WEIGHT_DECAY=$($PY -c "from pipeline.core.config import load_config; print(load_config('$CONFIG').train.weight_decay)")
+SMOOTHING=$($PY -c "from pipeline.core.config import load_config; print(load_config('$CONFIG').train.label_smoothing)")
+VFLIP=$($PY -c "from pipeline.core.config import load_config; print(load_config('$CONFIG').augment.vflip)")
 # train.py has no --device option and takes CUDA (its epoch and validation loops default to device=cuda); on a
 # machine without CUDA its parsed args and both loops get the CPU.
 $PY - "$TIMM" --data-dir "$OUT/imagefolder" --model "$MODEL" --class-map "$OUT/class_map.txt" \

@@ -26,7 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import Config, load_config
+from pipeline.core.config import Config, load_config
 from pipeline.tasks.classification.demo_data import write_digits_competition
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -90,9 +90,9 @@ def assert_export_submits_the_same(runs: Path | str, name: str, competition: Pat
 
 
 def interrupt_at_epoch(monkeypatch, epoch: int):
-    """Make pipeline.loop.train_epoch raise KeyboardInterrupt at the start of epoch index `epoch` (its 5th
+    """Make pipeline.engine.loop.train_epoch raise KeyboardInterrupt at the start of epoch index `epoch` (its 5th
     argument), as a kill would; returns the real train_epoch, for monkeypatch.setattr(loop, "train_epoch", real)."""
-    from pipeline import loop
+    from pipeline.engine import loop
 
     real = loop.train_epoch
 

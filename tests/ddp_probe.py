@@ -12,12 +12,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from pipeline import distributed
-from pipeline.config import load_config
-from pipeline.data import build_loader
-from pipeline.folds import load_folds
-from pipeline.loop import pick_device, train_epoch
-from pipeline.state import TrainingState, steps_per_epoch
+from pipeline.core import distributed
+from pipeline.core.config import load_config
+from pipeline.data.folds import load_folds
+from pipeline.data.tables import build_loader
+from pipeline.engine.loop import pick_device, train_epoch
+from pipeline.engine.state import TrainingState, steps_per_epoch
 from pipeline.tasks import build_task
 
 config, accum, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

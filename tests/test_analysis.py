@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.analysis import (
+from pipeline.data.images import image_sizes
+from pipeline.reporting.analysis import (
     calibration_bins,
     confused_pairs,
     confusion_frame,
@@ -12,7 +13,6 @@ from pipeline.analysis import (
     highest_loss,
     per_class_report,
 )
-from pipeline.images import image_sizes
 from pipeline.tasks.detection.report import detection_errors
 
 CLASSES = ["cat", "dog", "eel"]

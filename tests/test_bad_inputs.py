@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.images import load_image
+from pipeline.data.images import load_image
 from tests.conftest import SEQ, assert_refused, invoke, write_series_competition
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import bench
 from pipeline.stages import prepare
+from pipeline.workflows import bench
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Fitted blends (hill climbing, stacking, detection's tuned WBF) replace equal weights only when their held-out gain
-over the mean exceeds its noise (pipeline.noise): a one-row win on 36 rows falls back, a real gain on thousands stays."""
+over the mean exceeds its noise (pipeline.scoring.noise): a one-row win on 36 rows falls back, a real gain on thousands stays."""
 
 import json
 import logging
@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import noise
-from pipeline.blend import (
+from pipeline.core.config import load_config
+from pipeline.scoring import noise
+from pipeline.scoring.blend import (
     applied_method,
     apply_blend,
     blend_outputs,
@@ -20,11 +21,10 @@ from pipeline.blend import (
     fit_weights,
     hill_climb,
 )
-from pipeline.config import load_config
-from pipeline.metrics import CLASS_METRICS
-from pipeline.noise import describe, paired_noise
+from pipeline.scoring.metrics import CLASS_METRICS
+from pipeline.scoring.noise import describe, paired_noise
+from pipeline.scoring.targets import build_target
 from pipeline.stages import ensemble, predict
-from pipeline.targets import build_target
 from pipeline.tasks.detection import DetectionTask
 from pipeline.tasks.detection.boxes import Detections
 from tests.conftest import assert_export_submits_the_same, copy_run_to

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.scoring.tta import VIEWS
 from pipeline.tasks.detection.boxes import (
     Detections,
     fuse,
@@ -13,7 +14,6 @@ from pipeline.tasks.detection.boxes import (
     unview_boxes,
     view_boxes,
 )
-from pipeline.tta import VIEWS
 
 BOX_VIEWS = ["identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose"]
 
@@ -32,7 +32,7 @@ def test_view_then_unview_is_identity(view):
 
 @pytest.mark.parametrize("view", BOX_VIEWS)
 def test_box_maps_follow_the_image_views(view):
-    """Draw a box, apply the image view from pipeline.tta, read the box back off the pixels."""
+    """Draw a box, apply the image view from pipeline.scoring.tta, read the box back off the pixels."""
     side, (x1, y1, x2, y2) = 32, (3, 5, 12, 20)
     image = torch.zeros(1, 1, side, side)
     image[..., y1:y2, x1:x2] = 1

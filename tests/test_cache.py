@@ -6,9 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.cache import build_cache, cached_images, cached_side
-from pipeline.data import read_test, read_train
-from pipeline.images import image_paths, load_image
+from pipeline.data.cache import build_cache, cached_images, cached_side
+from pipeline.data.images import image_paths, load_image
+from pipeline.data.tables import read_test, read_train
 from pipeline.stages import predict, prepare, train
 from pipeline.tasks.classification.task import build_images
 

@@ -4,9 +4,9 @@ import typing
 
 import pytest
 
-from pipeline import config as config_module
-from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from pipeline.core import config as config_module
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import UserError
 
 
 def test_defaults_load_without_a_file():

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import checkpoint
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.runs import checkpoint
+from pipeline.runs.rundir import RunDir
 from pipeline.stages import ensemble, predict, prepare, train
 
 
@@ -47,8 +47,8 @@ def test_a_checkpoint_without_its_recipe_is_a_clear_error(competition, make_conf
 def test_a_recipe_key_newer_than_the_checkpoint_takes_its_default(competition, make_config):
     """A fold saved before image.interpolation existed was trained with the default (linear) resampling: predict
     frames its images so, whatever today's config says."""
-    from pipeline.config import to_dict
-    from pipeline.recipe import differences, fold_recipe
+    from pipeline.core.config import to_dict
+    from pipeline.runs.recipe import differences, fold_recipe
 
     _, cfg = make_config(competition, train={"epochs": 1})
     prepare.run(cfg)
@@ -132,9 +132,9 @@ def test_folds_file_reuses_another_experiments_folds(competition, make_config):
 
 
 def test_view_search_keeps_helpful_views_and_drops_harmful_ones_choosing_on_other_folds():
-    from pipeline.metrics import CLASS_METRICS as METRICS
-    from pipeline.metrics import logloss
-    from pipeline.tta import choose_views
+    from pipeline.scoring.metrics import CLASS_METRICS as METRICS
+    from pipeline.scoring.metrics import logloss
+    from pipeline.scoring.tta import choose_views
 
     rng = np.random.default_rng(0)
     outputs = {}

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
 from pipeline.stages import prepare
 from pipeline.tasks import build_task
 from pipeline.tasks.detection import DetectionTask

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import noise
-from pipeline.config import Config, load_config
-from pipeline.folds import load_folds
-from pipeline.stages import distill, ensemble, predict
-from pipeline.targets import build_target
+from pipeline.core.config import Config, load_config
+from pipeline.data.folds import load_folds
+from pipeline.scoring import noise
+from pipeline.scoring.targets import build_target
+from pipeline.stages import ensemble, predict
+from pipeline.workflows import distill
 from tests.conftest import TINY, assert_refused, copy_run_to, invoke, write_config
 
 
@@ -73,7 +74,7 @@ def test_fold_k_targets_do_not_see_fold_k_labels(trained_run, digits_root, tmp_p
     """Fold k's targets are blended by the stacker's meta-model fitted without fold k: changing fold 0's labels
     (which enter a blend only through its fit) and re-fitting the ensemble leaves fold 0's targets exactly as they
     were, while fold 1's, blended by a meta-model fitted on fold 0's rows, move. The stacker is kept whatever its
-    gain over the mean (pipeline.noise's choice, made on every fold, would otherwise switch with the relabelling)."""
+    gain over the mean (pipeline.scoring.noise's choice, made on every fold, would otherwise switch with the relabelling)."""
     monkeypatch.setattr(noise, "beats_noise", lambda gain, se: True)
     runs = tmp_path / "runs"  # teachers of this test's own: their OOF files are changed below
     copy_run_to(trained_run, tmp_path, "a")

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline.distributed import FoldLock, ShardSampler
-from pipeline.errors import UserError
+from pipeline.core.distributed import FoldLock, ShardSampler
+from pipeline.core.errors import UserError
 from pipeline.stages import prepare, train
 
 # No randomness that depends on the process: no augmentation draws, no BatchNorm (its statistics would
@@ -94,7 +94,7 @@ def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
 @pytest.mark.slow  # two worker processes re-predicting every fold: ~1 min
 def test_predict_on_two_workers_writes_what_one_process_writes(copy_run):
     """`pipeline predict --gpus 2` (make predict GPUS=2): fold k on worker k mod 2, combined once at the end."""
-    from pipeline.rundir import RunDir
+    from pipeline.runs.rundir import RunDir
     from pipeline.stages import predict
 
     cfg = copy_run(predict={"tta": "hflip"})

@@ -1,4 +1,4 @@
-"""Adversarial validation (pipeline.drift): prepare says whether the test set looks like train, and by what it
+"""Adversarial validation (pipeline.data.drift): prepare says whether the test set looks like train, and by what it
 differs when it does not."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.drift import adversarial_validation, series_features, text_features
+from pipeline.data.drift import adversarial_validation, series_features, text_features
 from pipeline.stages import prepare
 from tests.conftest import cli
 
@@ -55,8 +55,8 @@ def test_features_of_series_and_texts_and_a_separable_shift():
 
 
 def test_cv_like_test_scores_the_oof_on_the_most_test_like_rows_and_the_report_shows_the_drift(copy_run):
-    from pipeline.report import run as report
     from pipeline.stages.predict import combine_folds
+    from pipeline.stages.report import run as report
     from tests.conftest import oof_accuracy
 
     cfg = copy_run(cv={"holdout_like_test": 0.2})

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score
 
+from pipeline.data.submission import score_against_solution
 from pipeline.stages import prepare
-from pipeline.submission import score_against_solution
 from tests.conftest import cli, invoke, oof_accuracy
 
 
@@ -79,7 +79,7 @@ def test_ensemble_refuses_members_with_different_folds(copy_run):
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_loop(tmp_path):
-    from pipeline.stages import demo
+    from pipeline.workflows import demo
 
     summary = demo.run(root=str(tmp_path / "digits"), runs_dir=str(tmp_path / "runs"),
                        submissions_dir=str(tmp_path / "subs"))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.averaging import average_state_dicts
-from pipeline.blend import (
+from pipeline.engine.averaging import average_state_dicts
+from pipeline.scoring.blend import (
     apply_blend,
     combine,
     fit_weights,
@@ -14,7 +14,7 @@ from pipeline.blend import (
     stack,
     stack_columns,
 )
-from pipeline.metrics import CLASS_METRICS as METRICS
+from pipeline.scoring.metrics import CLASS_METRICS as METRICS
 
 ACC = METRICS["accuracy"]
 
@@ -133,7 +133,7 @@ def test_averaging_identical_checkpoints_returns_them():
 
 def brute_force_climb(members, target, metric, rounds=50, tol=1e-5):
     """The textbook climb: re-blend every member for every trial."""
-    from pipeline.blend import _improves, _objective
+    from pipeline.scoring.blend import _improves, _objective
 
     counts = np.zeros(len(members))
     singles = [_objective(metric, target, p) for p in members]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.stages import ensemble, predict
 from tests.conftest import assert_refused, cli, copy_run_to, invoke
 

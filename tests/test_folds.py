@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config
-from pipeline.folds import assign_folds, make_folds, resolve_strategy
+from pipeline.core.config import load_config
+from pipeline.data.folds import assign_folds, make_folds, resolve_strategy
 
 
 def labels(n_classes=7, per_class=(5, 9, 13, 20, 31, 6, 11)):

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import load_config
-from pipeline.data import read_table, read_test, read_train
-from pipeline.errors import UserError
-from pipeline.submission import read_sample, validate
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.data.submission import read_sample, validate
+from pipeline.data.tables import read_table, read_test, read_train
 from pipeline.tasks.detection.data import read_box_table
 from pipeline.tasks.detection.submission import check_boxes, parse_boxes
 from pipeline.tasks.sequence.data import read_series, read_series_labels, read_texts

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import checkpoint, loop, precision
+from pipeline.core import precision
+from pipeline.engine import loop
+from pipeline.runs import checkpoint
 from pipeline.stages import prepare, train
 from tests.test_reliability import assert_same_fold
 
@@ -41,8 +43,8 @@ def test_the_auto_precision_is_the_one_the_forward_runs_in(competition, make_con
 
 
 def test_fp16_grad_scaler_skips_a_step_with_inf_gradients():
-    from pipeline.config import Config
-    from pipeline.state import TrainingState
+    from pipeline.core.config import Config
+    from pipeline.engine.state import TrainingState
 
     cfg = Config()
     model = torch.nn.Linear(8, 2)
@@ -81,8 +83,8 @@ def test_fp16_training_with_channels_last_trains_and_writes_fp32_checkpoints(com
 
 
 def test_channels_last_is_the_memory_format_on_the_gpu():
-    from pipeline.config import Config
-    from pipeline.state import TrainingState
+    from pipeline.core.config import Config
+    from pipeline.engine.state import TrainingState
     from pipeline.tasks.classification.task import ClassificationTask
 
     cfg = Config()

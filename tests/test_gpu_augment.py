@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import AugmentConfig, ImageConfig
-from pipeline.seeding import SeededSampler, sample_seed
+from pipeline.core.config import AugmentConfig, ImageConfig
+from pipeline.core.seeding import SeededSampler, sample_seed
 from pipeline.tasks.classification.gpu_augment import GpuAugment, UInt8Dataset, canvas_side
 
 IMAGE = ImageConfig(size=32)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from pipeline.folds import load_folds
+from pipeline.core.errors import UserError
+from pipeline.data.folds import load_folds
 from pipeline.stages import prepare, train
 
 
@@ -76,8 +76,8 @@ class Payload:
 
 
 def test_pickled_weights_file_is_refused_not_executed(tmp_path, capsys):
-    from pipeline.config import ModelConfig
-    from pipeline.models import build_classifier
+    from pipeline.core.config import ModelConfig
+    from pipeline.engine.models import build_classifier
 
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": Payload()}, path)

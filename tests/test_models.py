@@ -2,9 +2,9 @@ import pytest
 import timm
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.errors import UserError
-from pipeline.models import build_classifier, normalisation
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import UserError
+from pipeline.engine.models import build_classifier, normalisation
 
 from .conftest import SHARED
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir, resolve
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.runs.rundir import RunDir, resolve
 from pipeline.stages import ensemble
 from tests.conftest import assert_refused, cli, invoke
 

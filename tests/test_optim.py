@@ -4,8 +4,8 @@ import pytest
 import timm
 import torch
 
-from pipeline.config import load_config
-from pipeline.optim import build_scheduler, param_groups, scale_lr
+from pipeline.core.config import load_config
+from pipeline.engine.optim import build_scheduler, param_groups, scale_lr
 
 
 @pytest.mark.parametrize("rule, batch, accum, world, expected_lr, expected_batch", [
@@ -56,7 +56,7 @@ def test_warmup_then_cosine_per_step():
     (6, 1.0, 10, 1 - 1 / 60),    # uncapped: as configured (a window of the whole run never binds timm's warmup)
 ])
 def test_short_runs_cap_the_warmup_and_the_ema_window(epochs, cap, warmup, ema_decay):
-    from pipeline.state import TrainingState
+    from pipeline.engine.state import TrainingState
 
     cfg = load_config(None, [f"train.epochs={epochs}", f"train.short_run_cap={cap}", "train.warmup_epochs=1"])
     state = TrainingState.build(timm.create_model("test_resnet", num_classes=3), cfg, 10, torch.device("cpu"),

@@ -1,4 +1,4 @@
-"""Precision by what the device really does (pipeline.precision): a pure function, so every GPU generation is
+"""Precision by what the device really does (pipeline.core.precision): a pure function, so every GPU generation is
 checked here on a CPU."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.precision import GPUS, backend_settings, choose_precision, why
+from pipeline.core.precision import GPUS, backend_settings, choose_precision, why
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 

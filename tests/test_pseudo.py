@@ -10,15 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Config, load_config
-from pipeline.fold_model import run_config
-from pipeline.folds import load_folds
-from pipeline.rundir import RunDir
-from pipeline.seeding import DrawnRows, DrawSampler
-from pipeline.stages import ensemble, pseudo
-from pipeline.targets import build_target
+from pipeline.core.config import Config, load_config
+from pipeline.core.seeding import DrawnRows, DrawSampler
+from pipeline.data.folds import load_folds, run_config
+from pipeline.engine import training_rows
+from pipeline.runs.rundir import RunDir
+from pipeline.scoring.targets import build_target
+from pipeline.stages import ensemble
 from pipeline.tasks import build_task
 from pipeline.tasks.detection.boxes import Detections, box_hits
+from pipeline.workflows import pseudo
 from tests.conftest import assert_refused, cli, copy_run_to, invoke
 
 
@@ -39,12 +40,12 @@ def confident(frame: pd.DataFrame, classes: list, label: str, p: float = 0.99) -
 def test_the_threshold_is_the_lowest_confidence_whose_kept_rows_reach_the_precision():
     conf = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.90, 0.80, 0.70])
     hits = np.array([1, 1, 1, 1, 1, 0, 1, 0], bool)
-    found = pseudo.precision_threshold(conf, hits, target=0.8, min_rows=2)
+    found = training_rows.precision_threshold(conf, hits, target=0.8, min_rows=2)
     # 0.80 keeps 7 rows, 6 right (0.857); 0.70 keeps 8 with 6 right (0.75 < 0.8)
     assert found["threshold"] == 0.80 and found["oof_kept"] == 7 and math.isclose(found["oof_precision"], 6 / 7)
-    assert pseudo.precision_threshold(conf, hits, target=1.0, min_rows=2)["threshold"] == 0.95
-    assert pseudo.precision_threshold(conf, hits, target=1.0, min_rows=6)["threshold"] == math.inf  # never reached
-    tie = pseudo.precision_threshold(np.array([0.9, 0.9, 0.5]), np.array([1, 0, 1], bool), target=1.0, min_rows=1)
+    assert training_rows.precision_threshold(conf, hits, target=1.0, min_rows=2)["threshold"] == 0.95
+    assert training_rows.precision_threshold(conf, hits, target=1.0, min_rows=6)["threshold"] == math.inf  # never reached
+    tie = training_rows.precision_threshold(np.array([0.9, 0.9, 0.5]), np.array([1, 0, 1], bool), target=1.0, min_rows=1)
     assert tie["threshold"] == math.inf  # a cut keeps both tied rows or neither: 0.9 keeps one wrong one
 
 
@@ -117,7 +118,7 @@ def test_fold_k_trains_on_fold_k_predictions_alone(source, caplog):
     train_rows, valid_rows = load_folds(cfg).split(0)
     task.fit_fold(train_rows)
     task.build_model()
-    dataset = pseudo.training_set(task, cfg, new.fold(0), train_rows)
+    dataset = training_rows.training_set(task, cfg, new.fold(0), train_rows)
     assert np.array_equal(dataset.labels[: len(train_rows)], task.labels(train_rows))
     assert (dataset.labels[len(train_rows):] == 3).all()
     assert len(dataset) == len(train_rows) + len(kept)
@@ -125,12 +126,12 @@ def test_fold_k_trains_on_fold_k_predictions_alone(source, caplog):
 
     # fold k's auto threshold is fitted without fold k's OOF rows: spoil fold 0's rows and only fold 1's moves
     oof = pd.read_parquet(run.oof)
-    before = [pseudo.fit_threshold(task, cfg, oof[oof["fold"] != k]) for k in (0, 1)]
+    before = [training_rows.fit_threshold(task, cfg, oof[oof["fold"] != k]) for k in (0, 1)]
     spoiled = oof.copy()
     zero = spoiled["fold"] == 0
     spoiled.loc[zero, [str(c) for c in classes]] = confident(spoiled[zero], classes, str(classes[0]), 1.0)[
         [str(c) for c in classes]].to_numpy()
-    after = [pseudo.fit_threshold(task, cfg, spoiled[spoiled["fold"] != k]) for k in (0, 1)]
+    after = [training_rows.fit_threshold(task, cfg, spoiled[spoiled["fold"] != k]) for k in (0, 1)]
     assert after[0] == before[0] and after[1] != before[1]
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import checkpoint
-from pipeline.rundir import RunDir
+from pipeline.runs import checkpoint
+from pipeline.runs.rundir import RunDir
 from pipeline.stages import train
 from tests.conftest import assert_export_submits_the_same, assert_refused, cli, invoke, write_config
 
@@ -38,8 +38,7 @@ def test_the_refit_needs_trained_folds(digits_root, tmp_path):
 
 
 def test_the_refit_joins_the_test_mean_as_one_more_model_and_leaves_the_cv_alone(copy_run, digits_root, tmp_path):
-    from pipeline import report
-    from pipeline.stages import predict
+    from pipeline.stages import predict, report
     from pipeline.tasks import build_task
 
     cfg = copy_run()

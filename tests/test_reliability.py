@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import checkpoint
-from pipeline.seeding import SeededSampler
+from pipeline.core.seeding import SeededSampler
+from pipeline.runs import checkpoint
 from pipeline.stages import predict, prepare, submit, train
 from tests.conftest import cli
 
@@ -81,7 +81,7 @@ def test_same_seed_gives_the_same_folds_oof_and_submission(competition, make_con
 
 def test_augmentation_draws_depend_on_the_sample_not_the_process(competition, make_config):
     """The same (seed, epoch, index) gives the same augmented image in a fresh dataset, in any order."""
-    from pipeline.folds import load_folds
+    from pipeline.data.folds import load_folds
     from pipeline.tasks import build_task
 
     _, cfg = make_config(competition, augment=AUGMENTED)
@@ -145,7 +145,7 @@ def test_nan_rollback_reloads_the_last_good_epoch_with_a_lower_lr(competition, m
 
 
 def test_nan_rollback_gives_up_after_max_rollbacks(competition, make_config, monkeypatch):
-    from pipeline.loop import Diverged
+    from pipeline.engine.loop import Diverged
 
     _, cfg = make_config(competition, train={"epochs": 2, "on_nan": "rollback", "max_rollbacks": 2})
     prepare.run(cfg)
@@ -157,8 +157,8 @@ def test_nan_rollback_gives_up_after_max_rollbacks(competition, make_config, mon
 
 def test_a_prediction_file_from_an_interrupted_run_is_refused_not_submitted(copy_run):
     """Each file is replaced atomically; a kill between test.parquet and scores.json pairs files of two runs."""
-    from pipeline.errors import UserError
-    from pipeline.files import new_stamp, write_parquet
+    from pipeline.core.errors import UserError
+    from pipeline.core.files import new_stamp, write_parquet
 
     cfg = copy_run()  # trained and predicted
     submit.run(cfg.name, runs_dir=cfg.runs_dir)  # a consistent run submits
@@ -174,7 +174,7 @@ def test_a_prediction_file_from_an_interrupted_run_is_refused_not_submitted(copy
 def test_predict_and_ensemble_killed_at_any_moment_finish_on_rerun(copy_run):
     """SIGKILL `pipeline predict` and `pipeline ensemble` at spread-out moments; whatever is on disk stays
     readable, submit never takes a mismatched pair, and rerunning gives the uninterrupted outputs."""
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.stages import ensemble
 
     a, b = copy_run("a"), copy_run("b", predict={"tta": "none"})  # two trained runs; b's predictions differ

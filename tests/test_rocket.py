@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.targets import build_target
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.scoring.targets import build_target
 from pipeline.tasks.sequence.rocket import RocketFeatures, logistic
 from tests.conftest import SEQ, assert_export_submits_the_same, cli, write_series_competition
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import Config, load_config
-from pipeline.errors import UserError
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import UserError
 from pipeline.stages import prepare
 from pipeline.tasks.sequence.models import SEQUENCE_MODELS, build_sequence_model
 from pipeline.tasks.sequence.task import SequenceDataset, SequenceTask, pad

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.labels import settle_target
-from pipeline.submission import validate
-from pipeline.targets import EITHER, LABELS, SCORES, build_target, column_form
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.data.labels import settle_target
+from pipeline.data.submission import validate
+from pipeline.scoring.targets import EITHER, LABELS, SCORES, build_target, column_form
 from tests.conftest import SEQ, cli
 
 

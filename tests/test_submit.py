@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.submission import decode, validate
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.data.submission import decode, validate
 
 CFG = load_config(None, ["data.id_col=image", "data.target_col=label"])
 CLASSES = ["cat", "dog", "owl"]

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.labels import infer_target_type
-from pipeline.metrics import get_metric, logloss
-from pipeline.targets import build_target, quantile_bins
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.data.labels import infer_target_type
+from pipeline.scoring.metrics import get_metric, logloss
+from pipeline.scoring.targets import build_target, quantile_bins
 from tests.conftest import assert_refused, cli, invoke
 
 rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_thresholds_and_cuts_are_fitted_and_scored_on_other_folds():
 
 
 def test_folds_stratify_tags_iteratively_and_values_by_quantile_bins():
-    from pipeline.folds import assign_folds
+    from pipeline.data.folds import assign_folds
 
     tags = rng.random((300, 5)) < [0.5, 0.2, 0.1, 0.05, 0.3]
     fold = assign_folds(tags.astype(int), None, 5, "stratified", 0)
@@ -133,7 +133,7 @@ def test_folds_stratify_tags_iteratively_and_values_by_quantile_bins():
 def test_blends_per_target():
     cfg = load_config(None, ["data.target_type=regression", "train.metric=rmse"])
     target = build_target(cfg, [])
-    from pipeline.blend import blend_outputs
+    from pipeline.scoring.blend import blend_outputs
 
     truth = REG_T
     good, noisy = (truth + rng.normal(0, 2, N))[:, None], (truth + rng.normal(0, 6, N))[:, None]

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.data import build_loader
-from pipeline.folds import load_folds
-from pipeline.loop import infer, train_epoch
+from pipeline.data.folds import load_folds
+from pipeline.data.submission import check_rows, read_sample
+from pipeline.data.tables import build_loader
+from pipeline.engine.loop import infer, train_epoch
+from pipeline.engine.state import TrainingState
 from pipeline.stages import prepare
-from pipeline.state import TrainingState
-from pipeline.submission import check_rows, read_sample
 from pipeline.tasks import TASKS, Task, build_task
 from pipeline.tasks.detection.demo_data import write_digit_boxes_competition
 from pipeline.tasks.sequence.demo_data import write_digit_series_competition

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.optim import param_groups
-from pipeline.seeding import LengthGroupedSampler
+from pipeline.core.config import load_config
+from pipeline.core.seeding import LengthGroupedSampler
+from pipeline.engine.optim import param_groups
 from pipeline.tasks.sequence.encoder import Tokens, build_encoder_model
 from pipeline.tasks.sequence.task import SequenceTask, pad
 from tests.conftest import SEQ, SHARED, assert_export_submits_the_same, assert_refused, cli, invoke
@@ -180,7 +180,7 @@ def test_missing_or_incomplete_folders_are_refused(tiny_bert, tmp_path, make_con
 
 
 def test_without_transformers_the_extra_is_named(tiny_bert, monkeypatch):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
     with pytest.raises(UserError, match=r"pip install -e '\.\[text\]'"):
@@ -238,8 +238,8 @@ def test_options_train_a_step(tiny_bert):
 
 
 def test_bench_times_the_text_loop_on_the_loaders_batches(tiny_bert, tmp_path, make_config):
-    from pipeline import bench
     from pipeline.stages import prepare
+    from pipeline.workflows import bench
 
     root = write_reviews(tmp_path / "reviews")
     _, cfg = make_config(root, base=encoder_base(tiny_bert))
@@ -252,8 +252,8 @@ def test_bench_times_the_text_loop_on_the_loaders_batches(tiny_bert, tmp_path, m
 
 def test_inference_sorted_by_length_comes_back_in_row_order(tiny_bert, tmp_path, make_config):
     """The validation/test loader runs longest first; infer's outputs are each row's own, as one row at a time."""
-    from pipeline.data import build_loader
-    from pipeline.loop import infer
+    from pipeline.data.tables import build_loader
+    from pipeline.engine.loop import infer
 
     root = write_reviews(tmp_path / "reviews")
     _, cfg = make_config(root, base=encoder_base(tiny_bert))

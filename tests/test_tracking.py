@@ -6,7 +6,8 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline import checkpoint, loop, tracking
+from pipeline.engine import loop
+from pipeline.runs import checkpoint, tracking
 from pipeline.stages import prepare, train
 from tests.conftest import interrupt_at_epoch
 
@@ -96,7 +97,7 @@ def test_auto_does_not_wait_for_a_name_lookup_that_hangs(monkeypatch):
 
 def test_a_wandb_failure_mid_run_is_logged_and_tracking_stops(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    from pipeline.config import Config
+    from pipeline.core.config import Config
 
     cfg = Config(name="broken", runs_dir=str(tmp_path))
     cfg.tracking.wandb = "offline"

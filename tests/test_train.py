@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import checkpoint, loop
+from pipeline.engine import loop
+from pipeline.engine.state import Progress
+from pipeline.runs import checkpoint
 from pipeline.stages import prepare, train
-from pipeline.state import Progress
 from tests.conftest import interrupt_at_epoch
 
 
@@ -113,7 +114,7 @@ def test_resume_warns_when_the_config_changed(competition, make_config, monkeypa
 
 
 def test_progress_picks_the_better_weights_and_stops_after_patience():
-    from pipeline.metrics import CLASS_METRICS as METRICS
+    from pipeline.scoring.metrics import CLASS_METRICS as METRICS
 
     p = Progress()
     acc, loss = METRICS["accuracy"], METRICS["logloss"]
@@ -130,7 +131,7 @@ def test_progress_picks_the_better_weights_and_stops_after_patience():
 def test_top_epochs_keeps_only_the_best_n(tmp_path):
     import timm
 
-    from pipeline.averaging import TopEpochs
+    from pipeline.engine.averaging import TopEpochs
 
     model = timm.create_model("test_resnet", num_classes=3)
     top = TopEpochs(tmp_path, n=2, greater_is_better=True)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pipeline.config import AugmentConfig
-from pipeline.errors import UserError
-from pipeline.tta import SETS, VIEWS, build_views, run_views
+from pipeline.core.config import AugmentConfig
+from pipeline.core.errors import UserError
+from pipeline.scoring.tta import SETS, VIEWS, build_views, run_views
 
 
 @pytest.mark.parametrize("name", SETS["d4"])

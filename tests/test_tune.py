@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.tune import Param, default_space, parse_param, parse_stages, warn_edges
+from pipeline.core.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.workflows.tune import Param, default_space, parse_param, parse_stages, warn_edges
 from tests.conftest import cli, invoke
 
 

@@ -17,15 +17,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipeline.config import Config, check_name, dump_yaml, load_run_config
-from pipeline.errors import UserError
-from pipeline.files import copy_file, write_json, write_text
-from pipeline.noise import describe
-from pipeline.provenance import collect_meta
-from pipeline.rundir import RunDir, resolve
-from pipeline.stages.predict import fitted_score_frame, like_test_score
+from pipeline.core.config import Config, check_name, dump_yaml, load_run_config
+from pipeline.core.errors import UserError
+from pipeline.core.files import copy_file, write_json, write_text
+from pipeline.engine.scores import fitted_score_frame, like_test_score
+from pipeline.runs.provenance import collect_meta
+from pipeline.runs.rundir import RunDir, resolve
+from pipeline.runs.tracking import build_tracker
+from pipeline.scoring.blend import Blend
+from pipeline.scoring.noise import describe
 from pipeline.tasks import Task, build_task
-from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 METHODS = ("mean", "weighted", "rank", "geometric", "stack", "wbf")  # wbf: detection, = weighted
@@ -108,9 +109,12 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     test = task.prediction_frame(base.test_ids.to_frame(), blend.test)
     cv, per_fold, fitted = fitted_score_frame(task, oof)
     fitted.update(like_test_score(base.cfg, task, oof, base.run))  # the members' folds, so the first's drift
-    scores = write_ensemble(base, members, name, method, oof, test, blend, task.metric.name, cv, per_fold, fitted)
     metric = task.metric.name
-    if "gain" in blend.params:  # a fitted blend against the mean (pipeline.noise)
+    scores = {"metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
+              "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
+              "rows": len(oof), **blend.params, **fitted}
+    scores = write_ensemble(members, name, method, blend, oof, test, scores)
+    if "gain" in blend.params:  # a fitted blend against the mean (pipeline.scoring.noise)
         log.info(describe(blend.params, len(oof)))
     log.info("members: %s", ", ".join(f"{m.name} {metric} {m.cv:.4f}" for m in members))
     in_sample = blend.params.get("cv_in_sample")
@@ -133,8 +137,11 @@ def ensemble_dir(name: str | None, method: str, members: list[Member]) -> RunDir
                                                               "(an ensemble never overwrites another run)")
 
 
-def write_ensemble(base: Member, members, name, method, oof, test, blend, metric: str, cv: float, per_fold,
-                   fitted: dict) -> dict:
+def write_ensemble(members: list[Member], name: str, method: str, blend: Blend, oof: pd.DataFrame,
+                   test: pd.DataFrame, scores: dict) -> dict:
+    """runs/<name>/ beside the first member: members.json first, then config, meta, folds, weights.json, the
+    predictions and scores.json (last: what it describes is on disk)."""
+    base = members[0]
     cfg = load_run_config(base.run.path)  # pointed at the first member's folder, where it is now
     cfg.name = name  # checked by ensemble_dir: the ensemble sits beside its first member
     run = RunDir(cfg.run_dir)
@@ -150,10 +157,7 @@ def write_ensemble(base: Member, members, name, method, oof, test, blend, metric
     write_json(run.weights, {"method": method, **blend.params, "weights": None if blend.weights is None else
                              {m.name: float(w) for m, w in zip(members, blend.weights, strict=True)},
                              "stacker": blend.stacker})  # what pipeline infer applies to another test set
-    scores = run.write_predictions(oof, test, {
-        "metric": metric, "cv": cv, "cv_std": float(np.std(list(per_fold.values()))), "folds": per_fold,
-        "cv_held_out": blend.held_out, "method": method, "members": {m.name: m.cv for m in members},
-        "rows": len(oof), **blend.params, **fitted})
+    scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "ensemble", "ensemble")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
     tracker.finish()

@@ -4,7 +4,7 @@
 
 Per fold only the weights `predict` used (best, EMA or averaged with BatchNorm re-estimated) as safetensors, the
 fold's recipe, its preprocessing state and TTA views; per ensemble its members and fitted blend; the package as a
-wheel and a Kaggle notebook. `pipeline infer` needs nothing else (pipeline.exported has the layout).
+wheel and a Kaggle notebook. `pipeline infer` needs nothing else (pipeline.runs.exported has the layout).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import pandas as pd
 import torch
 
 from pipeline import __version__
-from pipeline.config import Config, dump_yaml, load_run_config
-from pipeline.errors import UserError
-from pipeline.exported import FORMAT, MANIFEST, PREDICT, PREPROCESS, RECIPE, WEIGHTS, file_hashes
-from pipeline.files import atomic_dir, copy_file, write_json, write_text
-from pipeline.fold_model import FoldModel, from_run, run_config
-from pipeline.loop import pick_device
-from pipeline.metrics import greater_is_better
-from pipeline.rundir import FULL, RunDir, resolve
-from pipeline.stages.predict import FULL_REFIT_NOTE
+from pipeline.core.config import Config, dump_yaml, load_run_config
+from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_dir, copy_file, write_json, write_text
+from pipeline.data.folds import run_config
+from pipeline.engine.fold_model import FoldModel, from_run
+from pipeline.engine.loop import pick_device
+from pipeline.runs.exported import FORMAT, MANIFEST, PREDICT, PREPROCESS, RECIPE, WEIGHTS, file_hashes
+from pipeline.runs.rundir import FULL, FULL_REFIT_NOTE, RunDir, resolve
+from pipeline.scoring.metrics import greater_is_better
 from pipeline.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def run(ref: str, out: str | Path | None = None, folds: list[int] | None = None,
                     "dtype": dtype, "wheel": wheel, "nodes": nodes, "test_columns": test_columns(top, runs_dir),
                     "throughput_device": pick_device().type, "competition": competition(top, runs_dir)}
         if notebook:
-            from pipeline.notebook import write_notebook
+            from pipeline.runs.notebook import write_notebook
 
             write_notebook(tmp / "inference.ipynb", manifest, dataset=out.name)
         manifest["files"] = file_hashes(tmp)

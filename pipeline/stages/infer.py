@@ -18,15 +18,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.config import Config, load_config
-from pipeline.errors import UserError
-from pipeline.exported import RECIPE, read_manifest
-from pipeline.files import write_csv
-from pipeline.fold_model import from_export
-from pipeline.folds import resolve_target
-from pipeline.loop import pick_device
-from pipeline.rundir import FULL, RunDir
-from pipeline.submission import check_rows, read_sample
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_csv
+from pipeline.data.folds import resolve_target
+from pipeline.data.submission import check_rows, read_sample
+from pipeline.engine.fold_model import from_export
+from pipeline.engine.loop import pick_device
+from pipeline.runs.exported import RECIPE, read_manifest
+from pipeline.runs.rundir import FULL, RunDir
 from pipeline.tasks import TASKS, build_task
 
 log = logging.getLogger(__name__)

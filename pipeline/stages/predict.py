@@ -19,27 +19,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import checkpoint
-from pipeline.averaging import averaged_weights
-from pipeline.config import Config
-from pipeline.data import build_loader
-from pipeline.drift import like_test_rows
-from pipeline.errors import UserError
-from pipeline.files import write_json, write_parquet
-from pipeline.fold_model import FoldModel
-from pipeline.folds import Folds, load_folds
-from pipeline.loop import evaluate, infer, pick_device, resolve_precision
-from pipeline.precision import configure_backends
-from pipeline.recipe import fold_recipe, mixed_recipes, saved_config
-from pipeline.rundir import FULL, RunDir, best_weights
-from pipeline.stages.train import parse_folds
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_json, write_parquet
+from pipeline.core.precision import configure_backends
+from pipeline.data.folds import Folds, load_folds
+from pipeline.data.tables import build_loader
+from pipeline.engine.averaging import fold_weights
+from pipeline.engine.fold_model import FoldModel
+from pipeline.engine.loop import evaluate, infer, pick_device, resolve_precision
+from pipeline.engine.scores import fitted_score_frame, like_test_score
+from pipeline.runs import checkpoint
+from pipeline.runs.recipe import fold_recipe, mixed_recipes, saved_config
+from pipeline.runs.rundir import FULL, FULL_REFIT_NOTE, RunDir, best_weights, parse_folds
+from pipeline.runs.tracking import build_tracker
+from pipeline.scoring.tta import View, choose_views
 from pipeline.tasks import TASKS, Task, build_task
-from pipeline.tracking import build_tracker
-from pipeline.tta import View, choose_views
 
 log = logging.getLogger(__name__)
 # wherever the refit is shown (predict's log, scores.json, the report, an export's manifest)
-FULL_REFIT_NOTE = "full-data refit (no CV of its own: the CV is the folds' OOF score)"
 
 
 def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: str | None = None, gpus: int = 1,
@@ -54,30 +52,13 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     folds = load_folds(cfg)
     configure_backends(pick_device(), cfg.train.deterministic)  # TF32 and cuDNN autotuning on CUDA; nothing on CPU
     run = RunDir(cfg.run_dir)
-    refit = cfg.predict.full_refit and refit_finished(run)
-    parts = str(fold).split(",")
-    with_full = refit if str(fold) == "all" else FULL in parts
-    if with_full and not refit:
-        raise UserError(f"no finished full-data refit in {run.full.path}" + ("" if cfg.predict.full_refit else
-                        " to predict (predict.full_refit=false)") + "; run `pipeline train --fold full` first")
-    trained = run.folds_with("best.pt", cfg.cv.folds)
-    which = [k for part in parts if part != FULL for k in parse_folds(part, cfg.cv.folds)]
-    missing = [k for k in which if k not in trained]
-    if str(fold) != "all" and missing or not trained and not with_full:
-        raise UserError(f"no trained fold {missing or 'at all'} in {cfg.run_dir}; run `pipeline train --fold ...` first")
-    search = cfg.predict.tta == "search"
-    if search and (str(fold) != "all" or len(trained) < 2):
-        raise UserError("predict.tta=search chooses each fold's views on the other folds' OOF rows: train at least "
-                        "two folds and predict them together (--fold all)")
-    todo = [k for k in which if k in trained]
+    todo, with_full = folds_to_predict(cfg, run, fold, gpus)
     if gpus > 1:
-        if search:
-            raise UserError("predict.tta=search chooses views across folds in one process; predict without --gpus")
         run_workers(cfg, [*todo, *([FULL] if with_full else [])], gpus)
         return combine_folds(cfg) if combine else {}
-    mixed_recipes({k: saved_config(run.fold(k)) for k in trained}, cfg)  # says so when folds differ
+    mixed_recipes({k: saved_config(run.fold(k)) for k in run.folds_with("best.pt", cfg.cv.folds)}, cfg)
     test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
-    if not search:  # one fold in memory at a time
+    if cfg.predict.tta != "search":  # one fold in memory at a time
         for k in todo:
             write_fold(infer_fold(fold_recipe(cfg, run.fold(k)), folds, k, test))
     else:
@@ -92,6 +73,28 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     return combine_folds(cfg) if combine else {}
 
 
+def folds_to_predict(cfg: Config, run: RunDir, fold: str | int, gpus: int) -> tuple[list[int], bool]:
+    """(trained folds asked for, whether the full-data refit is): --fold all takes every trained fold and a finished
+    refit (predict.full_refit); a fold or refit asked for by name must be trained, and tta=search needs them all."""
+    refit = cfg.predict.full_refit and refit_finished(run)
+    parts = str(fold).split(",")
+    with_full = refit if str(fold) == "all" else FULL in parts
+    if with_full and not refit:
+        raise UserError(f"no finished full-data refit in {run.full.path}" + ("" if cfg.predict.full_refit else
+                        " to predict (predict.full_refit=false)") + "; run `pipeline train --fold full` first")
+    trained = run.folds_with("best.pt", cfg.cv.folds)
+    which = [k for part in parts if part != FULL for k in parse_folds(part, cfg.cv.folds)]
+    missing = [k for k in which if k not in trained]
+    if str(fold) != "all" and missing or not trained and not with_full:
+        raise UserError(f"no trained fold {missing or 'at all'} in {cfg.run_dir}; run `pipeline train --fold ...` first")
+    if cfg.predict.tta == "search" and (str(fold) != "all" or len(trained) < 2):
+        raise UserError("predict.tta=search chooses each fold's views on the other folds' OOF rows: train at least "
+                        "two folds and predict them together (--fold all)")
+    if cfg.predict.tta == "search" and gpus > 1:
+        raise UserError("predict.tta=search chooses views across folds in one process; predict without --gpus")
+    return [k for k in which if k in trained], with_full
+
+
 def run_workers(cfg: Config, items: list, gpus: int) -> None:
     """`pipeline predict --fold <share> --no-combine` in one process per device (CUDA_VISIBLE_DEVICES), fold k on
     worker k mod gpus, from this run's resolved config; returns when all have finished, or names the one that
@@ -100,8 +103,8 @@ def run_workers(cfg: Config, items: list, gpus: int) -> None:
     import subprocess
     import sys
 
-    from pipeline.config import dump_yaml
-    from pipeline.files import write_text
+    from pipeline.core.config import dump_yaml
+    from pipeline.core.files import write_text
 
     shares = [items[i::gpus] for i in range(gpus) if items[i::gpus]]
     path = RunDir(cfg.run_dir).path / ".predict-workers.yaml"
@@ -146,7 +149,7 @@ class FoldPrediction:
 
 def infer_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> FoldPrediction:
     """Fold k's OOF and test outputs for every TTA view (predict.tta; search: every view the task allows);
-    cfg is the fold's recipe (pipeline.recipe.fold_recipe)."""
+    cfg is the fold's recipe (pipeline.runs.recipe.fold_recipe)."""
     fold = RunDir(cfg.run_dir).fold(k)
     task = build_task(cfg, folds.classes)
     if fold.preprocess.is_file():
@@ -250,19 +253,6 @@ def predict_full(cfg: Config, folds: Folds, test: pd.DataFrame) -> None:
              progress["best_source"], progress["epoch"] + 1, full.test)
 
 
-def fold_weights(cfg: Config, task: Task, model, folds: Folds, k: int, choice: str) -> dict:
-    """best: whichever of raw/EMA validated best; ema: the EMA weights of best.pt; avg: averaged top epochs."""
-    if choice == "avg":
-        return averaged_weights(cfg, task, model, folds, k)
-    path = RunDir(cfg.run_dir).fold(k).best
-    best = checkpoint.load(path)
-    if choice == "ema":
-        if best["ema"] is None:
-            raise UserError(f"{path} has no EMA weights (trained with train.ema=false); use --weights best")
-        return best["ema"]
-    return best_weights(best)
-
-
 def combine_folds(cfg: Config) -> dict:
     """runs/<exp>/oof.parquet (all folds' rows), test.parquet (folds merged) and scores.json."""
     run = RunDir(cfg.run_dir)
@@ -306,36 +296,3 @@ def combine_folds(cfg: Config) -> dict:
     if refit:
         log.info("test predictions: the %d folds and the %s", len(done), FULL_REFIT_NOTE)
     return scores
-
-
-def like_test_score(cfg: Config, task: Task, oof: pd.DataFrame, run: RunDir) -> dict:
-    """{cv_like_test: the OOF score on the cv.holdout_like_test share of most test-like rows}, or {} where it is off.
-    Every such row is scored by the fold model that never saw it: an honest estimate under a train/test shift."""
-    ids = like_test_rows(run.adversarial_csv, cfg.cv.holdout_like_test)
-    if ids is None:
-        if cfg.cv.holdout_like_test > 0:
-            log.warning("cv.holdout_like_test=%s but %s is missing: run `pipeline drift %s`", cfg.cv.holdout_like_test,
-                        run.adversarial_csv, run.name)
-        return {}
-    rows = oof[oof["id"].astype(str).isin(ids)]
-    score = fitted_score_frame(task, rows)[0]
-    log.info("CV %s on the %.0f%% most test-like training rows (%d, by adversarial validation): %.4f",
-             cfg.train.metric, 100 * cfg.cv.holdout_like_test, len(rows), score)
-    return {"cv_like_test": {"score": score, "share": cfg.cv.holdout_like_test, "rows": len(rows)}}
-
-
-def fitted_score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int, float], dict]:
-    """score_frame with decision settings (thresholds, cut points) fitted on OOF: (honest CV, its per-fold
-    scores, {decisions, cv_fitted_in_sample, cv_default_decisions}); score_frame's own when nothing is fitted."""
-    outputs, truth = task.read_outputs(frame), task.targets(frame)
-    fitted = task.fitted_scores(outputs, truth, frame["fold"].to_numpy())
-    if not fitted:
-        return (*score_frame(task, frame), {})
-    cv, per_fold = fitted.pop("cv"), fitted.pop("folds")
-    return cv, per_fold, fitted
-
-
-def score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int, float]]:
-    """(score on all rows, score per fold) of an OOF prediction frame."""
-    per_fold = {int(k): task.evaluate(task.read_outputs(g), task.targets(g))["score"] for k, g in frame.groupby("fold")}
-    return task.evaluate(task.read_outputs(frame), task.targets(frame))["score"], per_fold

@@ -10,14 +10,14 @@ import logging
 
 import pandas as pd
 
-from pipeline import drift, duplicates
-from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.files import write_csv
-from pipeline.folds import folds_from_file, make_folds, resolve_strategy, save_folds, stale_reasons
-from pipeline.provenance import write_run_header
-from pipeline.rundir import RunDir
-from pipeline.submission import read_sample
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_csv
+from pipeline.data import drift, duplicates
+from pipeline.data.folds import folds_from_file, make_folds, resolve_strategy, save_folds, stale_reasons
+from pipeline.data.submission import read_sample
+from pipeline.runs.provenance import write_run_header
+from pipeline.runs.rundir import RunDir
 from pipeline.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
@@ -48,21 +48,20 @@ def run(cfg: Config, force: bool = False) -> None:
     log.info("checking %s ...", cfg.data_path("train_csv"))
     samples, classes = task.sample_table(cfg)  # one row per sample, every image and label checked
     hashes, found = find_duplicates(cfg, task, samples, test)
+    strata = task.strata(cfg, samples[cfg.data.target_col], classes)  # what stratified folds balance
     if cfg.cv.folds_file:
-        folds, strategy = folds_from_file(cfg, samples, classes), f"file {cfg.cv.folds_file}"
+        folds, strategy = folds_from_file(cfg, samples, classes, strata), f"file {cfg.cv.folds_file}"
     else:
-        folds, strategy = make_folds(cfg, samples, classes, hashes), resolve_strategy(cfg, samples[cfg.data.target_col])
+        folds = make_folds(cfg, samples, classes, hashes, strata)
+        strategy = resolve_strategy(cfg, samples[cfg.data.target_col])
     write_run_header(cfg, "prepare")
     write_csv(run_dir.duplicates, found)  # before folds.csv, which marks a finished prepare
     if cfg.cv.adversarial:  # does the test set look like train? (runs/<exp>/adversarial.json, .csv)
         drift.check(cfg, task, samples, test)
     save_folds(cfg, folds, strategy)
     sizes = folds.table["fold"].value_counts().sort_index().tolist()
-    what = {"multilabel": "tags", "ordinal": "grades"}.get(cfg.data.target_type, "classes")
-    kind = "" if cfg.task == "detection" else f"{cfg.data.target_type} target, "
-    log.info("%d rows, %s%s, %s %d-fold (sizes %s, cv.seed %d) -> %s", len(samples), kind,
-             "values" if cfg.data.target_type == "regression" else f"{len(folds.classes)} {what}", strategy,
-             cfg.cv.folds, sizes, cfg.cv.seed, run_dir.folds_csv)
+    log.info("%d rows, %s, %s %d-fold (sizes %s, cv.seed %d) -> %s", len(samples),
+             task.describe_targets(cfg, folds.classes), strategy, cfg.cv.folds, sizes, cfg.cv.seed, run_dir.folds_csv)
 
 
 def find_duplicates(cfg: Config, task: type[Task], samples: pd.DataFrame, test: pd.DataFrame) -> tuple[list | None, pd.DataFrame]:

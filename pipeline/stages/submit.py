@@ -13,23 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config, load_run_config
-from pipeline.errors import UserError
-from pipeline.files import write_csv
-from pipeline.rundir import RunDir, resolve
-from pipeline.submission import check_rows, read_sample
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_csv
+from pipeline.data.submission import check_rows, read_sample
+from pipeline.runs.rundir import RunDir, load_run
+from pipeline.runs.tracking import build_tracker
 from pipeline.tasks import build_task
-from pipeline.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 LOG_COLUMNS = ["exp", "cv", "metric", "file", "created", "message", "public_lb"]
-
-
-def load_run(exp: str, runs_dir: str = "runs") -> Config:
-    """The config of an experiment (by name under runs_dir, or its run directory's path), pointed at that folder:
-    its run_dir is the folder named and its name the folder's, whatever its config.yaml says (a run copied from
-    another machine reads itself, never a local run of the same name)."""
-    return load_run_config(resolve(exp, runs_dir).path)
 
 
 def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs") -> Path:

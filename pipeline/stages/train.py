@@ -15,37 +15,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from dataclasses import dataclass
 
-from pipeline import checkpoint, distributed
-from pipeline.autobatch import resolve_batch_size
-from pipeline.config import Config, to_dict
-from pipeline.data import build_loader
-from pipeline.distributed import FoldLock
-from pipeline.errors import UserError
-from pipeline.files import write_json, write_parquet
-from pipeline.folds import Folds, load_folds
-from pipeline.loop import fit, infer, pick_device, resolve_precision
-from pipeline.provenance import write_run_header
-from pipeline.rundir import FULL, FoldDir, RunDir, best_weights
-from pipeline.seeding import seed_everything, set_deterministic
+import pandas as pd
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.core import distributed
+from pipeline.core.config import Config, to_dict
+from pipeline.core.distributed import FoldLock
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_json, write_parquet
+from pipeline.core.seeding import seed_everything, set_deterministic
+from pipeline.data.folds import Folds, load_folds
+from pipeline.data.tables import build_loader
+from pipeline.engine.autobatch import resolve_batch_size
+from pipeline.engine.loop import fit, infer, pick_device, resolve_precision
+from pipeline.engine.training_rows import training_set
+from pipeline.runs import checkpoint
+from pipeline.runs.provenance import write_run_header
+from pipeline.runs.rundir import FULL, FoldDir, RunDir, best_weights, parse_folds
+from pipeline.runs.tracking import NullTracker, build_tracker
 from pipeline.tasks import Task, build_task
-from pipeline.tracking import NullTracker, build_tracker
 
 log = logging.getLogger(__name__)
-
-
-def parse_folds(fold: str | int, k: int) -> list[int | str]:
-    if str(fold) == "all":
-        return list(range(k))
-    if str(fold) == FULL:
-        return [FULL]
-    try:
-        f = int(fold)
-    except ValueError:
-        raise UserError(f"--fold {fold!r}: expected a fold number 0..{k - 1}, 'all' or 'full'") from None
-    if not 0 <= f < k:
-        raise UserError(f"--fold {f}: this experiment has folds 0..{k - 1} (cv.folds={k})")
-    return [f]
 
 
 def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
@@ -75,33 +68,72 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
             lock.release()
 
 
+@dataclass
+class FoldJob:
+    """What one fold trains with: its recipe (batch size and, for the refit, epochs settled), task, model, loaders."""
+
+    cfg: Config
+    task: Task
+    model: nn.Module
+    train_loader: DataLoader
+    valid_rows: pd.DataFrame | None  # None for the full-data refit: no validation rows, no OOF
+    valid_loader: DataLoader | None
+
+
 def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> None:
     """Train fold k unless it is finished; a half-trained fold continues from its last.pt. k = FULL: the full-data
     refit, on every row for the folds' mean best epoch count, with no validation rows (no OOF)."""
     world, full = distributed.world(), k == FULL
-    fold = RunDir(cfg.run_dir).full if full else RunDir(cfg.run_dir).fold(k)
-    if force and world.main:
-        fold.clear()
-    distributed.barrier()
-    fold.path.mkdir(parents=True, exist_ok=True)
-    if world.main:  # a killed writer leaves its temporary file; the fold lock says no one else is writing here
-        for stale in fold.path.glob("**/.*.tmp"):
-            stale.unlink(missing_ok=True)
+    fold = RunDir(cfg.run_dir).fold(k)
+    ready_fold_dir(fold, force, world.main)
     state = checkpoint.load(fold.last) if fold.last.is_file() else None
     done = bool(state and state["progress"]["done"])
-    if done and full:
-        log.info("the full-data refit is finished (%d epochs); --force retrains it", state["progress"]["epoch"] + 1)
-        return
-    if done and fold.oof.is_file():
+    if done and (full or fold.oof.is_file()):
         p = state["progress"]
-        log.info("fold %d is finished (best %s %.4f at epoch %d); --force retrains it",
-                 k, cfg.train.metric, p["best_score"], p["best_epoch"] + 1)
+        if full:
+            log.info("the full-data refit is finished (%d epochs); --force retrains it", p["epoch"] + 1)
+        else:
+            log.info("fold %d is finished (best %s %.4f at epoch %d); --force retrains it",
+                     k, cfg.train.metric, p["best_score"], p["best_epoch"] + 1)
         return
-
     keep = "model"
     if full:
         epochs, keep = refit_plan(cfg)
         cfg = replace_train(cfg, epochs=epochs, patience=0, keep_top=0)
+    job = build_job(cfg, folds, k, fold, state, keep)
+    if state is not None and not done:
+        warn_config_changes(state.get("config", {}), to_dict(job.cfg))
+    tracker = NullTracker() if done or not world.main else \
+        build_tracker(job.cfg, FULL if full else f"fold{k}", "train", state and state["wandb_id"])
+    with log_to_file(fold.log) if world.main else contextlib.nullcontext():
+        try:
+            if not done:
+                fit(job.task, job.model, job.train_loader, job.valid_loader, job.cfg, fold, tracker, resume=state,
+                    keep=keep)
+            if not full:
+                distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
+                score = write_oof(job.task, job.model, job.valid_rows, job.valid_loader, job.cfg, fold)
+                tracker.summary({"oof/score": score})
+        finally:
+            tracker.finish()
+
+
+def ready_fold_dir(fold: FoldDir, force: bool, main: bool) -> None:
+    """The fold's folder, emptied first with --force; a killed writer's temporary files swept (the fold lock says no
+    one else is writing here)."""
+    if force and main:
+        fold.clear()
+    distributed.barrier()
+    fold.path.mkdir(parents=True, exist_ok=True)
+    if main:
+        for stale in fold.path.glob("**/.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def build_job(cfg: Config, folds: Folds, k: int | str, fold: FoldDir, state: dict | None, keep: str) -> FoldJob:
+    """Seed, task (fitted on the fold's training rows), model, training set (with pseudo-labelled rows or teacher
+    targets where the config says so), batch size and loaders of fold k (or the full-data refit)."""
+    world, full = distributed.world(), k == FULL
     seed = cfg.seed + (cfg.cv.folds if full else k)  # the refit draws no fold's numbers
     seed_everything(seed)
     task = build_task(cfg, folds.classes)
@@ -110,16 +142,7 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> 
     if preprocess and world.main:
         write_json(fold.preprocess, preprocess)
     model = task.build_model()
-    if cfg.distill.teacher:  # a student (pipeline distill): soft targets from fold k's teachers
-        from pipeline.stages.distill import training_set
-
-        train_set = training_set(task, cfg, fold, train_rows)
-    elif cfg.pseudo.source:  # pipeline pseudo: fold k's rows and the test rows fold k's source model labelled
-        from pipeline.stages.pseudo import training_set
-
-        train_set = training_set(task, cfg, fold, train_rows)
-    else:
-        train_set = task.build_dataset(train_rows, train=True)
+    train_set = training_set(task, cfg, fold, train_rows)  # + pseudo-labelled rows or teacher targets
     if state is not None and cfg.train.batch_size == "auto":  # a resumed fold keeps the batch (and LR) it began with
         cfg = replace_train(cfg, batch_size=state["config"]["train"]["batch_size"])
     cfg = resolve_batch_size(cfg, task, model, train_set, pick_device())  # auto: the largest that fits the GPU
@@ -127,28 +150,13 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> 
         seed_everything(seed + 7919 * world.rank)
     train_loader = build_loader(train_set, cfg, True, cfg.train.batch_size, seed=seed)
     if full:
-        valid_loader = None
         log.info("full-data refit: %d rows for %d epochs (the folds' mean best epoch), %s weights, model %s; it has "
                  "no validation rows, so no OOF and no CV of its own", len(train_rows), cfg.train.epochs, keep,
                  cfg.model.name)
-    else:
-        valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
-        log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
-
-    if state is not None and not done:
-        warn_config_changes(state.get("config", {}), to_dict(cfg))
-    tracker = NullTracker() if done or not world.main else \
-        build_tracker(cfg, FULL if full else f"fold{k}", "train", state and state["wandb_id"])
-    with log_to_file(fold.log) if world.main else contextlib.nullcontext():
-        try:
-            if not done:
-                fit(task, model, train_loader, valid_loader, cfg, fold, tracker, resume=state, keep=keep)
-            if not full:
-                distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
-                score = write_oof(task, model, valid_rows, valid_loader, cfg, fold)
-                tracker.summary({"oof/score": score})
-        finally:
-            tracker.finish()
+        return FoldJob(cfg, task, model, train_loader, None, None)
+    valid_loader = build_loader(task.build_dataset(valid_rows, train=False), cfg, False, cfg.predict.batch_size)
+    log.info("fold %d: %d train / %d valid rows, model %s", k, len(train_rows), len(valid_rows), cfg.model.name)
+    return FoldJob(cfg, task, model, train_loader, valid_rows, valid_loader)
 
 
 def refit_plan(cfg: Config) -> tuple[int, str]:

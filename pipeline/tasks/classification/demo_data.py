@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_digits
 
-from pipeline.files import write_csv
+from pipeline.core.files import write_csv
 
 
 def write_digits_competition(root: str | Path, size: int = 32, n_train: int | None = None,

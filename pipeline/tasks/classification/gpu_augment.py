@@ -5,7 +5,7 @@ The loader workers only read each image (decoded cache or file) and bring it to 
 of the CPU path's family (pipeline.tasks.classification.transforms): RandomResizedCrop (scale [scale_min, 1],
 ratio [3/4, 4/3]), horizontal/vertical flips and 90-degree turns, folded into one affine per sample and sampled
 with a single `grid_sample`; brightness/contrast/saturation jitter (p 0.8); normalisation. Each sample's draws come
-from its own seed (pipeline.seeding: seed, epoch, index), so they repeat with any number of workers or ranks and
+from its own seed (pipeline.core.seeding: seed, epoch, index), so they repeat with any number of workers or ranks and
 after a resume. Validation and prediction keep the CPU path, so TTA and OOF are unchanged.
 """
 
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cache import cached_side
-from pipeline.config import AugmentConfig, ImageConfig
-from pipeline.images import ImageDataset
-from pipeline.seeding import unpack
+from pipeline.core.config import AugmentConfig, ImageConfig
+from pipeline.core.seeding import unpack
+from pipeline.data.cache import cached_side
+from pipeline.data.images import ImageDataset
 
 LUMA = (0.299, 0.587, 0.114)
 TURNS = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [1.0, 0.0]],  # k quarter turns counter-clockwise

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import analysis, plots
-from pipeline.config import Config
-from pipeline.images import image_paths, load_image
-from pipeline.report import GRID, Section, shorten, thumbnail
+from pipeline.core.config import Config
+from pipeline.data.images import image_paths, load_image
+from pipeline.reporting import analysis, plots
+from pipeline.reporting.report import GRID, Section, shorten, thumbnail
 
 
 def hardest_images(cfg: Config, oof: pd.DataFrame, probs: np.ndarray, truth: np.ndarray, classes: list[str],

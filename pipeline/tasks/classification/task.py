@@ -1,4 +1,4 @@
-"""Image classification and regression: a timm backbone with a head for the target type (pipeline.targets:
+"""Image classification and regression: a timm backbone with a head for the target type (pipeline.scoring.targets:
 classes, a binary or multilabel probability, a value or a grade), label smoothing, optional mixup/cutmix."""
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from pipeline.cache import cached_images, cached_side
-from pipeline.config import Config
-from pipeline.data import check_test_labels, read_test, read_train
-from pipeline.errors import UserError
-from pipeline.images import (
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.data.cache import cached_images, cached_side
+from pipeline.data.images import (
     ImageDataset,
     ImageFiles,
     check_images,
@@ -26,14 +25,16 @@ from pipeline.images import (
     image_paths,
     read_test_images,
 )
-from pipeline.labels import label_set, settle_target
-from pipeline.models import build_classifier, normalisation, zero_head
-from pipeline.submission import score_against_solution
-from pipeline.tasks.base import ClassProbabilities, Demo
+from pipeline.data.labels import label_set, settle_target
+from pipeline.data.submission import score_against_solution
+from pipeline.data.tables import check_test_labels, read_test, read_train
+from pipeline.engine.models import build_classifier, normalisation, zero_head
+from pipeline.engine.task import Demo
+from pipeline.scoring.tta import View, build_views, run_views
+from pipeline.tasks.base import ClassProbabilities
 from pipeline.tasks.classification.demo_data import write_digits_competition
 from pipeline.tasks.classification.gpu_augment import GpuAugment, UInt8Dataset, canvas_side
 from pipeline.tasks.classification.transforms import INTERPOLATION, build_transforms
-from pipeline.tta import View, build_views, run_views
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ClassificationTask(ClassProbabilities):
     demo = Demo("data/demo-digits", lambda root: write_digits_competition(root, size=32),
                 ("demo-resnet.yaml", "demo-effnet.yaml"), "demo-ensemble",
                 lambda sub, sol, cfg: {"accuracy": score_against_solution(sub, sol, cfg)})
+    has_gpu_augment = True  # augment.on_gpu: crops, flips, turns and colour on the device (gpu_augment.py)
 
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
@@ -60,14 +62,14 @@ class ClassificationTask(ClassProbabilities):
         mixing = a.mixup_alpha > 0 or a.cutmix_alpha > 0
         if mixing and cfg.train.batch_size != "auto" and cfg.train.batch_size % 2:  # auto picks an even batch
             raise UserError(f"mixup/cutmix pairs samples within a batch: make train.batch_size even (is {cfg.train.batch_size})")
-        # Mixup makes soft targets (with the smoothing folded in); the target's loss takes them (pipeline.targets).
+        # Mixup makes soft targets (with the smoothing folded in); the target's loss takes them (pipeline.scoring.targets).
         self.mixup = Mixup(mixup_alpha=a.mixup_alpha, cutmix_alpha=a.cutmix_alpha, prob=a.mix_prob,
                            label_smoothing=cfg.train.label_smoothing, num_classes=max(1, len(classes))) if mixing else None
         self.mean, self.std = None, None
 
     @staticmethod
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
-        """train.csv (one row per image) and its label set (pipeline.labels: the target type is settled and logged
+        """train.csv (one row per image) and its label set (pipeline.data.labels: the target type is settled and logged
         here), after checking every image decodes."""
         train = read_train(cfg)
         kind, classes = label_set(cfg, train, cfg.data_path("train_csv"))

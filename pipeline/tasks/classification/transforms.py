@@ -6,7 +6,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-from pipeline.config import AugmentConfig, ImageConfig
+from pipeline.core.config import AugmentConfig, ImageConfig
 
 INTERPOLATION = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
 

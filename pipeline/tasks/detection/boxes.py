@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCO's 0.5:0.05:0.95
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101-point interpolated precision
@@ -43,7 +43,7 @@ def to_xyxy(boxes: np.ndarray, fmt: str) -> np.ndarray:
 
 
 # Where a point of the square canvas (side s) lands under each TTA view, and how to map it back.
-# Matches pipeline.tta's image views: torch.rot90(k=1) turns the image counter-clockwise.
+# Matches pipeline.scoring.tta's image views: torch.rot90(k=1) turns the image counter-clockwise.
 BOX_VIEWS = {
     "identity": (lambda x, y, s: (x, y), lambda x, y, s: (x, y)),
     "hflip": (lambda x, y, s: (s - x, y), lambda x, y, s: (s - x, y)),

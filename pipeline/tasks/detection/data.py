@@ -17,11 +17,11 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
-from pipeline.config import Config
-from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns
-from pipeline.errors import UserError
-from pipeline.images import image_paths, image_sizes, load_image
-from pipeline.seeding import seed_transform, unpack
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.seeding import seed_transform, unpack
+from pipeline.data.images import image_paths, image_sizes, load_image
+from pipeline.data.tables import _require_clean_ids, _row_numbers, read_table, require_columns
 from pipeline.tasks.detection.boxes import to_xyxy
 
 EDGE_TOLERANCE = 2.0  # pixels a box may stick out of its image (annotation tools round outwards); clipped

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_digits
 
-from pipeline.config import Config
-from pipeline.files import write_csv
+from pipeline.core.config import Config
+from pipeline.core.files import write_csv
 from pipeline.tasks.detection.boxes import Detections, mean_average_precision, to_xyxy
 from pipeline.tasks.detection.submission import parse_boxes
 

@@ -17,9 +17,9 @@ from torchvision.models.detection import FCOS
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.models import check_model_name, load_backbone, normalisation
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.engine.models import check_model_name, load_backbone, normalisation
 
 STRIDES = (8, 16, 32)  # backbone levels fed to the FPN (P3-P5); P6-P7 are added on top, as in FCOS
 

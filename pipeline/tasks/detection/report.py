@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import plots
-from pipeline.config import Config
-from pipeline.images import image_paths, load_image
-from pipeline.report import GRID, Section, shorten, thumbnail
+from pipeline.core.config import Config
+from pipeline.data.images import image_paths, load_image
+from pipeline.reporting import plots
+from pipeline.reporting.report import GRID, Section, shorten, thumbnail
 from pipeline.tasks.detection.boxes import Detections, iou_matrix
 
 DRAWN_SCORE = 0.5  # detections drawn and counted in the boxes section; lower ones only add clutter

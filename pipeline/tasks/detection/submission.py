@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
-from pipeline.errors import UserError
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
 from pipeline.tasks.detection.boxes import Detections
 
 

@@ -12,14 +12,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.blend import Blend
-from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.images import check_images, image_drift_features, image_hashes, image_paths, read_test_images
-from pipeline.metrics import Metric
-from pipeline.noise import paired_noise, verdict
-from pipeline.submission import in_sample_order
-from pipeline.tasks.base import Demo, Task
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.data.images import (
+    check_images,
+    image_drift_features,
+    image_hashes,
+    image_paths,
+    read_test_images,
+)
+from pipeline.data.submission import in_sample_order
+from pipeline.engine.task import Demo, Task
+from pipeline.scoring.blend import Blend
+from pipeline.scoring.metrics import Metric
+from pipeline.scoring.noise import paired_noise, verdict
+from pipeline.scoring.tta import View, build_views, run_views
 from pipeline.tasks.detection.boxes import (
     BOX_VIEWS,
     Detections,
@@ -43,7 +50,6 @@ from pipeline.tasks.detection.data import (
 from pipeline.tasks.detection.demo_data import score_boxes, write_digit_boxes_competition
 from pipeline.tasks.detection.detectors import build_detector
 from pipeline.tasks.detection.submission import check_boxes, decode_boxes
-from pipeline.tta import View, build_views, run_views
 
 
 class DetectionTask(Task):
@@ -51,6 +57,16 @@ class DetectionTask(Task):
     demo = Demo("data/demo-boxes", write_digit_boxes_competition, ("demo-detect.yaml", "demo-detect-wide.yaml"),
                 "demo-detect-ensemble", score_boxes)
     tunes_head = False  # torchvision detectors take neither dropout nor label smoothing
+    learns_soft_targets = False  # boxes are kept or not: no soft box targets to distil or pseudo-label
+
+    @staticmethod
+    def strata(cfg: Config, target: pd.Series, classes: list) -> np.ndarray:
+        """sample_table's per-image key (its box classes), as it is."""
+        return target.to_numpy()
+
+    @staticmethod
+    def describe_targets(cfg: Config, classes: list) -> str:
+        return f"{len(classes)} classes"
 
     def __init__(self, cfg: Config, classes: list):
         if cfg.train.metric == "auto":
@@ -64,7 +80,10 @@ class DetectionTask(Task):
 
     @staticmethod
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
-        """One row per image (id, stratification key, group) for the folds, after checking every box."""
+        """One row per image (id, stratification key, group) for the folds, after checking every box; an auto
+        train.metric is settled (map50), so config.yaml and folds.json name it."""
+        if cfg.train.metric == "auto":
+            cfg.train.metric = "map50"
         table = read_box_table(cfg)
         classes = box_classes(cfg, table)
         if cfg.data.check_images:
@@ -171,7 +190,7 @@ class DetectionTask(Task):
         """WBF across experiments: mean (equal weights, detect.wbf_iou) or weighted (IoU and weights tuned on OOF).
 
         Tuned settings are kept only when, tuned on the other folds, they beat the mean fusion on the held-out folds
-        by more than that gain's noise (pipeline.noise, images resampled); the OOF then holds every fold fused as
+        by more than that gain's noise (pipeline.scoring.noise, images resampled); the OOF then holds every fold fused as
         tuned without it, so its score is the honest CV."""
         if method not in ("mean", "weighted", "wbf"):
             raise UserError(f"--method {method}: detection ensembles fuse boxes; use mean or weighted (alias wbf)")
@@ -195,7 +214,7 @@ class DetectionTask(Task):
                      {"iou_thr": iou, **params, "cv_in_sample": in_sample})
 
     def judge_fusion(self, tuned: list[Detections], mean: list[Detections], target: list) -> dict:
-        """pipeline.noise's verdict on tuned against mean fusion: each image's boxes matched once, then images resampled
+        """pipeline.scoring.noise's verdict on tuned against mean fusion: each image's boxes matched once, then images resampled
         (0.8 s for 1000 images of 10 classes, 3 s of 80 classes: a fraction of tune_fusion's own time)."""
         a, b = (match_images(outputs, target, self.cfg.detect.max_det) for outputs in (tuned, mean))
         def score(matches):

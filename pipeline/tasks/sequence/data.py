@@ -16,9 +16,16 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from pipeline.config import Config
-from pipeline.data import _require_clean_ids, _row_numbers, read_table, require_columns, short, with_target
-from pipeline.errors import UserError
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.data.tables import (
+    _require_clean_ids,
+    _row_numbers,
+    read_table,
+    require_columns,
+    short,
+    with_target,
+)
 
 PAD, UNK = "<pad>", "<unk>"
 TEXT = "__text__"  # read_texts' column of whole texts: a string, or a tuple of several text columns' strings

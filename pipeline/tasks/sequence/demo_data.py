@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_digits
 
-from pipeline.files import write_csv
+from pipeline.core.files import write_csv
 
 
 def write_digit_series_competition(root: str | Path, test_fraction: float = 0.2, seed: int = 0) -> Path:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Config
-from pipeline.errors import UserError
-from pipeline.files import atomic_dir
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ closed form with its regularisation chosen by inner CV.
 
 Per fold: the transform's dilations and biases are fitted on the fold's training series only (Task.fit_fold, saved
 in preprocess.json beside the channel statistics); then every training series becomes its features, standardised,
-and the head is solved on them (pipeline.loop's closed-form path, one "epoch"):
+and the head is solved on them (pipeline.engine.loop's closed-form path, one "epoch"):
   - classes, binary, tags: logistic regression, C chosen by inner stratified K-fold log-loss (LogisticRegressionCV;
     one per tag) -- probabilities that blend with the networks';
   - values, grades: ridge regression on the standardised target, alpha by leave-one-out (RidgeCV).
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
 ROCKETS = ("minirocket", "multirocket")
@@ -150,7 +150,7 @@ def sample_weights(dataset) -> np.ndarray:
 
 
 def solve_ridge(z: np.ndarray, labels: np.ndarray, target, weights: np.ndarray):
-    """Ridge on the target standardised as the loss standardises it (pipeline.targets.Regression); alpha by LOO."""
+    """Ridge on the target standardised as the loss standardises it (pipeline.scoring.targets.Regression); alpha by LOO."""
     from sklearn.linear_model import RidgeCV
 
     y = (labels.reshape(len(labels), -1) - np.asarray(target.mean)) / np.asarray(target.std)

@@ -13,14 +13,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.config import Config
-from pipeline.data import check_test_labels
-from pipeline.duplicates import text_hashes
-from pipeline.errors import UserError
-from pipeline.labels import label_set, settle_target
-from pipeline.seeding import sample_generator, unpack
-from pipeline.submission import score_against_solution
-from pipeline.tasks.base import ClassProbabilities, Demo
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.seeding import sample_generator, unpack
+from pipeline.data.duplicates import text_hashes
+from pipeline.data.labels import label_set, settle_target
+from pipeline.data.submission import score_against_solution
+from pipeline.data.tables import check_test_labels
+from pipeline.engine.task import Demo
+from pipeline.scoring.tta import VIEWS, View
+from pipeline.tasks.base import ClassProbabilities
 from pipeline.tasks.sequence.data import (
     TEXT,
     HFTokenizer,
@@ -41,7 +43,6 @@ from pipeline.tasks.sequence.encoder import (
 )
 from pipeline.tasks.sequence.models import Members, build_sequence_model, repeat_truths
 from pipeline.tasks.sequence.rocket import ROCKET_KERNELS, ROCKETS, RocketFeatures, RocketModel
-from pipeline.tta import VIEWS, View
 
 # auto is no TTA: on 10 BasicMotions/JapaneseVowels runs crops never raised CV and lowered it on 7 (1.0 -> 0.95).
 SEQUENCE_TTA = {"auto": ["identity"], "none": ["identity"], "crops": ["identity", "crop_head", "crop_tail"],
@@ -71,7 +72,7 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, key):
         i, seed = unpack(key)
-        g = sample_generator(seed)  # this sample's own draws (pipeline.seeding)
+        g = sample_generator(seed)  # this sample's own draws (pipeline.core.seeding)
         x, s = self.items[i], self.s
         if self.train and s.crop > 0 and len(x) > 1:
             keep = int(torch.randint(max(1, int(np.ceil(len(x) * (1 - s.crop)))), len(x) + 1, (), generator=g))
@@ -97,7 +98,7 @@ class SequenceDataset(Dataset):
 
 class TokenDataset(Dataset):
     """Token-id arrays for a pretrained encoder, with no augmentation (a crop would cut its special tokens);
-    `lengths` makes the training loader batch similar lengths together (pipeline.seeding.LengthGroupedSampler)."""
+    `lengths` makes the training loader batch similar lengths together (pipeline.core.seeding.LengthGroupedSampler)."""
 
     def __init__(self, items: list[np.ndarray], labels):
         self.items = [torch.as_tensor(x) for x in items]
@@ -127,6 +128,7 @@ def pad(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 class SequenceTask(ClassProbabilities):
     demo = Demo("data/demo-series", write_digit_series_competition, ("demo-seq-inception.yaml", "demo-seq-gru.yaml"),
                 "demo-seq-ensemble", lambda sub, sol, cfg: {"accuracy": score_against_solution(sub, sol, cfg)})
+    bare_batches = True  # series and texts vary in length: bench's bare loop replays real batches
 
     def __init__(self, cfg: Config, classes: list):
         super().__init__(cfg, classes)
@@ -165,8 +167,8 @@ class SequenceTask(ClassProbabilities):
 
     @staticmethod
     def drift_features(cfg: Config, table: pd.DataFrame, split: str) -> pd.DataFrame:
-        """Texts: length and character mix; series: length, missing share and channel statistics (pipeline.drift)."""
-        from pipeline.drift import series_features, text_features
+        """Texts: length and character mix; series: length, missing share and channel statistics (pipeline.data.drift)."""
+        from pipeline.data.drift import series_features, text_features
 
         if TEXT in table:
             return text_features(table[TEXT])

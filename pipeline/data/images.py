@@ -1,0 +1,151 @@
+"""Competition images, shared by the image tasks: paths from ids, decoding any file to RGB, checks, hashes, sizes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.core.seeding import seed_transform, unpack
+from pipeline.data.duplicates import file_hashes
+from pipeline.data.tables import MAX_LISTED, read_test
+
+
+def image_paths(cfg: Config, ids: Sequence) -> list[Path]:
+    """root/image_dir/<id><image_ext> per id; an id that leads outside data.root is refused (allow_outside_root)."""
+    base = Path(cfg.data.root) / cfg.data.image_dir
+    paths = [base / f"{i}{cfg.data.image_ext}" for i in ids]
+    if not cfg.data.allow_outside_root:
+        root = os.path.abspath(cfg.data.root)
+        for n, (i, path) in enumerate(zip(ids, paths, strict=True)):
+            if os.path.commonpath([root, os.path.abspath(path)]) != root:  # abspath folds "..": no disk access
+                raise UserError(f"id {i!r} (row {n + 2}) leads to {path}, outside data.root {root}; ids are paths "
+                                "inside the competition folder (set data.allow_outside_root=true if you mean it)")
+    return paths
+
+
+def read_test_images(cfg: Config, check: bool = False) -> pd.DataFrame:
+    """test.csv, one row per image; check=True decodes every image (prepare does)."""
+    test = read_test(cfg)
+    paths = image_paths(cfg, test[cfg.data.id_col])
+    if check and cfg.data.check_images:
+        check_images(paths, cfg.data_path("test_csv"))
+    return test
+
+
+def image_hashes(cfg: Config, table: pd.DataFrame) -> list[str]:
+    """A content hash per row (its image file's bytes), for duplicate detection at prepare."""
+    return file_hashes(image_paths(cfg, table[cfg.data.id_col]))
+
+
+def image_drift_features(cfg: Config, table: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Adversarial validation's features of each row's image (pipeline.data.drift.image_features)."""
+    from pipeline.data.drift import image_features
+
+    return image_features(image_paths(cfg, table[cfg.data.id_col]))
+
+
+def image_sizes(paths: Sequence[Path], workers: int = 8) -> pd.DataFrame:
+    """width, height and mode per image file, from its header alone (no pixel is decoded)."""
+    def header(path: Path) -> tuple[int, int, str]:
+        with Image.open(path) as img:  # lazy: PIL reads the pixels only on load()
+            return (*img.size, img.mode)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = list(pool.map(header, paths))
+    return pd.DataFrame(rows, columns=["width", "height", "mode"])
+
+
+def check_images(paths: Sequence[Path], table: Path, workers: int = 8) -> None:
+    """Decode every image once; report all unreadable ones together, by CSV line."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(_image_problem, paths))
+    bad = [(i, p, why) for i, (p, why) in enumerate(zip(paths, problems, strict=True)) if why]
+    if not bad:
+        return
+    lines = [f"  line {i + 2}: {p} ({why})" for i, p, why in bad[:MAX_LISTED]]
+    if len(bad) > MAX_LISTED:
+        lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
+    raise UserError(
+        f"{table}: {len(bad)} of {len(paths)} images cannot be read; fix or remove these rows "
+        f"(or check data.root / data.image_dir / data.image_ext):\n" + "\n".join(lines)
+    )
+
+
+def _image_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as img:
+            img.load()  # full decode: truncated files fail here, not in the middle of training
+    except Exception as e:  # PIL raises many types for corrupt data
+        return f"does not decode: {e}"
+    return None
+
+
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 HxWx3 whatever the file holds: gray is repeated, alpha dropped, 16-bit scaled (value >> 8)."""
+    if not Path(path).is_file():  # prepare checked it; it went missing since, or folds.csv names other images
+        raise UserError(f"image {path} not found; check data.root, or rerun `pipeline prepare --force`")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # IMREAD_COLOR: 3 channels, 8 bits, whatever the file
+    if img is not None:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:  # cv2 cannot read some formats PIL can (e.g. a few TIFF/GIF variants)
+        with Image.open(path) as pil:
+            return _pil_rgb(pil)
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise UserError(f"image {path} does not decode ({type(e).__name__}); replace it, or drop its row and "
+                        "rerun `pipeline prepare --force`") from None
+
+
+def _pil_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 from PIL; its convert("RGB") would clip 16- and 32-bit integer images at 255."""
+    if not img.mode.startswith("I"):
+        return np.asarray(img.convert("RGB"))
+    values = np.clip(np.asarray(img).astype(np.int64), 0, None)
+    bits = 16 if img.mode.startswith("I;16") or values.max() < 1 << 16 else 32  # 32-bit TIFFs mostly hold 16-bit data
+    return np.repeat((values >> (bits - 8)).astype(np.uint8)[..., None], 3, axis=2)
+
+
+class ImageFiles:
+    """Images decoded from disk on every read (pipeline.data.cache holds them decoded instead)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return load_image(self.paths[i])
+
+
+class ImageDataset(Dataset):
+    """Images (ImageFiles or a cache) with their truths (class ids, 0/1 tag rows or values; -1 for unlabelled rows),
+    through an albumentations transform."""
+
+    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray | None, transform: Callable):
+        self.images = images
+        self.labels = np.asarray(labels) if labels is not None else np.full(len(images), -1, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = unpack(key)
+        seed_transform(self.transform, seed)
+        image = self.transform(image=self.images[i])["image"]
+        return image, torch.as_tensor(self.labels[i])

@@ -1,0 +1,276 @@
+"""The training loop, written once for every task: fit() trains and checkpoints one fold, infer() predicts.
+
+Per step: forward under autocast, scaled backward with accumulation, unscale, clip, optimizer step,
+EMA update, scheduler step. Per epoch: evaluate raw and EMA weights, log, checkpoint, early-stop.
+What a step changes lives in one TrainingState (pipeline/engine/state.py), which the checkpoints save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.core import distributed, precision
+from pipeline.core.config import Config, to_dict
+from pipeline.core.errors import UserError
+from pipeline.core.files import write_csv
+from pipeline.engine.averaging import TopEpochs
+from pipeline.engine.state import Progress, TrainingState, steps_per_epoch
+from pipeline.engine.task import Task
+from pipeline.runs import checkpoint
+from pipeline.runs.rundir import FoldDir
+from pipeline.scoring.tta import VIEWS, View
+
+log = logging.getLogger(__name__)
+IDENTITY = [VIEWS["identity"]]
+
+
+def pick_device() -> torch.device:
+    """This process's device: its torchrun LOCAL_RANK's GPU, the only GPU, or the CPU."""
+    return distributed.device()
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA >= 8.0, fp16 + GradScaler below it, fp32 on CPU (pipeline.core.precision)."""
+    return precision.resolve_precision(requested, device)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader | None, cfg: Config,
+        fold: FoldDir, tracker, resume: dict | None = None, keep: str = "model") -> Progress:
+    """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in its folder.
+    Without a valid_loader (`--fold full`) nothing is scored: it trains cfg.train.epochs and best.pt holds the last
+    epoch's weights, `keep` (model | ema) being the ones predict uses."""
+    if hasattr(model, "solve"):  # a head solved in closed form (ROCKET + ridge/logistic): one solve, not epochs
+        return fit_closed_form(task, model, train_loader, valid_loader, cfg, fold, tracker)
+    t, world, device = cfg.train, distributed.world(), pick_device()
+    dtype = resolve_precision(t.precision, device)
+    state = TrainingState.build(model, cfg, steps_per_epoch(len(train_loader), cfg), device, dtype, task.memory_format)
+    if resume is not None:
+        state.load_state_dict(resume)
+        log.info("resuming after epoch %d (step %d) from %s", state.progress.epoch + 1, state.progress.step, fold.last)
+    backends = precision.configure_backends(device, t.deterministic)
+    log.info("device %s, precision %s, %s, %d steps/epoch, warmup %d steps%s", device,
+             precision.why(t.precision, device.type, precision.capability(device), dtype), state.lr,
+             state.steps_per_epoch, state.warmup_steps,
+             "".join(f", {k} {'on' if v else 'off'}" for k, v in backends.items()))
+    tracker.summary({"lr": state.lr.lr, "effective_batch": state.lr.effective_batch, "lr_rule": state.lr.rule})
+    top = TopEpochs(fold.top, t.keep_top, task.metric.greater_is_better)
+    start = state.snapshot() if t.on_nan == "rollback" and resume is None else None  # a first-epoch NaN's way back
+
+    epoch = state.progress.epoch + 1
+    while epoch < t.epochs:
+        train_loader.sampler.set_epoch(epoch)  # same order on a resumed epoch
+        started = time.perf_counter()
+        try:
+            train_loss, samples = train_epoch(task, state, train_loader, cfg, epoch)
+        except Diverged as e:
+            roll_back(e, state, fold, start, t)
+            epoch = state.progress.epoch + 1
+            continue
+        seconds = time.perf_counter() - started
+        if valid_loader is None:
+            scores = {}
+            improved, stop = state.progress.record_unvalidated(epoch, t.epochs, keep)
+        else:
+            scores = {name: evaluate(task, m, valid_loader, device, dtype) for name, m in state.weights().items()}
+            improved, stop = state.progress.record(epoch, scores, task.metric, t.epochs, t.patience)
+        state.metrics.append(epoch_row(state, epoch, train_loss, scores, samples, seconds))
+        if world.main:  # every rank holds the same weights and scores; one writes them
+            score = task.metric.best(s["score"] for s in scores.values()) if scores else math.nan  # nan: kept by no top
+            save_epoch(fold, top, state, score, improved, {"wandb_id": tracker.run_id, "config": to_dict(cfg)})
+        tracker.log(state.metrics[-1], step=state.progress.step)
+        log_epoch(state, epoch, t.epochs, train_loss, scores, task.metric.name, improved, stop)
+        if stop:
+            break
+        epoch += 1
+    return state.progress
+
+
+def fit_closed_form(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader | None,
+                    cfg: Config, fold: FoldDir, tracker) -> Progress:
+    """One "epoch": the model solves its head on every training row (its own inner CV), then is scored and saved as
+    any epoch's weights are, so predict, ensembles and export read it as they read a network's fold."""
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema=False, epochs=1, compile=False))
+    device = torch.device("cpu")  # the features are numba code on the CPU; the head is a few thousand multiply-adds
+    state = TrainingState.build(model, cfg, 1, device, torch.float32, task.memory_format)
+    started = time.perf_counter()
+    train_loss = model.solve(task, train_loader.dataset)
+    seconds = time.perf_counter() - started
+    if valid_loader is None:
+        scores = {}
+        improved, _ = state.progress.record_unvalidated(0, 1, "model")
+    else:
+        scores = {"model": evaluate(task, model, valid_loader, device, torch.float32)}
+        improved, _ = state.progress.record(0, scores, task.metric, 1, 0)
+    state.metrics.append(epoch_row(state, 0, train_loss, scores, len(train_loader.dataset), seconds))
+    if distributed.world().main:
+        score = scores["model"]["score"] if scores else math.nan
+        save_epoch(fold, TopEpochs(fold.top, 0, task.metric.greater_is_better), state, score, improved,
+                   {"wandb_id": tracker.run_id, "config": to_dict(cfg)})
+    tracker.log(state.metrics[-1], step=0)
+    log_epoch(state, 0, 1, train_loss, scores, task.metric.name, improved, False)
+    return state.progress
+
+
+def epoch_row(state: TrainingState, epoch: int, train_loss: float, scores: dict, samples: int, seconds: float) -> dict:
+    """One row of metrics.csv: valid/<key> for the raw weights, valid_ema/<key> for the EMA weights."""
+    return {"epoch": epoch, "step": state.progress.step, "train/loss": train_loss,
+            **{f"valid{'' if name == 'model' else '_' + name}/{k}": v for name, s in scores.items() for k, v in s.items()},
+            "lr": state.optimizer.param_groups[0]["lr"], "samples/s": samples / seconds, "seconds": seconds}
+
+
+def log_epoch(state: TrainingState, epoch: int, epochs: int, train_loss: float, scores: dict, metric: str,
+              improved: bool, stop: bool) -> None:
+    row = state.metrics[-1]
+    valid = scores.get("model", {})
+    log.info("epoch %d/%d  train loss %.4f  %s%s%s  %.0f samples/s  %.0fs%s",
+             epoch + 1, epochs, train_loss,
+             f"valid loss {valid['loss']:.4f}  " if "loss" in valid else "",
+             f"{metric} " + " ".join(f"{name} {s['score']:.4f}" for name, s in scores.items()) if scores
+             else "no validation rows",
+             f"  * best ({state.progress.best_source})" if improved and scores else "", row["samples/s"], row["seconds"],
+             "  early stop" if stop else "")
+
+
+def roll_back(error: Diverged, state: TrainingState, fold: FoldDir, start: dict | None, t) -> None:
+    """train.on_nan=rollback: reload the last good epoch (last.pt, else the initial state) with a lower LR."""
+    if t.on_nan != "rollback":
+        raise error
+    rollbacks = state.progress.rollbacks
+    if rollbacks >= t.max_rollbacks:
+        raise Diverged(f"{error} Gave up after {rollbacks} rollbacks (train.max_rollbacks).") from None
+    saved = checkpoint.load(fold.last) if fold.last.is_file() else start
+    state.load_state_dict(saved)
+    state.progress.rollbacks = rollbacks = rollbacks + 1
+    factor = t.rollback_lr_factor ** (rollbacks - saved["progress"].get("rollbacks", 0))
+    state.scale_lr(factor)
+    log.warning("%s\nrolling back to %s with the LR x%g (rollback %d of %d, train.max_rollbacks)", error,
+                f"epoch {state.progress.epoch + 1}" if state.progress.epoch >= 0 else "the start", factor, rollbacks,
+                t.max_rollbacks)
+
+
+def save_epoch(fold: FoldDir, top: TopEpochs, state: TrainingState, score: float, improved: bool, extra: dict) -> None:
+    """The epoch's checkpoint (the training state and `extra`: W&B id, config), its top-N copy and metrics.csv."""
+    top.offer(state.progress.epoch, score, state.model, state.ema.module)
+    saved = {**state.state_dict(), **extra}
+    if improved:  # best.pt before last.pt: a crash in between never leaves best.pt behind the progress
+        checkpoint.save(fold.best, saved)
+        checkpoint.copy(fold.best, fold.last)
+    else:
+        checkpoint.save(fold.last, saved)
+    write_csv(fold.metrics, pd.DataFrame(state.metrics))
+
+
+def no_sync(net: nn.Module):
+    """DDP's no_sync() (a compiled DDP module's too); a plain model has no gradients to hold back."""
+    inner = getattr(net, "_orig_mod", net)
+    return inner.no_sync() if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+
+
+def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Config, epoch: int,
+                max_steps: int | None = None) -> tuple[float, int]:
+    """One pass of at most max_steps optimizer steps (default: the state's steps per epoch); returns (mean loss,
+    samples seen). The loss is synced to the host only at log points."""
+    t, device, progress = cfg.train, state.device, state.progress
+    max_steps = max_steps or state.steps_per_epoch
+    model = state.net
+    model.train()
+    total = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, device=device)  # first step with a NaN/inf loss, tracked without a host sync
+    batches = samples = 0
+    started = time.perf_counter()
+    bar = tqdm(total=max_steps, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
+               disable=cfg.tracking.quiet or not sys.stderr.isatty())
+    state.optimizer.zero_grad(set_to_none=True)
+    steps = 0
+    for i, batch in enumerate(loader):
+        batch = task.to_device(batch, device)
+        stepping = not (i + 1) % t.accum_steps or i + 1 == len(loader)
+        # accumulation micro-steps keep their gradients local: DDP all-reduces once, on the stepping micro-batch
+        with nullcontext() if stepping else no_sync(model):
+            with autocast(device, state.dtype):  # the forward only: backward runs in the ops' own dtypes
+                loss = task.loss(model, batch)
+            state.scaler.scale(loss / t.accum_steps).backward()
+        total += loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~loss.detach().isfinite(), progress.step + 1, first_bad)
+        batches += 1
+        samples += len(batch[0])
+        if not stepping:
+            continue
+        state.scaler.unscale_(state.optimizer)
+        if t.clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        state.ema.update(state.model, step=progress.step)
+        state.scheduler.step()
+        steps += 1
+        bar.update()
+        if steps % cfg.tracking.log_every == 0 or steps == max_steps:
+            mean = distributed.mean((total / batches).item())  # every rank sees (and checks) the same loss
+            _check_finite(mean, epoch, first_bad)
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{state.optimizer.param_groups[0]['lr']:.2e}",
+                            sps=f"{samples / (time.perf_counter() - started):.0f}")
+        if steps == max_steps:
+            break
+    bar.close()
+    mean = distributed.mean((total / max(batches, 1)).item())
+    _check_finite(mean, epoch, first_bad)
+    if not all(bool(p.isfinite().all()) for p in model.parameters()):  # a last step can break them after the loss
+        raise Diverged(f"weights became NaN or infinite at epoch {epoch + 1}, step {progress.step}; lower "
+                       "train.base_lr or set train.clip_grad. The checkpoints on disk are from before it.")
+    return mean, distributed.total(samples)
+
+
+def _check_finite(loss: float, epoch: int, first_bad: torch.Tensor) -> None:
+    if not math.isfinite(loss):
+        raise Diverged(
+            f"training loss is {loss} at epoch {epoch + 1}, step {int(first_bad)}; lower train.base_lr, set "
+            "train.clip_grad, use train.precision=fp32/bf16, or set train.on_nan=rollback. "
+            "The checkpoints on disk are from before it."
+        )
+
+
+@torch.inference_mode()
+def infer(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype,
+          views: list[View] | None = None, progress: str | None = None):
+    """Outputs for every sample of the loader, in order, one slice per TTA view ([V, N, C] for classes);
+    progress: a bar over the batches, with this label."""
+    model.eval()
+    outputs = []
+    batches = loader if progress is None else tqdm(loader, desc=progress, leave=False, dynamic_ncols=True,
+                                                   unit="batch", disable=None)
+    for batch in batches:
+        batch = task.to_device(batch, device)
+        with autocast(device, dtype):
+            outputs.append(task.infer_batch(model, batch, views or IDENTITY))
+    outputs = task.gather(distributed.gather_chunks(outputs, loader))
+    order = getattr(loader.sampler, "order", None)  # a length-sorted loader: back to the dataset's order
+    return outputs if order is None else task.reorder(outputs, np.argsort(order))
+
+
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """The validation scores ({'score': ..., 'loss': ...}) of one set of weights, without TTA."""
+    outputs = infer(task, model, loader, device, dtype)[0]
+    return task.evaluate(outputs, loader.dataset.labels)

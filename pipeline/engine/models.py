@@ -1,0 +1,89 @@
+"""timm models by name for the image tasks (classifiers, detection backbones), offline from local weights files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A timm classifier; `weights_file` fills the backbone and leaves the new head freshly initialised."""
+    check_model_name(cfg.name)
+    kwargs = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    try:
+        model = timm.create_model(cfg.name, pretrained=cfg.pretrained and not cfg.weights_file, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not cfg.pretrained:
+            raise
+        raise UserError(
+            f"could not fetch pretrained weights for {cfg.name} ({type(e).__name__}); offline? "
+            "download them once and set model.weights_file=<path> with model.pretrained=false"
+        ) from None
+    if cfg.weights_file:
+        load_backbone(model, Path(cfg.weights_file))
+    return model
+
+
+def zero_head(model: nn.Module) -> nn.Module:
+    """Start a one-value head (binary logit, regression value) at zero: p = 0.5, the training mean. timm's
+    EfficientNet head draws weights from U(-1/sqrt(outputs), ...), U(-1, 1) for one output, so an untrained
+    age model first predicted ~150 years (utkface-age, MAE 178 after 3 steps)."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]
+        raise UserError(f"model.name={name!r} is not a timm model; similar: {', '.join(close) or 'none'}")
+
+
+def load_backbone(model: nn.Module, path: Path) -> None:
+    """Load every tensor whose name and shape match; only the classifier may be left out."""
+    if not path.is_file():
+        raise UserError(f"model.weights_file {path} not found")
+    try:
+        # weights_only: a pickled checkpoint can run code; a state_dict needs nothing else.
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"model.weights_file {path} is not a loadable state_dict ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    head = _classifier_prefixes(model)
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
+    missing = [k for k in own if k not in usable and not k.startswith(head)]
+    if missing:
+        raise UserError(
+            f"model.weights_file {path} does not fit model {type(model).__name__}: {len(missing)} backbone tensors "
+            f"missing or mis-shaped (e.g. {', '.join(missing[:3])}); is model.name the architecture it was saved from?"
+        )
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d backbone tensors from %s; classifier re-initialised", len(usable), path)
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    names = names if isinstance(names, (list, tuple)) else [names]
+    return tuple(f"{n}." for n in names)
+
+
+def normalisation(model: nn.Module, mean, std) -> tuple[tuple, tuple]:
+    """Config mean/std when set, else what the model was pretrained with (0.5/0.5 for TF ports)."""
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    return tuple(mean or data_cfg["mean"]), tuple(std or data_cfg["std"])

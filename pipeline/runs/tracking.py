@@ -1,0 +1,138 @@
+"""Experiment tracking: W&B (online/offline) or a null tracker with the same methods.
+
+W&B never blocks a run: `auto` goes online only when a key is configured and the server answers within
+a few seconds, otherwise it records offline (sync later with `wandb sync runs/<exp>/wandb/...`).
+Any W&B failure mid-run is logged once and tracking continues as a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+from pipeline.core.config import Config, to_dict
+
+log = logging.getLogger(__name__)
+PROBE_SECONDS = 3.0
+
+
+class NullTracker:
+    """Tracking switched off: every call is accepted and does nothing."""
+
+    run_id: str | None = None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def media(self, images: dict[str, Any], tables: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, run):
+        self.run = run
+        self.run_id = run.id
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self._safely(lambda run: run.log(metrics, step=step))
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._safely(lambda run: run.summary.update(values))
+
+    def media(self, images: dict[str, Any], tables: dict[str, Any]) -> None:
+        """PNG files as W&B images and DataFrames as W&B tables, under the given keys."""
+        import wandb
+
+        self._safely(lambda run: run.log({**{k: wandb.Image(str(p)) for k, p in images.items()},
+                                          **{k: wandb.Table(dataframe=t) for k, t in tables.items()}}))
+
+    def finish(self) -> None:
+        self._safely(lambda run: run.finish())
+
+    def _safely(self, call) -> None:
+        """call(run), unless an earlier call failed; the first failure is logged and ends tracking."""
+        if self.run is None:
+            return
+        try:
+            call(self.run)
+        except Exception as e:  # tracking must never end a training run
+            log.warning("W&B call failed (%s: %s); continuing without W&B", type(e).__name__, e)
+            self.run = None
+
+
+def resolve_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
+        return os.environ["WANDB_MODE"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    return "online" if _has_key(host) and _reachable(host) else "offline"
+
+
+def _has_key(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _reachable(host: str) -> bool:
+    """Can we open a TCP connection to host:443 within PROBE_SECONDS, name lookup included?
+
+    The connect timeout does not cover DNS, which can hang for tens of seconds on a machine without
+    network, so the probe runs in a daemon thread that is simply abandoned at the deadline.
+    """
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    return bool(answer and answer[0])
+
+
+def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = None):
+    """One W&B run per fold/stage, grouped by experiment; resumes `run_id` when given."""
+    mode = resolve_mode(cfg.tracking.wandb)
+    if mode == "disabled":
+        return NullTracker()
+    try:
+        import wandb
+
+        run = wandb.init(
+            project=cfg.tracking.project,
+            entity=cfg.tracking.entity,
+            group=cfg.tracking.group or cfg.name,
+            name=f"{cfg.name}/{name}",
+            job_type=job_type,
+            id=run_id,
+            resume="allow" if run_id else None,
+            dir=str(cfg.run_dir),
+            config=to_dict(cfg),
+            mode=mode,
+            settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+        )
+    except Exception as e:
+        log.warning("W&B did not start (%s: %s); continuing without tracking", type(e).__name__, e)
+        return NullTracker()
+    log.info("W&B %s run %s (%s)", mode, run.id, run.dir)
+    return WandbTracker(run)

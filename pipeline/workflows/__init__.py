@@ -1,0 +1,1 @@
+"""Commands composed of stages: the demo, tuning, distillation, pseudo-labels, the benchmark."""
