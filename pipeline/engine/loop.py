@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -54,13 +55,25 @@ class Diverged(UserError):
     """The loss became NaN or infinite."""
 
 
-def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader | None, cfg: Config,
-        fold: FoldDir, tracker, resume: dict | None = None, keep: str = "model") -> Progress:
+@dataclass
+class FoldJob:
+    """What one fold trains with: its recipe (batch size and, for the refit, epochs settled), task, model, loaders."""
+
+    cfg: Config
+    task: Task
+    model: nn.Module
+    train_loader: DataLoader
+    valid_rows: pd.DataFrame | None  # None for the full-data refit: no validation rows, no OOF
+    valid_loader: DataLoader | None
+
+
+def fit(job: FoldJob, fold: FoldDir, tracker, resume: dict | None = None, keep: str = "model") -> Progress:
     """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in its folder.
     Without a valid_loader (`--fold full`) nothing is scored: it trains cfg.train.epochs and best.pt holds the last
     epoch's weights, `keep` (model | ema) being the ones predict uses."""
-    if hasattr(model, "solve"):  # a head solved in closed form (ROCKET + ridge/logistic): one solve, not epochs
-        return fit_closed_form(task, model, train_loader, valid_loader, cfg, fold, tracker)
+    if hasattr(job.model, "solve"):  # a head solved in closed form (ROCKET + ridge/logistic): one solve, not epochs
+        return fit_closed_form(job, fold, tracker)
+    task, model, train_loader, valid_loader, cfg = job.task, job.model, job.train_loader, job.valid_loader, job.cfg
     t, world, device = cfg.train, distributed.world(), pick_device()
     dtype = resolve_precision(t.precision, device)
     state = TrainingState.build(model, cfg, steps_per_epoch(len(train_loader), cfg), device, dtype, task.memory_format)
@@ -105,10 +118,10 @@ def fit(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: Da
     return state.progress
 
 
-def fit_closed_form(task: Task, model: nn.Module, train_loader: DataLoader, valid_loader: DataLoader | None,
-                    cfg: Config, fold: FoldDir, tracker) -> Progress:
+def fit_closed_form(job: FoldJob, fold: FoldDir, tracker) -> Progress:
     """One "epoch": the model solves its head on every training row (its own inner CV), then is scored and saved as
     any epoch's weights are, so predict, ensembles and export read it as they read a network's fold."""
+    task, model, train_loader, valid_loader, cfg = job.task, job.model, job.train_loader, job.valid_loader, job.cfg
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema=False, epochs=1, compile=False))
     device = torch.device("cpu")  # the features are numba code on the CPU; the head is a few thousand multiply-adds
     state = TrainingState.build(model, cfg, 1, device, torch.float32, task.memory_format)

@@ -15,11 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from dataclasses import dataclass
-
-import pandas as pd
-from torch import nn
-from torch.utils.data import DataLoader
 
 from pipeline.core import distributed
 from pipeline.core.config import Config, to_dict
@@ -30,7 +25,7 @@ from pipeline.core.seeding import seed_everything, set_deterministic
 from pipeline.data.folds import Folds, load_folds
 from pipeline.data.tables import build_loader
 from pipeline.engine.autobatch import resolve_batch_size
-from pipeline.engine.loop import fit, infer, pick_device, resolve_precision
+from pipeline.engine.loop import FoldJob, fit, infer, pick_device, resolve_precision
 from pipeline.engine.training_rows import training_set
 from pipeline.runs import checkpoint
 from pipeline.runs.provenance import write_run_header
@@ -68,18 +63,6 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
             lock.release()
 
 
-@dataclass
-class FoldJob:
-    """What one fold trains with: its recipe (batch size and, for the refit, epochs settled), task, model, loaders."""
-
-    cfg: Config
-    task: Task
-    model: nn.Module
-    train_loader: DataLoader
-    valid_rows: pd.DataFrame | None  # None for the full-data refit: no validation rows, no OOF
-    valid_loader: DataLoader | None
-
-
 def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> None:
     """Train fold k unless it is finished; a half-trained fold continues from its last.pt. k = FULL: the full-data
     refit, on every row for the folds' mean best epoch count, with no validation rows (no OOF)."""
@@ -108,8 +91,7 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> 
     with log_to_file(fold.log) if world.main else contextlib.nullcontext():
         try:
             if not done:
-                fit(job.task, job.model, job.train_loader, job.valid_loader, job.cfg, fold, tracker, resume=state,
-                    keep=keep)
+                fit(job, fold, tracker, resume=state, keep=keep)
             if not full:
                 distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
                 score = write_oof(job.task, job.model, job.valid_rows, job.valid_loader, job.cfg, fold)

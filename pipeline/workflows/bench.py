@@ -299,26 +299,8 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
         build_images(cfg, [])  # built here, not inside a timed part
     if cfg.train.batch_size == "auto":  # the batch `pipeline train` would choose here
         cfg = auto_batch_config(cfg)
-    rows, bare_rates = [], {}
-    for b in batch_sizes or [cfg.train.batch_size]:
-        result = isolated(training, replace(cfg, train=replace(cfg.train, batch_size=b)), steps, warmup)
-        if "error" in result:
-            rows.append(_row("(a)+(b) training", b, result))
-            continue
-        base = bare_rates[b] = result["bare"]
-        rows.append(_row("(a) bare loop: synthetic batch in memory", b, {**result, "samples/s": base}))
-        rows.append(["(b) pipeline train loop, real data" + (" + cache" if cfg.data.cache else ""), str(b),
-                     f"{result['pipeline']:,.1f}", f"{result['ratio']:.2f}", ""])
-    model_rate = bare_rates.get(cfg.train.batch_size, next(iter(bare_rates.values()), None))
-    b = cfg.train.batch_size
-    for cache in (False, True):
-        c = replace(cfg, data=replace(cfg.data, cache=cache))
-        rows.append(_row(f"(c) loader alone, {'decoded cache' if cache else 'decoding files'} (x model rate)",
-                         b, isolated(loader_only, c, steps, warmup), model_rate))
-    if torch.cuda.is_available() and TASKS[cfg.task].has_gpu_augment:
-        c = replace(cfg, augment=replace(cfg.augment, on_gpu=True))
-        rows.append(_row("(c) loader alone, GPU path: cached uint8 + device augmentation (x model rate)", b,
-                         isolated(loader_only, c, steps, warmup), model_rate))
+    rows, bare_rates = training_rows(cfg, batch_sizes or [cfg.train.batch_size], steps, warmup)
+    rows += loader_rows(cfg, steps, warmup, bare_rates.get(cfg.train.batch_size, next(iter(bare_rates.values()), None)))
     none = None
     for spec in tta:
         result = isolated(predict_views, cfg, 4, spec)
@@ -332,6 +314,35 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
     if text is not None:
         rows += text_rows(text, steps, warmup)
     print_table(rows, cfg)
+    return rows
+
+
+def training_rows(cfg: Config, batch_sizes: list[int], steps: int, warmup: int) -> tuple[list[list[str]], dict]:
+    """(a) the bare loop and (b) the pipeline's train loop per batch size, and the bare rates (the model's speed)."""
+    rows, bare_rates = [], {}
+    for b in batch_sizes:
+        result = isolated(training, replace(cfg, train=replace(cfg.train, batch_size=b)), steps, warmup)
+        if "error" in result:
+            rows.append(_row("(a)+(b) training", b, result))
+            continue
+        base = bare_rates[b] = result["bare"]
+        rows.append(_row("(a) bare loop: synthetic batch in memory", b, {**result, "samples/s": base}))
+        rows.append(["(b) pipeline train loop, real data" + (" + cache" if cfg.data.cache else ""), str(b),
+                     f"{result['pipeline']:,.1f}", f"{result['ratio']:.2f}", ""])
+    return rows, bare_rates
+
+
+def loader_rows(cfg: Config, steps: int, warmup: int, model_rate: float | None) -> list[list[str]]:
+    """(c) the loader alone, decoding files and from the decoded cache (and the task's GPU path on CUDA)."""
+    rows, b = [], cfg.train.batch_size
+    for cache in (False, True):
+        c = replace(cfg, data=replace(cfg.data, cache=cache))
+        rows.append(_row(f"(c) loader alone, {'decoded cache' if cache else 'decoding files'} (x model rate)",
+                         b, isolated(loader_only, c, steps, warmup), model_rate))
+    if torch.cuda.is_available() and TASKS[cfg.task].has_gpu_augment:
+        c = replace(cfg, augment=replace(cfg.augment, on_gpu=True))
+        rows.append(_row("(c) loader alone, GPU path: cached uint8 + device augmentation (x model rate)", b,
+                         isolated(loader_only, c, steps, warmup), model_rate))
     return rows
 
 
