@@ -236,10 +236,19 @@ def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Confi
     bar.close()
     mean = distributed.mean((total / max(batches, 1)).item())
     _check_finite(mean, epoch, first_bad)
-    if not all(bool(p.isfinite().all()) for p in model.parameters()):  # a last step can break them after the loss
+    if not finite(model.parameters()):  # a last step can break them after the loss
         raise Diverged(f"weights became NaN or infinite at epoch {epoch + 1}, step {progress.step}; lower "
                        "train.base_lr or set train.clip_grad. The checkpoints on disk are from before it.")
     return mean, distributed.total(samples)
+
+
+def finite(tensors) -> bool:
+    """Whether every element is finite. A sum is finite only when its elements are (NaN and inf carry through), so
+    one reading pass and one sync settle it; the element check runs only where a sum is not (or overflowed)."""
+    tensors = list(tensors)
+    if not tensors or bool(torch.stack([t.detach().sum(dtype=torch.float32) for t in tensors]).isfinite().all()):
+        return True
+    return all(bool(t.isfinite().all()) for t in tensors)
 
 
 def _check_finite(loss: float, epoch: int, first_bad: torch.Tensor) -> None:
