@@ -79,7 +79,14 @@ def test_experiments_that_differ_only_in_seed_share_folds_and_blend(competition,
     assert np.isfinite(scores["cv"])
 
 
-def test_a_fitted_blend_reports_its_held_out_score_as_cv(competition, make_config):
+def test_a_fitted_blend_reports_its_held_out_score_as_cv(competition, make_config, monkeypatch):
+    """Both sides of pipeline.scoring.noise's verdict, each forced (three digits models of one or two epochs rarely beat the
+    mean by more than noise, and a test must not hang on which way a few rows fall): climbed weights kept, their
+    held-out OOF and score the headline; given way to the mean, no held-out or in-sample score at all."""
+    from pipeline.scoring import noise
+    from pipeline.scoring.blend import combine, held_out_weights_score
+    from pipeline.tasks import build_task
+
     names = []
     for name, model in (("a", "test_resnet"), ("b", "test_efficientnet"), ("c", "test_resnet")):
         _, cfg = make_config(competition, name=name, model={"name": model}, train={"epochs": 1 if name == "c" else 2})
@@ -87,18 +94,39 @@ def test_a_fitted_blend_reports_its_held_out_score_as_cv(competition, make_confi
         train.run(cfg, fold="all")
         predict.run(cfg)
         names.append(name)
-    scores = ensemble.run(names, method="weighted", name="blend", runs_dir=cfg.runs_dir)
-    run = RunDir(cfg.run_dir.parent / "blend")
-    saved = json.loads(run.scores.read_text())
-    oof = pd.read_parquet(run.oof)
-    classes = [c for c in oof.columns if c.startswith("digit_")]
-    recomputed = float((oof[classes].to_numpy().argmax(1) == oof["target"].map(classes.index).to_numpy()).mean())
-    assert saved["cv"] == pytest.approx(recomputed)  # the headline is the score of the stored OOF
-    if saved["weights_from"] == "hill climbing":
-        assert saved["cv"] == saved["cv_held_out"] and "cv_in_sample" in saved
-    else:  # nothing was fitted: the mean is the blend, and there is no in-sample score to report
-        assert saved["cv_held_out"] is None and "cv_in_sample" not in saved
-    assert scores["cv"] == saved["cv"]
+    task = build_task(cfg, RunDir(cfg.run_dir).classes())
+    members = [pd.read_parquet(RunDir(cfg.run_dir.parent / n).oof).sort_values("id", ignore_index=True) for n in names]
+    truth, folds = task.targets(members[0]), members[0]["fold"].to_numpy()
+    outputs = [task.read_outputs(m) for m in members]
+
+    def blended(name: str) -> tuple[dict, pd.DataFrame, list]:
+        scores = ensemble.run(names, method="weighted", name=name, runs_dir=cfg.runs_dir)
+        run = RunDir(cfg.run_dir.parent / name)
+        saved = json.loads(run.scores.read_text())
+        oof = pd.read_parquet(run.oof).sort_values("id", ignore_index=True)
+        classes = [c for c in oof.columns if c.startswith("digit_")]
+        recomputed = float((oof[classes].to_numpy().argmax(1) == oof["target"].map(classes.index).to_numpy()).mean())
+        assert saved["cv"] == pytest.approx(recomputed)  # the headline is the score of the stored OOF
+        assert scores["cv"] == saved["cv"]
+        weights = json.loads(run.weights.read_text())["weights"]
+        return saved, oof, [weights[n] for n in names]
+
+    monkeypatch.setattr(noise, "beats_noise", lambda gain, noise: True)  # the climbed weights are kept
+    saved, oof, weights = blended("blend")
+    assert saved["weights_from"] == "hill climbing"
+    assert saved["cv"] == saved["cv_held_out"] and "cv_in_sample" in saved
+    # the stored OOF is each fold's rows blended by weights climbed on the other folds: never the in-sample blend
+    held_out, rows = held_out_weights_score("weighted", outputs, truth, folds, task.metric)
+    np.testing.assert_allclose(task.read_outputs(oof), rows, atol=1e-6)
+    assert saved["cv_held_out"] == pytest.approx(held_out)
+    assert saved["cv_in_sample"] == pytest.approx(task.metric(truth, combine("weighted", outputs, np.array(weights))))
+
+    monkeypatch.setattr(noise, "beats_noise", lambda gain, noise: False)  # the mean wins
+    saved, oof, weights = blended("mean")
+    assert saved["weights_from"] == "uniform" and weights == pytest.approx([1 / 3] * 3)
+    # nothing was fitted: the mean is the blend, and there is no in-sample score to report
+    assert saved["cv_held_out"] is None and "cv_in_sample" not in saved
+    np.testing.assert_allclose(task.read_outputs(oof), combine("mean", outputs, np.full(3, 1 / 3)), atol=1e-6)
 
 
 def test_changed_cv_settings_are_never_up_to_date(competition, make_config, caplog):

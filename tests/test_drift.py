@@ -4,6 +4,7 @@ differs when it does not."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,3 +72,43 @@ def test_cv_like_test_scores_the_oof_on_the_most_test_like_rows_and_the_report_s
     page = report(cfg.name, cfg.runs_dir).read_text()
     assert "Adversarial validation" in page and "most test-like training rows" in page
     assert "cv_like_test" not in combine_folds(copy_run("off"))  # 0 (the default): not scored
+
+
+def test_prepare_checks_texts_and_names_what_differs(tmp_path, make_config, caplog):
+    """Text competitions: the same words on both sides look alike; a test set written in capitals is found, and
+    the upper-case share is named as what differs (prepare, then `pipeline drift`)."""
+    from tests.conftest import SEQ
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "food", "service", "the", "was", "very", "day", "and", "fine"]
+
+    def competition(name: str, shouting: bool) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        texts = [" ".join(rng.choice(words, int(rng.integers(4, 10)))) for _ in range(140)]
+        train = pd.DataFrame({"id": range(80), "text": texts[:80], "label": ["pos", "neg"] * 40})
+        test = pd.DataFrame({"id": range(80, 140), "text": [t.upper() if shouting else t for t in texts[80:]]})
+        train.to_csv(root / "train.csv", index=False)
+        test.to_csv(root / "test.csv", index=False)
+        test[["id"]].assign(label="pos").to_csv(root / "sample_submission.csv", index=False)
+        return root
+
+    base = {**SEQ, "data": {"id_col": "id", "text_cols": ["text"], "target_col": "label"}, "model": {"name": "gru"}}
+    _, same = make_config(competition("same", False), name="same", base=base)
+    prepare.run(same)
+    alike = json.loads((same.run_dir / "adversarial.json").read_text())
+    assert alike["auc"] < 0.7 and alike["rows"] == [80, 60]
+    assert set(alike["features"]) == {"chars", "words", "distinct_words", "digits", "upper", "punctuation"}
+    likeness = pd.read_csv(same.run_dir / "adversarial.csv")
+    assert sorted(likeness["id"]) == list(range(80)) and likeness["p_test"].is_monotonic_decreasing
+
+    _, loud = make_config(competition("loud", True), name="loud", base=base)
+    with caplog.at_level("INFO", logger="pipeline"):
+        prepare.run(loud)
+    drift = json.loads((loud.run_dir / "adversarial.json").read_text())
+    assert drift["auc"] > 0.95 and next(iter(drift["features"])) == "upper" and drift["features"]["upper"] == 1.0
+    assert "CV may not track the leaderboard" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="pipeline"):
+        cli("drift", "loud", "--runs-dir", loud.runs_dir)
+    assert "adversarial validation AUC 1.00" in caplog.text and "most separating: upper 1.00" in caplog.text

@@ -119,35 +119,77 @@ def test_a_changed_file_a_newer_export_and_other_test_columns_are_refused(blend,
     assert sub.is_file()
 
 
-def test_max_minutes_drops_views_then_folds_and_refuses_what_cannot_fit(blend, tmp_path, digits_root, caplog):
+def test_max_minutes_drops_views_then_folds_and_refuses_what_cannot_fit(blend, tmp_path, digits_root, caplog,
+                                                                       monkeypatch):
+    from pipeline.stages import infer as infer_stage
+    from pipeline.stages.infer import predict_export
+
     out = private_export(blend, tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     rows = len(pd.read_csv(digits_root / "test.csv"))
     nodes = manifest["nodes"]
     assert all(set(f["seconds_per_row"]) == set(f["views"]) for n in ("a", "b") for f in nodes[n]["folds"])
-    # a known cost: every fold x view one minute for these rows
+    # a known cost: every fold x view one minute for these rows; and known OOF scores, so the folds dropped first
+    # are both members' fold 1 (the lowest scores), one fold per member always kept. a and b are one model
+    # predicted with other views: kept fold 0 of each, their blend is fold 0's, which 4 folds would not be
+    fold_scores = {("a", 0): 0.9, ("a", 1): 0.5, ("b", 0): 0.8, ("b", 1): 0.4}
     for name in ("a", "b"):
         for f in nodes[name]["folds"]:
             f["seconds_per_row"] = {v: 60 / rows for v in f["views"]}
+            f["score"] = fold_scores[name, f["k"]]
     (out / "manifest.json").write_text(json.dumps(manifest))
     full = sum(len(f["views"]) for n in ("a", "b") for f in nodes[n]["folds"])  # minutes
     assert full > 4  # both members have TTA views to drop
     data = only_test_files(digits_root, tmp_path / "input")
+    exported = {(n, f"fold{f['k']}"): f["views"] for n in ("a", "b") for f in nodes[n]["folds"]}
+
+    predicted = {}  # (member, fold folder) -> the views that fold predicted, as infer ran it
+    real_from_export = infer_stage.from_export
+
+    def spy(fold_dir, recipe, classes):
+        fm = real_from_export(fold_dir, recipe, classes)
+        real_predict = fm.predict
+
+        def predict(rows, device=None, views=None, progress=None):
+            predicted[fold_dir.parent.name, fold_dir.name] = [v.name for v in views]
+            return real_predict(rows, device, views, progress)
+
+        fm.predict = predict
+        return fm
+
+    monkeypatch.setattr(infer_stage, "from_export", spy)
 
     def infer(name: str, minutes: float) -> str:
         caplog.clear()
+        predicted.clear()
         caplog.set_level(logging.INFO, logger="pipeline")
         cli("infer", out, "--data", data, "--out", tmp_path / name, "--max-minutes", minutes)
         return caplog.text
 
     log = infer("fits.csv", full)
     assert f"estimate: {full:.1f} min" in log and "dropped" not in log
+    assert predicted == exported  # every fold, every view
     log = infer("views.csv", 4)
     assert "view hflip" in log and "estimate now 4.0 min" in log and "dropped a fold" not in log  # 2 x 2 folds
+    assert set(predicted) == set(exported) and sum(map(len, predicted.values())) == 4  # views went, no fold did
+    assert all(v == exported[k][:len(v)] and v[0] == "identity" for k, v in predicted.items())  # the last ones went
     log = infer("folds.csv", 2)
     assert "dropped" in log and "estimate now 2.0 min" in log  # identity views, then a fold of each member
     assert pd.read_csv(tmp_path / "folds.csv").shape == pd.read_csv(digits_root / "sample_submission.csv").shape
+    kept = {("a", "fold0"): ["identity"], ("b", "fold0"): ["identity"]}
+    assert predicted == kept  # the least valuable fold of each member was skipped, and only it
 
+    # the file is the prediction of the kept folds alone: an export that holds only those, predicted in full
+    budgeted = predict_export(out, data, max_minutes=2)[0]
+    priced = json.dumps(manifest)  # every fold, at the known costs
+    for name in ("a", "b"):
+        nodes[name]["folds"] = [{**f, "views": ["identity"]} for f in nodes[name]["folds"]
+                                if (name, f"fold{f['k']}") in kept]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    infer("kept.csv", 2)
+    assert predicted == kept and (tmp_path / "kept.csv").read_bytes() == (tmp_path / "folds.csv").read_bytes()
+    pd.testing.assert_frame_equal(predict_export(out, data)[0], budgeted)
+    (out / "manifest.json").write_text(priced)
     assert_refused(invoke("infer", out, "--data", data, "--out", tmp_path / "no.csv", "--max-minutes", 1),
                    "--max-minutes 1", "one fold per experiment without TTA")
     assert not (tmp_path / "no.csv").exists()

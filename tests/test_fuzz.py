@@ -38,10 +38,15 @@ ODD = ["", "NaN", "nan", "NA", "None", "null", "inf", "-inf", "1e999", "0", "7",
 cells = st.one_of(st.sampled_from(["a", "b", "c", "0", "1", "2.5", "cat", "dog", ""]), st.sampled_from(ODD),
                   st.text(max_size=6))
 EXTRA = ["", " ", "label ", "Image", "x", "y", "text", "step", "label", "image"]
-# One input each of these readers must accept. The generated inputs are nearly all refused by them (a series
-# reader needs every series complete, the labels reader exactly series a and b), so without these the checks
-# on an accepted frame would never run in `make test`.
+# One input each reader and check must accept. The generated inputs are nearly all refused by some (a series
+# reader needs every series complete, the labels reader exactly series a and b), so without these the checks on
+# an accepted frame would never run in `make test`, and a reader that refused everything would pass every test.
 WELL_FORMED = {
+    "table": b"image,label\na,cat\nb,dog\n",
+    "test": b"image,x\na,1\nb,2\n",
+    "sample": b"image,label\na,cat\nb,cat\nc,cat\n",
+    "submission": b"image,label\na,cat\nb,dog\nc,owl\n",
+    "probabilities": b"image,cat,dog,owl\na,1,0,0\nb,0.5,0.25,0.25\nc,0,0,1\n",
     "series": b"image,step,x,y\na,0,1.5,2\na,1,-3,4e-2\nb,0,5,6\n",
     "series_labels": b"image,label\nb,dog\na,cat\n",
     "texts": b'image,text,label\na,"good, dog",dog\nb,a cat,cat\n',
@@ -136,9 +141,13 @@ def assert_clean_ids(ids: pd.Series):
 # rows one field longer than the header: pandas made the first column the index and shifted every value left
 @example(b"image\r\n,\r\n")
 @example(b"label,,\r\na,a,a,a\r\n")
+@example(WELL_FORMED["table"])
 def test_read_table(root, data):
     write(root, "t.csv", data)
     df = either(lambda: read_table(root / "t.csv", "train_csv", "image"))
+    assert df is not None or data != WELL_FORMED["table"]
+    if data == WELL_FORMED["table"]:
+        assert df.to_dict("list") == {"image": ["a", "b"], "label": ["cat", "dog"]}
     if df is not None:
         assert len(df) and len(df.columns)
         assert isinstance(df.index, pd.RangeIndex)  # rows line up with file lines (line = index + 2)
@@ -146,9 +155,13 @@ def test_read_table(root, data):
 
 @FUZZ
 @given(raw("image", "label"))
+@example(WELL_FORMED["table"])
 def test_read_train(root, data):
     write(root, "train.csv", data)
     df = either(lambda: read_train(write_config(root, root, READERS)[1]))
+    assert df is not None or data != WELL_FORMED["table"]
+    if data == WELL_FORMED["table"]:
+        assert list(df["image"]) == ["a", "b"] and list(df["label"]) == ["cat", "dog"]
     if df is not None:
         assert_clean_ids(df["image"])
         assert df["label"].notna().all()
@@ -156,9 +169,13 @@ def test_read_train(root, data):
 
 @FUZZ
 @given(raw("image"))
+@example(WELL_FORMED["test"])
 def test_read_test(root, data):
     write(root, "test.csv", data)
     df = either(lambda: read_test(write_config(root, root, READERS)[1]))
+    assert df is not None or data != WELL_FORMED["test"]
+    if data == WELL_FORMED["test"]:
+        assert list(df["image"]) == ["a", "b"]
     if df is not None:
         assert_clean_ids(df["image"])
 
@@ -230,30 +247,40 @@ def test_read_box_table(root, data):
 @given(raw("image", "label"))
 @example(b"image\r\na\r\na\r\n")  # submit accepted duplicate ids in sample_submission.csv and wrote them
 @example(b"label\r\na\r\n")  # no id column: KeyError in submit
+@example(WELL_FORMED["sample"])
 def test_read_sample(root, data):
     write(root, "sample.csv", data)
     sample = either(lambda: read_sample(write_config(root, root, READERS, data={"sample_submission": "sample.csv"})[1]))
+    assert sample is not None or data != WELL_FORMED["sample"]
+    if data == WELL_FORMED["sample"]:
+        assert list(sample["image"]) == ["a", "b", "c"]
     if sample is not None:
         assert_clean_ids(sample["image"])
 
 
 @FUZZ
 @given(st.one_of(raw("image", "label"), submission_bytes(SAMPLE)))
+@example(WELL_FORMED["submission"])
 def test_submission_checks(root, data):
     write(root, "sub.csv", data)
     cfg = write_config(root, root, READERS)[1]
     sub = either(lambda: read_table(root / "sub.csv", "submission", "image"))
-    if sub is not None and not refused(lambda: validate(sub, SAMPLE, CLASSES, cfg)):
+    valid = sub is not None and not refused(lambda: validate(sub, SAMPLE, CLASSES, cfg))
+    assert valid or data != WELL_FORMED["submission"]
+    if valid:
         assert list(sub["image"]) == list(SAMPLE["image"]) and set(sub["label"].astype(str)) <= set(CLASSES)
 
 
 @FUZZ
 @given(st.one_of(raw("image", "cat", "dog", "owl"), submission_bytes(PROBS)))
 @example(b"image,cat,dog,owl\ra,a,a,a\rb,a,a,a\rc,a,a,a")  # a word as a probability: ValueError in check_labels
+@example(WELL_FORMED["probabilities"])
 def test_probability_submission_checks(root, data):
     write(root, "sub.csv", data)
     sub = either(lambda: read_table(root / "sub.csv", "submission", "image"))
-    if sub is not None and not refused(lambda: validate(sub, PROBS, CLASSES, write_config(root, root, READERS)[1])):
+    valid = sub is not None and not refused(lambda: validate(sub, PROBS, CLASSES, write_config(root, root, READERS)[1]))
+    assert valid or data != WELL_FORMED["probabilities"]
+    if valid:
         values = sub[CLASSES].to_numpy(dtype=np.float64)
         assert ((values >= 0) & (values <= 1)).all()
 

@@ -143,10 +143,21 @@ def test_two_gpus_train_one_fold_with_nccl(competition, make_config):
     assert (cfg.run_dir / "fold0/oof.parquet").is_file()
 
 
-def test_training_with_gpu_augmentation(competition, make_config, caplog):
+def test_training_with_gpu_augmentation(competition, make_config, caplog, monkeypatch):
+    from pipeline.tasks.classification.gpu_augment import GpuAugment
+
+    batches, real = [], GpuAugment.__call__
+
+    def spy(self, images, seeds):
+        batches.append((images.device.type, images.dtype))
+        return real(self, images, seeds)
+
+    monkeypatch.setattr(GpuAugment, "__call__", spy)
     _, cfg = make_config(competition, train={"epochs": 2}, augment={"on_gpu": True, "vflip": 0.5, "rotate90": 0.5})
     prepare.run(cfg)
-    train.run(cfg, fold=0)
+    with caplog.at_level("INFO", logger="pipeline"):  # the fallback is said at INFO, before train's log file
+        train.run(cfg, fold=0)
     metrics = pd.read_csv(cfg.run_dir / "fold0/metrics.csv")
     assert metrics["train/loss"].notna().all() and (cfg.run_dir / "fold0/oof.parquet").is_file()
-    assert "no CUDA device here" not in caplog.text
+    assert "no CUDA device here" not in caplog.text and "fold 0: 100 train / 50 valid rows" in caplog.text
+    assert batches == [("cuda", torch.uint8)] * (2 * (100 // 16))  # every training batch augmented on the GPU

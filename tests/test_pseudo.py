@@ -201,3 +201,56 @@ def test_sequences_and_detection_train_on_their_pseudo_labels(what, tmp_path, ca
         cli("train", "--config", f"{cfg.runs_dir}/pl/config.yaml", "--fold", "0")
     assert f"+ {made['folds'][0]['rows']} pseudo-labelled test rows from src" in caplog.text
     assert (RunDir(f"{cfg.runs_dir}/pl").fold(0).oof).is_file()
+
+
+def test_multilabel_pseudo_labels_keep_rows_sure_of_every_tag_and_learn_their_tags(competition, make_config):
+    """Tags (digits as even/big/round/small): a test row is kept only when fold k's model is sure of every tag, and
+    it trains on the tags fold k's model decided (or, --soft, on its probabilities)."""
+    from pipeline.stages import predict, prepare, train
+    from tests.test_targets import relabel
+
+    relabel(competition, "multilabel")
+    _, cfg = make_config(competition, name="src", cv={"folds": 2}, train={"epochs": 1, "metric": "f1_samples"},
+                         data={"min_tags": 1}, predict={"tta": "none"})
+    prepare.run(cfg)
+    train.run(cfg)
+    predict.run(cfg)
+    run = RunDir(cfg.run_dir)
+    tags = [str(c) for c in run.classes()]
+    assert tags == ["big", "even", "round", "small"]
+    said = {0: [0.97, 0.96, 0.03, 0.02], 1: [0.02, 0.03, 0.98, 0.97]}  # fold 0: big even; fold 1: round small
+    for k, p in said.items():  # each fold's model sure of its tags on even rows, unsure of one tag on odd rows
+        frame = pd.read_parquet(run.fold(k).test)
+        probs = np.tile(np.array(p, np.float32), (len(frame), 1))
+        probs[1::2, 2] = 0.6  # 'round' at 0.6: this row is only 0.6 sure
+        frame[tags] = probs
+        frame.to_parquet(run.fold(k).test)
+    rows = len(frame)
+    made = pseudo.run("src", "pl", runs_dir=str(cfg.runs_dir), threshold="0.9")
+    new = RunDir(f"{cfg.runs_dir}/pl")
+    for k, p in said.items():
+        kept = pd.read_parquet(new.fold(k).pseudo)
+        assert list(kept["id"]) == list(frame["id"].iloc[::2]) and made["folds"][k]["rows"] == (rows + 1) // 2
+        assert made["folds"][k]["per_class"] == {t: (rows + 1) // 2 * (v > 0.5) for t, v in zip(tags, p, strict=True)}
+
+    pl = run_config(new)
+    task = build_task(pl, run.classes())
+    train_rows, _ = load_folds(pl).split(0)
+    task.fit_fold(train_rows)
+    task.build_model()
+    dataset = pseudo.training_set(task, pl, new.fold(0), train_rows)
+    truths = task.labels(train_rows)
+    assert truths.shape == (len(train_rows), 4) and np.array_equal(dataset.labels[: len(train_rows)], truths)
+    assert dataset.labels.shape == (len(train_rows) + (rows + 1) // 2, 4)
+    assert (dataset.labels[len(train_rows):] == [1, 1, 0, 0]).all()  # fold 0's decisions: big, even
+    train.run(pl, fold=0)
+    assert new.fold(0).oof.is_file()
+
+    pseudo.run("src", "pl-soft", runs_dir=str(cfg.runs_dir), threshold="0.9", soft=True)
+    soft = run_config(RunDir(f"{cfg.runs_dir}/pl-soft"))
+    task = build_task(soft, run.classes())
+    task.fit_fold(train_rows)
+    task.build_model()
+    dataset = pseudo.training_set(task, soft, RunDir(soft.run_dir).fold(1), load_folds(soft).split(1)[0])
+    n = len(load_folds(soft).split(1)[0])
+    np.testing.assert_allclose(dataset.labels[n:], np.tile(said[1], ((rows + 1) // 2, 1)), atol=1e-6)

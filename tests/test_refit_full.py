@@ -7,18 +7,35 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.runs import checkpoint
-from pipeline.runs.rundir import RunDir
+from pipeline.runs.rundir import RunDir, best_weights
 from pipeline.stages import train
 from tests.conftest import assert_export_submits_the_same, assert_refused, cli, invoke, write_config
 
 
-def test_the_refit_trains_on_every_row_for_the_folds_mean_best_epoch(copy_run):
+def set_best(run: RunDir, picks: dict) -> None:
+    """Rewrite fold k's best.pt as if its best epoch (1-based) and weights had been picks[k] = (epochs, source)."""
+    for k, (epochs, source) in picks.items():
+        state = checkpoint.load(run.fold(k).best)
+        state["progress"].update(best_epoch=epochs - 1, best_source=source)
+        checkpoint.save(run.fold(k).best, state)
+
+
+def test_the_refit_trains_on_every_row_for_the_folds_mean_best_epoch(copy_run, monkeypatch):
     cfg = copy_run()
     run = RunDir(cfg.run_dir)
-    best = [checkpoint.load(f.best)["progress"]["best_epoch"] + 1 for f in run.fold_dirs()]
-    epochs = max(1, round(sum(best) / len(best)))
+    set_best(run, {0: (2, "ema"), 1: (4, "ema")})  # (2 + 4) / 2 = 3 epochs, not train.epochs (2); EMA in both
+    epochs = 3
+    seen = []
+    real_fit = train.fit
+
+    def spy(task, model, train_loader, valid_loader, *args, **kwargs):
+        seen.append((train_loader.dataset, valid_loader))
+        return real_fit(task, model, train_loader, valid_loader, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", spy)
     train.run(cfg, fold="full")
     state = checkpoint.load(run.full.best)
     assert state["progress"]["done"] and state["progress"]["epoch"] + 1 == epochs
@@ -27,6 +44,34 @@ def test_the_refit_trains_on_every_row_for_the_folds_mean_best_epoch(copy_run):
     assert len(metrics) == epochs and not any(c.startswith("valid") for c in metrics.columns)
     assert not run.full.oof.is_file()
     assert all(f.path.name.startswith("fold") for f in run.fold_dirs())  # full/ is not counted as a fold
+
+    # every training row, each once, with its own label: 150 digits, 9 full batches of 16 per epoch
+    ((dataset, valid),) = seen
+    train_csv = pd.read_csv(cfg.data_path("train_csv"))
+    assert valid is None and len(dataset) == len(train_csv) == 150
+    images = [p.relative_to(cfg.data.root).as_posix() for p in dataset.images.paths]
+    assert sorted(images) == sorted(train_csv["image"])
+    label = dict(zip(train_csv["image"], train_csv["label"], strict=True))
+    assert [run.classes()[y] for y in dataset.labels] == [label[i] for i in images]
+    assert state["progress"]["step"] == epochs * (150 // 16)  # fold 0's 75 rows alone would take 4 steps an epoch
+
+    # the weights kept are the EMA's, as both folds' best were, and predict reads those
+    assert state["progress"]["best_source"] == "ema" and best_weights(state) is state["ema"]
+    assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])  # the choice matters
+
+
+def test_the_refit_keeps_the_ema_weights_only_where_most_folds_best_epoch_was_the_emas(copy_run):
+    cfg = copy_run()
+    run = RunDir(cfg.run_dir)
+    set_best(run, {0: (1, "ema"), 1: (3, "ema")})
+    assert train.refit_plan(cfg) == (2, "ema")
+    set_best(run, {0: (1, "ema"), 1: (3, "model")})  # one of two is no majority
+    assert train.refit_plan(cfg) == (2, "model")
+    set_best(run, {0: (5, "model"), 1: (6, "model")})  # 5.5 rounds to even
+    assert train.refit_plan(cfg) == (6, "model")
+    set_best(run, {0: (1, "ema"), 1: (1, "ema")})
+    cfg.train.ema = False  # no EMA trained this time: the raw weights, whatever the folds picked
+    assert train.refit_plan(cfg) == (1, "model")
 
 
 def test_the_refit_needs_trained_folds(digits_root, tmp_path):
@@ -38,7 +83,8 @@ def test_the_refit_needs_trained_folds(digits_root, tmp_path):
 
 
 def test_the_refit_joins_the_test_mean_as_one_more_model_and_leaves_the_cv_alone(copy_run, digits_root, tmp_path):
-    from pipeline.stages import predict, report
+    from pipeline.reporting import report
+    from pipeline.stages import predict
     from pipeline.tasks import build_task
 
     cfg = copy_run()
@@ -86,3 +132,26 @@ def test_an_unfinished_refit_is_left_out_of_the_test_mean(copy_run, monkeypatch)
     assert run.full.best.is_file() and not checkpoint.load(run.full.best)["progress"]["done"]
     assert "full_refit" not in predict.combine_folds(cfg)
     assert_refused(invoke("predict", "-c", str(run.config), "--fold", "full"), "no finished full-data refit")
+
+
+def test_an_ensemble_whose_member_has_a_refit_exports_and_infers_what_submit_does(copy_run, digits_root, tmp_path):
+    """Member a with a full-data refit in its test mean, member b without: the export carries a's full/ beside its
+    folds, and infer, without train data, predicts the blend's test.parquet and submits submit's file."""
+    from pipeline.stages import ensemble, predict
+    from pipeline.stages.infer import predict_export
+
+    a = copy_run("a")
+    copy_run("b")  # the same folds, no refit
+    train.run(a, fold="full")
+    predict.run(a, fold="full")
+    assert json.loads(RunDir(a.run_dir).scores.read_text())["test_models"] == [0, 1, "full"]
+    ensemble.run(["a", "b"], method="weighted", name="blend", runs_dir=a.runs_dir)
+    export = assert_export_submits_the_same(a.runs_dir, "blend", digits_root, tmp_path)
+    nodes = json.loads((export / "manifest.json").read_text())["nodes"]
+    assert nodes["blend"]["kind"] == "ensemble" and nodes["blend"]["members"] == ["a", "b"]
+    assert [f["k"] for f in nodes["a"]["folds"]] == [0, 1, "full"] and "full_refit" in nodes["a"]
+    assert [f["k"] for f in nodes["b"]["folds"]] == [0, 1] and "full_refit" not in nodes["b"]
+    assert (export / "a" / "full" / "model.safetensors").is_file() and not (export / "b" / "full").exists()
+    inferred = predict_export(export, tmp_path / "blend-test-only")[0].sort_values("id", ignore_index=True)
+    blended = pd.read_parquet(RunDir(a.run_dir.parent / "blend").test).sort_values("id", ignore_index=True)
+    pd.testing.assert_frame_equal(inferred, blended, check_exact=False, atol=1e-6)

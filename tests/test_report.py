@@ -8,14 +8,15 @@ import pytest
 
 from pipeline.cli import app
 from pipeline.stages import predict, submit
-from tests.conftest import cli
+from tests.conftest import cli, copy_run_to
 
 
-@pytest.fixture
-def experiment(copy_run):
+@pytest.fixture(scope="module")
+def experiment(trained_run, tmp_path_factory):
     """Two copies of the session's trained run (2 folds x 2 epochs), `small` as predicted there (tta auto) and
     `other` predicted again without TTA, both submitted, with a public LB for the first."""
-    cfgs = [copy_run("small"), copy_run("other")]
+    folder = tmp_path_factory.mktemp("report")
+    cfgs = [copy_run_to(trained_run, folder, "small"), copy_run_to(trained_run, folder, "other")]
     predict.run(cfgs[1], tta="none")
     for cfg in cfgs:
         submit.run(cfg.name, runs_dir=cfg.runs_dir, message=f"{cfg.name} run")
@@ -24,9 +25,9 @@ def experiment(copy_run):
 
 
 def test_report_page_and_runs_table(experiment):
-    pytest.importorskip("pymupdf")
+    """The page and `pipeline runs`: nothing here needs PyMuPDF (only --screenshot does, below)."""
     cfg = experiment[0]
-    cli("report", "small", "--runs-dir", cfg.runs_dir, "--screenshot")
+    cli("report", "small", "--runs-dir", cfg.runs_dir)
     page = (cfg.run_dir / "report.html").read_text()
     for title in ("Summary", "Learning curves", "Out-of-fold predictions", "Highest-loss OOF images", "CV vs public LB"):
         assert f"<h2>{title}</h2>" in page
@@ -34,10 +35,6 @@ def test_report_page_and_runs_table(experiment):
     assert {p.name for p in (cfg.run_dir / "report").iterdir()} == {
         "learning_curves.png", "confusion.png", "highest_loss.png", "cv_vs_lb.png"}
     assert "digit_" in page and "small run" in page  # per-class table and the submissions log
-    png = (cfg.run_dir / "report.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    assert width > 1000 and height > 2 * width  # the whole page, cropped to its content
 
     # The same two experiments through `pipeline runs`.
     rows = json.loads(cli("runs", "--runs-dir", cfg.runs_dir, "--submissions-dir", cfg.submissions_dir, "--json").output)
@@ -51,6 +48,17 @@ def test_report_page_and_runs_table(experiment):
     text = cli("runs", "--runs-dir", cfg.runs_dir, "--submissions-dir", cfg.submissions_dir).output
     header, first, second = text.splitlines()[:3]
     assert "cv ± std" in header and "public LB" in header and "0.5000" in (first + second)
+
+
+def test_report_screenshot_is_the_whole_page(experiment):
+    pytest.importorskip("pymupdf")
+    cfg = experiment[0]
+    cli("report", "small", "--runs-dir", cfg.runs_dir, "--screenshot")
+    assert "<h2>CV vs public LB</h2>" in (cfg.run_dir / "report.html").read_text()
+    png = (cfg.run_dir / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width > 1000 and height > 2 * width  # the whole page, cropped to its content
 
 
 def test_runs_on_an_empty_folder_says_what_to_do(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from pipeline.core.config import load_config
 from pipeline.core.seeding import LengthGroupedSampler
@@ -131,6 +132,12 @@ def test_every_target_type_trains(target, sections, tiny_bert, tmp_path, make_co
     cli("train", "--config", path, "--fold", "0")
     oof = pd.read_parquet(cfg.run_dir / "fold0" / "oof.parquet")
     assert len(oof) == 20 and np.isfinite(oof.drop(columns=["id", "target", "fold"]).to_numpy(float)).all()
+    # it learned the words: its outputs rank the positive reviews (even ids) above the negative ones
+    positive = oof["id"].astype(int) % 2 == 0
+    outputs = oof.drop(columns=["id", "target", "fold"])
+    assert outputs.shape[1] == {"multiclass": 2, "multilabel": 2}.get(target, 1)  # one probability or value
+    output = {"multiclass": "pos", "multilabel": "food"}.get(target, outputs.columns[0])
+    assert roc_auc_score(positive, outputs[output]) > 0.8, oof  # a constant scores 0.5
 
 
 def test_encoder_through_the_cli_and_without_its_folder(tiny_bert, tmp_path, make_config):
@@ -163,6 +170,8 @@ def test_encoder_through_the_cli_and_without_its_folder(tiny_bert, tmp_path, mak
     cli("submit", "blend", "--runs-dir", cfg.runs_dir)
     sub = pd.read_csv(tmp_path / "subs" / "blend.csv")
     assert sub["id"].tolist() == list(range(60, 66)) and set(sub["label"]) <= {"pos", "neg"}
+    blended = pd.read_parquet(cfg.run_dir.parent / "blend" / "test.parquet").set_index("id")["pos"]
+    assert blended[["60", "62"]].min() > blended[["63", "65"]].max()  # "good day, great food" over "bad ..., awful"
     export = assert_export_submits_the_same(cfg.runs_dir, "blend", root, tmp_path)  # tokenizer and config travel
     assert sorted(f.name for f in (export / "enc" / "encoder").iterdir()) == kept
 

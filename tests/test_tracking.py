@@ -37,9 +37,24 @@ def test_null_tracker_stands_in_for_wandb_everywhere():
     null, wandb = public_methods(tracking.NullTracker), public_methods(tracking.WandbTracker)
     assert set(wandb) == {"log", "summary", "media", "finish"}  # the scan found them
     assert null == wandb
-    t = tracking.NullTracker()
-    assert t.log({"a": 1}, step=3) is None and t.summary({"b": 2}) is None and t.finish() is None
-    assert t.run_id is None  # a fold trained without W&B stores no run id to resume
+    assert tracking.NullTracker().run_id is None  # a fold trained without W&B stores no run id to resume
+
+
+def test_disabled_tracking_is_the_null_tracker_and_leaves_no_trace(tmp_path):
+    """tracking.wandb=disabled: no W&B run is started, and the calls a fold, predict and tune make write nothing."""
+    import wandb
+
+    from pipeline.core.config import Config
+
+    cfg = Config(name="quiet", runs_dir=str(tmp_path))
+    cfg.tracking.wandb = "disabled"
+    tracker = tracking.build_tracker(cfg, "fold0", "train")
+    assert type(tracker) is tracking.NullTracker and tracker.run_id is None
+    tracker.summary({"lr": 1e-3})
+    tracker.log({"train/loss": 0.5}, step=3)
+    tracker.media({"curves": tmp_path / "curves.png"}, {"trials": pd.DataFrame({"score": [0.5]})})
+    tracker.finish()
+    assert list(tmp_path.iterdir()) == [] and wandb.run is None  # no runs/quiet/wandb, no live run
 
 
 def offline_run_id(folder) -> str:

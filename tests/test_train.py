@@ -1,9 +1,11 @@
 """Training through the stage functions on the digits competition: files, resume, no retraining."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline.core.config import load_config
 from pipeline.engine import loop
 from pipeline.engine.state import Progress
 from pipeline.runs import checkpoint
@@ -91,7 +93,19 @@ def test_cpu_defaults_to_fp32():
     assert loop.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
 
 
-def test_mixup_cutmix_and_fp32_without_channels_last_train(competition, make_config):
+def test_mixup_cutmix_and_fp32_without_channels_last_train(competition, make_config, monkeypatch):
+    from pipeline.tasks.classification.task import ClassificationTask
+
+    mixed = []  # per training batch: (its images changed by the mixing, the targets the loss got)
+    real_mix = ClassificationTask.mix
+
+    def spy(self, x, y, mixup):
+        before = x.clone()  # timm mixes in place
+        x, y = real_mix(self, x, y, mixup)
+        mixed.append((not torch.equal(x, before), y.detach().clone()))
+        return x, y
+
+    monkeypatch.setattr(ClassificationTask, "mix", spy)
     _, cfg = make_config(competition, train={"epochs": 1, "channels_last": False},
                          augment={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "vflip": 0.5, "rotate90": 0.5})
     prepare.run(cfg)
@@ -99,6 +113,42 @@ def test_mixup_cutmix_and_fp32_without_channels_last_train(competition, make_con
     metrics = pd.read_csv(cfg.run_dir / "fold2/metrics.csv")
     assert list(metrics["epoch"]) == [0] and metrics["train/loss"].notna().all()
     assert (cfg.run_dir / "fold2/oof.parquet").is_file()
+    assert len(mixed) == 100 // 16 and all(changed for changed, _ in mixed)  # every batch (mix_prob 1), train only
+    targets = torch.cat([y for _, y in mixed])
+    assert targets.shape == (96, 10) and torch.allclose(targets.sum(1), torch.ones(96))
+    smooth = 0.1 / 10  # label smoothing's share of every class
+    assert (targets.topk(2, dim=1).values[:, 1] > smooth + 0.05).float().mean() > 0.5  # two digits in most targets
+
+
+def mixing_task(**augment):
+    """A 10-class image task with only the given batch mixing, no label smoothing (targets read as shares)."""
+    from pipeline.tasks.classification.task import ClassificationTask
+
+    sets = [f"augment.{k}={v}" for k, v in augment.items()]
+    return ClassificationTask(load_config(None, ["train.label_smoothing=0", *sets]), [str(d) for d in range(10)])
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixup_blends_whole_images_and_cutmix_pastes_a_box_each_as_its_targets_say(kind):
+    """Sample i is mixed with sample B-1-i; its target keeps share lam of its own class. Mixup: every pixel is
+    lam x its own + (1 - lam) x the partner's. Cutmix: a box of the partner's pixels covering 1 - lam of the image."""
+    np.random.seed(0)  # timm draws lam and the box from numpy's global RNG
+    task = mixing_task(**{f"{kind}_alpha": 0.4 if kind == "mixup" else 1.0})
+    x = torch.rand(8, 3, 16, 16)
+    before, y = x.clone(), torch.arange(8)  # pairs (0, 7), (1, 6) ...: two different classes each
+    out, soft = task.mix(x, y, task.mixup)
+    lam = float(soft[0, 0])
+    assert 0 < lam < 1 and torch.allclose(soft[torch.arange(8), y], torch.full((8,), lam))
+    assert torch.allclose(soft[torch.arange(8), y.flip(0)], torch.full((8,), 1 - lam))
+    partner = before.flip(0)
+    if kind == "mixup":
+        torch.testing.assert_close(out, lam * before + (1 - lam) * partner, atol=1e-6, rtol=0)
+    else:
+        pasted = (out == partner) & (out != before)
+        assert torch.all((out == before) | (out == partner))  # nothing blended, only pasted
+        assert pasted.float().mean().item() == pytest.approx(1 - lam, abs=0.01)
+        rows, cols = pasted[0, 0].any(1).nonzero(), pasted[0, 0].any(0).nonzero()  # one box: its bounding box is full
+        assert pasted[0, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
 
 
 def test_resume_warns_when_the_config_changed(competition, make_config, monkeypatch, caplog):

@@ -12,7 +12,7 @@ import yaml
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.workflows.tune import Param, default_space, parse_param, parse_stages, warn_edges
-from tests.conftest import cli, invoke
+from tests.conftest import assert_refused, cli, invoke
 
 
 def test_log_uniform_gives_every_decade_the_same_chance():
@@ -90,3 +90,35 @@ def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_con
 
     other = invoke(*args[:-4], "--param", "train.base_lr=log:1e-4:1e-3")
     assert other.exit_code == 2 and "--force" in other.output
+
+
+def test_a_failing_trial_is_recorded_ranked_last_and_the_search_goes_on(competition, make_config, monkeypatch):
+    """A trial whose loss goes NaN (loop.Diverged, a UserError) is a row with its reason and no score; the others
+    train on, it is never promoted, and a last stage where every trial failed is refused with the file to read."""
+    from pipeline.engine import loop
+
+    real_epoch, failing = loop.train_epoch, {"tuned-s1-t01"}
+
+    def diverging(task, state, loader, cfg, epoch, *args, **kwargs):
+        if cfg.name in failing or (cfg.name.startswith("doomed") and "-s1-" in cfg.name):
+            raise loop.Diverged(f"training loss is nan at epoch {epoch + 1} ({cfg.name})")
+        return real_epoch(task, state, loader, cfg, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", diverging)
+    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1})
+    result = cli("tune", "--config", path, "--trials", "3", "--stages", "1x1,1x1", "--param",
+                 "model.drop_rate=uniform:0:0.3")
+    trials = pd.read_csv(cfg.run_dir / "tune" / "trials.csv")
+    first = trials[trials["stage"] == 1].set_index("trial")
+    assert list(first.index) == [0, 1, 2]
+    assert first.loc[1, "status"] == "training loss is nan at epoch 1 (tuned-s1-t01)" and math.isnan(first.loc[1, "score"])
+    ran = first.drop(index=1)
+    assert (ran["status"] == "ok").all() and ran["score"].notna().all()
+    (promoted,) = trials.loc[trials["stage"] == 2, "trial"]  # 3 x promote 0.33: one, the best of those that ran
+    assert promoted == ran["score"].idxmax()
+    assert yaml.safe_load((cfg.run_dir / "tune" / "best.yaml").read_text())["trial"] == promoted
+    assert "t01" in result.output and "failed" in result.output  # the table says so
+
+    doomed, _ = make_config(competition, name="doomed", cv={"folds": 2}, train={"epochs": 1})
+    assert_refused(invoke("tune", "--config", doomed, "--trials", "2", "--stages", "1x1", "--param",
+                          "model.drop_rate=uniform:0:0.3"), "every trial of the last stage failed", "trials.csv")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
@@ -149,3 +149,11 @@ class ImageDataset(Dataset):
         seed_transform(self.transform, seed)
         image = self.transform(image=self.images[i])["image"]
         return image, torch.as_tensor(self.labels[i])
+
+    @staticmethod
+    def collate(batch: list) -> list:
+        """default_collate with the images stacked in the order their bytes lie: items are [C, H, W] views of
+        [H, W, C] arrays (ToTensorV2), which a plain stack gathers element by element and to_device then turned back
+        into channels_last. Stacked as [H, W, C] each is one copy; the batch is [B, C, H, W] in channels_last memory."""
+        images, *rest = default_collate([(item[0].permute(1, 2, 0), *item[1:]) for item in batch])
+        return [images.permute(0, 3, 1, 2), *rest]

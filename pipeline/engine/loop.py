@@ -229,15 +229,7 @@ def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Confi
         samples += len(batch[0])
         if not stepping:
             continue
-        state.scaler.unscale_(state.optimizer)
-        if t.clip_grad > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        state.optimizer.zero_grad(set_to_none=True)
-        progress.step += 1
-        state.ema.update(state.model, step=progress.step)
-        state.scheduler.step()
+        optimizer_step(state, model, t.clip_grad)
         steps += 1
         bar.update()
         if steps % cfg.tracking.log_every == 0 or steps == max_steps:
@@ -250,10 +242,33 @@ def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Confi
     bar.close()
     mean = distributed.mean((total / max(batches, 1)).item())
     _check_finite(mean, epoch, first_bad)
-    if not all(bool(p.isfinite().all()) for p in model.parameters()):  # a last step can break them after the loss
+    if not finite(model.parameters()):  # a last step can break them after the loss
         raise Diverged(f"weights became NaN or infinite at epoch {epoch + 1}, step {progress.step}; lower "
                        "train.base_lr or set train.clip_grad. The checkpoints on disk are from before it.")
     return mean, distributed.total(samples)
+
+
+def optimizer_step(state: TrainingState, model: nn.Module, clip_grad: float) -> None:
+    """One update: unscale, clip, step (the scaler skips a step with inf gradients), zero the gradients, then the
+    EMA and the schedule follow the step."""
+    state.scaler.unscale_(state.optimizer)
+    if clip_grad > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.progress.step += 1
+    state.ema.update(state.model, step=state.progress.step)
+    state.scheduler.step()
+
+
+def finite(tensors) -> bool:
+    """Whether every element is finite. A sum is finite only when its elements are (NaN and inf carry through), so
+    one reading pass and one sync settle it; the element check runs only where a sum is not (or overflowed)."""
+    tensors = list(tensors)
+    if not tensors or bool(torch.stack([t.detach().sum(dtype=torch.float32) for t in tensors]).isfinite().all()):
+        return True
+    return all(bool(t.isfinite().all()) for t in tensors)
 
 
 def _check_finite(loss: float, epoch: int, first_bad: torch.Tensor) -> None:
