@@ -31,9 +31,9 @@ def test_the_refit_trains_on_every_row_for_the_folds_mean_best_epoch(copy_run, m
     seen = []
     real_fit = train.fit
 
-    def spy(task, model, train_loader, valid_loader, *args, **kwargs):
-        seen.append((train_loader.dataset, valid_loader))
-        return real_fit(task, model, train_loader, valid_loader, *args, **kwargs)
+    def spy(job, *args, **kwargs):
+        seen.append((job.train_loader.dataset, job.valid_loader))
+        return real_fit(job, *args, **kwargs)
 
     monkeypatch.setattr(train, "fit", spy)
     train.run(cfg, fold="full")
@@ -83,8 +83,7 @@ def test_the_refit_needs_trained_folds(digits_root, tmp_path):
 
 
 def test_the_refit_joins_the_test_mean_as_one_more_model_and_leaves_the_cv_alone(copy_run, digits_root, tmp_path):
-    from pipeline.reporting import report
-    from pipeline.stages import predict
+    from pipeline.stages import predict, report
     from pipeline.tasks import build_task
 
     cfg = copy_run()

@@ -29,6 +29,7 @@ from pipeline.core.config import Config, load_config, parse_value, to_dict, with
 from pipeline.core.errors import UserError
 from pipeline.core.files import copy_file, write_csv, write_json, write_text
 from pipeline.data.folds import load_folds
+from pipeline.engine.scores import score_frame
 from pipeline.runs.rundir import RunDir
 from pipeline.runs.tracking import build_tracker
 from pipeline.scoring.metrics import ranker
@@ -185,7 +186,7 @@ def start_plan(root: Path, cfg: Config, space: list[Param], stages: list[Stage],
 
 def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i: int, draw: dict) -> dict:
     """Train one trial's stage as `pipeline train` would, with the drawn values set; its CV on the folds trained."""
-    from pipeline.stages import predict, train
+    from pipeline.stages import train
 
     shorter = stage.epochs / cfg.train.epochs  # the whole schedule, compressed: warmup shrinks with it
     trial = with_values(load_config(config, overrides), {
@@ -206,7 +207,7 @@ def run_trial(config, overrides: list[str], cfg: Config, s: int, stage: Stage, i
             train.run(trial, fold=k)
         folds = load_folds(trial)
         oof = pd.concat([pd.read_parquet(RunDir(trial.run_dir).fold(k).oof) for k in range(stage.folds)])
-        score, status = predict.score_frame(build_task(trial, folds.classes), oof)[0], "ok"
+        score, status = score_frame(build_task(trial, folds.classes), oof)[0], "ok"
         log.info("trial t%02d stage %d: %s %.4f", i, s, cfg.train.metric, score)
     except UserError as e:  # e.g. a NaN loss at a high LR: that trial is out, the search goes on
         score, status = math.nan, str(e)
