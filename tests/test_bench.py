@@ -48,13 +48,14 @@ def test_each_part_turns_its_work_into_rates_and_peak_memory(bench_cfg, monkeypa
                 samples[name].append(run(n))
                 clock.advance(took[name][len(samples[name]) - 1])
                 return samples[name][-1]
+            step.close = getattr(run, "close", None)  # (b) ends its epoch's thread
             return step
         return runner
 
     monkeypatch.setattr(bench, "bare_runner", timed("bare", bench.bare_runner))
     monkeypatch.setattr(bench, "pipeline_runner", timed("pipeline", bench.pipeline_runner))
-    training = bench.training(bench_cfg, 2, 1, chunks=2)
-    assert samples == {"bare": [8, 8, 8], "pipeline": [8, 8, 8]}  # one batch of 8 per call (steps // chunks)
+    training = bench.training(bench_cfg, 2, 1, chunk=1)
+    assert samples == {"bare": [8, 8, 8], "pipeline": [8, 8, 8]}  # one batch of 8 per call (a chunk of one step)
     # rates 8/1, 8/2 (bare) and 8/2, 8/2 (pipeline): medians 6 and 4; the ratio is the median of the chunk
     # pairs' ratios (0.5, 1), not the ratio of the medians (0.67)
     assert {k: training[k] for k in ("bare", "pipeline", "ratio")} == {"bare": 6.0, "pipeline": 4.0, "ratio": 0.75}
@@ -65,6 +66,22 @@ def test_each_part_turns_its_work_into_rates_and_peak_memory(bench_cfg, monkeypa
     assert loader["samples/s"] == 3 * 8 and loader["peak MB"] > 0  # three timed batches of 8 (after the warm-up)
     d4 = bench.predict_views(bench_cfg, 2, "d4")
     assert (d4["samples/s"], d4["views"], d4["view images/s"]) == (2 * 8, 8, 2 * 8 * 8)  # two batches of 8, 8 views
+
+
+def test_the_pipeline_runner_steps_one_epoch_on_through_the_gate_and_raises_its_errors(bench_cfg, monkeypatch):
+    """(b) is one train_epoch in a thread: each call trains exactly its steps, on past the epoch's end, and an error
+    in the loop (here a NaN loss) is raised in the caller, not lost in the thread."""
+    from pipeline.engine.loop import Diverged
+    from pipeline.tasks.classification.task import ClassificationTask
+
+    task, model, device, dtype, train_rows, _ = bench._setup(bench_cfg)
+    steps_per_epoch = len(train_rows) // 8
+    run = bench.pipeline_runner(bench_cfg, task, model, device, dtype, train_rows)
+    assert [run(1), run(3), run(steps_per_epoch)] == [8, 3 * 8, steps_per_epoch * 8]
+    monkeypatch.setattr(ClassificationTask, "loss", lambda self, model, batch, mix=True: model(batch[0]).sum() * float("nan"))
+    with pytest.raises(Diverged, match="NaN|nan"):
+        for _ in range(20):  # the loss is checked at the log points
+            run(5)
 
 
 def test_ensembling_part_runs_the_stage_on_float16_members(bench_cfg, tmp_path):

@@ -3,8 +3,9 @@
     pipeline bench --config configs/bench.yaml [--batch-sizes 32,64,128] [--steps 20]      (make bench)
 
 Each measurement runs in a fresh process, so its peak memory is its own. Parts: (a) a bare loop on a
-synthetic batch in memory and (b) the pipeline's train_epoch on the real loader, timed in alternating
-chunks in one process (a shared CPU's speed drifts ~6% between processes); (c) the loader alone, without
+synthetic batch in memory and (b) the pipeline's train_epoch on the real loader, one epoch stepped in a
+thread, timed in alternating chunks of two steps in one process (a shared CPU's speed drifts ~6% between
+processes, and by as much within a minute); (c) the loader alone, without
 and with the decoded cache; (d) prediction per TTA view set; (e) `pipeline ensemble` on N members; (f) with
 --text-config, (a) and (b) for a text model: the bare loop replays the loader's own padded batches from the device.
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from queue import Empty
 
@@ -117,40 +120,95 @@ def bare_batches_runner(cfg: Config, task: Task, device, dtype, train_rows, batc
     return run
 
 
+class Gate:
+    """The training loader as one long `train_epoch` sees it, in a thread, a step at a time when the bench says go.
+
+    (b) is then timed in short chunks of one epoch, from the go to the loop asking for its next batch (the step, and
+    the loader's work for it, done), while between chunks the loop waits and (a) runs alone. Restarting train_epoch
+    per chunk instead timed an epoch's start and end (the loader's first batch, the weights check) as often as its
+    steps, and chunks long enough to hide that drifted with the machine: (a) against itself read 0.91 to 1.04."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device, self.sampler = loader, device, loader.sampler
+        self._go, self._stepped = threading.Semaphore(0), threading.Semaphore(0)
+        self._samples, self._error, self._closed, self._thread = 0, None, False, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        while True:  # epoch after epoch: the bench may take more steps than one epoch holds
+            for batch in self.loader:
+                self._go.acquire()
+                if self._closed:
+                    return
+                self._samples += len(batch[0])
+                yield batch
+                self._stepped.release()
+
+    def train(self, step) -> None:
+        """The training thread: train_epoch over this gate; an error is kept for the bench to raise."""
+        try:
+            step()
+        except BaseException as error:  # raised in the bench's thread by __call__
+            self._error = error
+            self._stepped.release()
+
+    def __call__(self, n: int) -> int:
+        """Let n steps through, wait for them; the samples they trained on."""
+        before = self._samples
+        for _ in range(n):
+            self._go.release()
+        for _ in range(n):
+            self._stepped.acquire()
+            if self._error is not None:
+                raise self._error
+        _sync(self.device)
+        return self._samples - before
+
+    def close(self) -> None:
+        """End the epoch: the loop finishes as at an epoch's end, and its thread with it."""
+        self._closed = True
+        self._go.release()
+        if self._thread is not None:
+            self._thread.join()
+
+    def start(self, epoch) -> Gate:
+        self._thread = threading.Thread(target=self.train, args=(epoch,), name="bench-train", daemon=True)
+        self._thread.start()
+        return self
+
+
 def pipeline_runner(cfg: Config, task: Task, model, device, dtype, train_rows):
-    """(b) `pipeline train`'s own train_epoch (EMA, clipping, schedule, augmentation) on the real loader."""
+    """(b) `pipeline train`'s own train_epoch (EMA, clipping, schedule, augmentation) on the real loader: one epoch
+    running in a thread, stepped through a Gate."""
     from pipeline.data.tables import build_loader
     from pipeline.engine.loop import train_epoch
     from pipeline.engine.state import TrainingState
 
     loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
     state = TrainingState.build(model, cfg, len(loader), device, dtype, task.memory_format)
-
-    def run(n: int) -> int:
-        samples = train_epoch(task, state, loader, cfg, state.progress.epoch + 1, max_steps=n)[1]
-        state.progress.epoch += 1
-        _sync(device)
-        return samples
-
-    return run
+    gate = Gate(loader, device)
+    return gate.start(partial(train_epoch, task, state, gate, cfg, 0, max_steps=2**62))  # stopped by gate.close()
 
 
-def training(cfg: Config, steps: int, warmup: int, chunks: int = 4) -> dict:
-    """(a) and (b) in one process, timed in alternating chunks (a, b, a, b, ...): whatever else the machine
-    does slows both alike, and the ratio is the median of the chunk pairs' ratios."""
+def training(cfg: Config, steps: int, warmup: int, chunk: int = 2) -> dict:
+    """(a) and (b) in one process, timed in alternating chunks of `chunk` steps (a, b, a, b, ...): whatever else
+    the machine does slows both alike, and the ratio is the median of the chunk pairs' ratios."""
     task, model, device, dtype, train_rows, _ = _setup(cfg)
-    bare = bare_batches_runner(cfg, task, device, dtype, train_rows, max(warmup, steps // chunks)) \
+    bare = bare_batches_runner(cfg, task, device, dtype, train_rows, max(warmup, chunk)) \
         if task.bare_batches else bare_runner(cfg, task, device, dtype)
     runners = {"bare": bare,
                "pipeline": pipeline_runner(cfg, task, model, device, dtype, train_rows)}
     for run in runners.values():
         run(warmup)
     rates = {name: [] for name in runners}
-    for _ in range(chunks):
+    for _ in range(max(1, steps // chunk)):
         for name, run in runners.items():
             started = time.perf_counter()
-            samples = run(max(1, steps // chunks))
+            samples = run(chunk)
             rates[name].append(samples / (time.perf_counter() - started))
+    runners["pipeline"].close()
     ratios = [p / b for b, p in zip(rates["bare"], rates["pipeline"], strict=True)]
     return {"bare": float(np.median(rates["bare"])), "pipeline": float(np.median(rates["pipeline"])),
             "ratio": float(np.median(ratios)), "peak MB": _peak_mb()}
@@ -172,8 +230,7 @@ def loader_only(cfg: Config, batches: int, warmup: int) -> dict:
         except StopIteration:
             it = iter(loader)
             continue
-        if len(batch) == 3:  # the GPU path (augment.on_gpu): its device half is part of what feeds the model
-            batch = task.to_device(batch, device)
+        batch = task.to_device(batch, device)  # its device half (normalising, augment.on_gpu) feeds the model too
         samples += len(batch[0])
     _sync(device)
     return {"samples/s": samples / (time.perf_counter() - started), "peak MB": _peak_mb()}

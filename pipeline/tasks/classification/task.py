@@ -34,7 +34,7 @@ from pipeline.scoring.tta import View, build_views, run_views
 from pipeline.tasks.base import ClassProbabilities
 from pipeline.tasks.classification.demo_data import write_digits_competition
 from pipeline.tasks.classification.gpu_augment import GpuAugment, UInt8Dataset, canvas_side
-from pipeline.tasks.classification.transforms import INTERPOLATION, build_transforms
+from pipeline.tasks.classification.transforms import INTERPOLATION, Normalize, build_transforms
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class ClassificationTask(ClassProbabilities):
         if self.target.kind != "multiclass":  # probabilities of independent labels, values: start neutral
             zero_head(model)
         self.mean, self.std = normalisation(model, self.cfg.image.mean, self.cfg.image.std)
+        self.normalize = Normalize(self.mean, self.std)
         return model
 
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> ImageDataset:
@@ -116,7 +117,7 @@ class ClassificationTask(ClassProbabilities):
             self.gpu_augment = GpuAugment(self.cfg.image, self.cfg.augment, self.mean, self.std)
             return UInt8Dataset(build_images(self.cfg, rows["id"]), self.labels(rows),
                                 canvas_side(self.cfg.image, self.cfg.augment), INTERPOLATION[self.cfg.image.interpolation])
-        transform = build_transforms(self.cfg.image, self.cfg.augment, train, self.mean, self.std)
+        transform = build_transforms(self.cfg.image, self.cfg.augment, train)
         return ImageDataset(build_images(self.cfg, rows["id"]), self.labels(rows), transform)
 
     def augments_on_gpu(self) -> bool:
@@ -135,8 +136,9 @@ class ClassificationTask(ClassProbabilities):
             x, y, seeds = batch
             x = self.gpu_augment(x.to(device, non_blocking=True), seeds)
             return x.contiguous(memory_format=self.memory_format), y.to(device, non_blocking=True)
-        x, y = batch
-        return x.to(device, non_blocking=True, memory_format=self.memory_format), y.to(device, non_blocking=True)
+        x, y = batch  # uint8 images: normalised here, a quarter of the bytes to collate and move
+        x = self.normalize(x.to(device, non_blocking=True, memory_format=self.memory_format))
+        return x, y.to(device, non_blocking=True)
 
     def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
         x, y = batch
