@@ -253,7 +253,7 @@ def test_bench_times_the_text_loop_on_the_loaders_batches(tiny_bert, tmp_path, m
     root = write_reviews(tmp_path / "reviews")
     _, cfg = make_config(root, base=encoder_base(tiny_bert))
     prepare.run(cfg)
-    result = bench.training(cfg, 2, 1, chunks=2)
+    result = bench.training(cfg, 2, 1, chunk=1)
     assert result["bare"] > 0 and result["pipeline"] > 0 and np.isfinite(result["ratio"])
     rows = bench.text_rows(cfg, 2, 1)
     assert [r[0][:9] for r in rows] == ["(f) text,"] * 2 and rows[1][3] != "error"
