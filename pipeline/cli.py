@@ -297,27 +297,33 @@ def bench(
 @user_errors
 def tune(
     config: Path = ConfigOpt,
-    trials: int = typer.Option(None, "--trials", "-n", help="random draws (default: tune.trials, 16)"),
+    trials: int = typer.Option(None, "--trials", "-n", help="finished trials, all workers together (tune.trials, 16)"),
     param: list[str] = typer.Option(None, "--param", "-p", help="searched key, repeatable: train.base_lr=log:1e-4:1e-2, "
-                                    "model.drop_rate=uniform:0:0.5, int:LOW:HIGH, choice:A|B (default: LR, weight "
-                                    "decay, dropout, label smoothing around the config)"),
-    stages: str = typer.Option(None, "--stages", help="EPOCHSxFOLDS per stage, coarse to fine (default: 1x1,fullx1)"),
+                                    "model.drop_rate=uniform:0:0.5, int:LOW:HIGH, choice:A|B (default: tune.space, "
+                                    "else LR, weight decay, dropout, label smoothing around the config)"),
+    sampler: str = typer.Option(None, "--sampler", help="tpe (default), random, cmaes or gp"),
+    pruner: str = typer.Option(None, "--pruner", help="hyperband (default), median or none"),
+    folds: str = typer.Option(None, "--folds", help="folds each trial trains and is scored on: 0 (default), 0,1, all"),
+    objective: str = typer.Option(None, "--objective", help="score (default), or score,infer for a Pareto front"),
+    storage: str = typer.Option(None, "--storage", help="the study's storage: sqlite in runs/<exp>/tune/study.db "
+                                "(default), an SQLAlchemy URL, or journal:/shared/path/study.log"),
+    workers: int = typer.Option(None, "--workers", help="worker processes on this machine, one GPU each (default 1)"),
     set_: list[str] = SetOpt,
-    force: bool = typer.Option(False, "--force", help="delete runs/<exp>/tune and start the search again"),
+    force: bool = typer.Option(False, "--force", help="delete the study and its trial folders and start again"),
+    worker: int = typer.Option(None, "--worker", hidden=True, help="set by --workers in the processes it starts"),
 ) -> None:
-    """Random search, coarse to fine: every trial trains a short run, the best third goes on -> runs/<exp>/tune/.
+    """An Optuna study (TPE, Hyperband pruning) over config keys; workers and machines share it -> runs/<exp>/tune/.
 
-    Example: pipeline tune --config configs/leaves.yaml --trials 16 --param train.base_lr=log:1e-4:1e-2
+    Example: pipeline tune --config configs/leaves.yaml --trials 24 --param train.base_lr=log:1e-4:1e-2 --workers 2
     """
-    import json
-
     from pipeline.workflows import tune as stage
 
-    overrides = [*(set_ or []), *([f"tune.trials={trials}"] if trials is not None else []),
-                 *([f"tune.space={json.dumps(param)}"] if param else []),
-                 *([f"tune.stages={json.dumps(stages.split(','))}"] if stages else [])]
-    table = stage.run(config, overrides, force=force)
-    typer.echo(stage.render(table, table.attrs["metric"]))
+    chosen = {"trials": trials, "sampler": sampler, "pruner": pruner, "folds": folds, "objective": objective,
+              "storage": storage, "workers": workers}
+    overrides = [*(set_ or []), *(f"tune.{k}={v}" for k, v in chosen.items() if v is not None)]
+    table = stage.run(stage.Search(str(config) if config else None, overrides, param or [], force, worker))
+    if worker is None:
+        typer.echo(stage.render(table, table.attrs["metric"]))
 
 
 @app.command()

@@ -1,52 +1,107 @@
-"""`pipeline tune`: the sampling, the stages, the border warning, and a real search on the digits through the CLI."""
+"""`pipeline tune`: the search space (strings, mappings, gated choices, bad input), Optuna drawing from it, the
+border warning, and real studies on the digits through the CLI: SQLite storage, pruning, resuming, refusing another
+plan, a failing trial, a dead worker's trial."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
 
 from pipeline.core.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.workflows.tune import Param, default_space, parse_param, parse_stages, warn_edges
+from pipeline.workflows import tune
+from pipeline.workflows.tune import Param, default_space, parse_param, parse_space, warn_edges
+from pipeline.workflows.tune.space import build_space
+from pipeline.workflows.tune.study import build_storage, fail_dead_trials
 from tests.conftest import assert_refused, cli, invoke
 
 
-def test_log_uniform_gives_every_decade_the_same_chance():
-    p = parse_param("train.base_lr=log:1e-5:1e-1")
-    draws = np.array([p.sample(np.random.default_rng(i)) for i in range(4000)])
-    assert draws.min() >= 1e-5 and draws.max() <= 1e-1
-    per_decade = np.histogram(np.log10(draws), bins=[-5, -4, -3, -2, -1])[0] / len(draws)
-    assert np.allclose(per_decade, 0.25, atol=0.03), per_decade  # uniform sampling would put ~90% in the last decade
-    u = parse_param("model.drop_rate=uniform:0:0.5")
-    assert np.mean([u.sample(np.random.default_rng(i)) for i in range(4000)]) == pytest.approx(0.25, abs=0.01)
-    assert {parse_param("model.name=choice:test_resnet|test_efficientnet").sample(np.random.default_rng(i))
-            for i in range(50)} == {"test_resnet", "test_efficientnet"}
-    assert {parse_param("train.epochs=int:2:4").sample(np.random.default_rng(i)) for i in range(50)} == {2, 3, 4}
+def draws(space: list[Param], n: int, seed: int = 0) -> list[dict]:
+    """n trials of Optuna's random sampler over the space, as tune's objective draws them."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        values = {}
+        for p in space:
+            values |= p.suggest(trial)
+        study.tell(trial, 0.0)
+        out.append(values)
+    return out
 
 
-@pytest.mark.parametrize("text", ["train.base_lr", "train.base_lr=log:1e-3", "train.base_lr=log:0:1",
-                                  "train.base_lr=normal:0:1", "train.base_lr=uniform:1:0", "=log:1:2"])
-def test_bad_params_are_refused_with_the_syntax(text):
-    with pytest.raises(UserError, match="--param"):
-        parse_param(text)
+def test_log_ranges_give_every_decade_the_same_chance_and_ints_and_choices_their_values():
+    lr = np.array([d["train.base_lr"] for d in draws([parse_param("train.base_lr=log:1e-5:1e-1")], 2000)])
+    assert lr.min() >= 1e-5 and lr.max() <= 1e-1
+    per_decade = np.histogram(np.log10(lr), bins=[-5, -4, -3, -2, -1])[0] / len(lr)
+    assert np.allclose(per_decade, 0.25, atol=0.04), per_decade  # uniform drawing would put ~90% in the last decade
+    space = [parse_param("model.name=choice:test_resnet|test_efficientnet"), parse_param("train.epochs=int:2:4")]
+    drawn = draws(space, 60)
+    assert {d["model.name"] for d in drawn} == {"test_resnet", "test_efficientnet"}
+    assert {d["train.epochs"] for d in drawn} == {2, 3, 4} and all(type(d["train.epochs"]) is int for d in drawn)
 
 
-def test_stages_and_default_space_follow_the_config():
-    cfg = load_config(None, ["train.epochs=12", "cv.folds=4", "train.base_lr=1e-3", "train.weight_decay=0"])
-    assert [(s.epochs, s.folds) for s in parse_stages(["1x1", "fullx1", "fullxall"], cfg)] == [(1, 1), (12, 1), (12, 4)]
-    for bad in (["2"], ["1x5"], ["0x1"], []):
-        with pytest.raises(UserError, match="stage"):
-            parse_stages(bad, cfg)
+def test_a_mapping_space_with_a_choice_that_gates_its_own_keys():
+    space = parse_space({
+        "train.base_lr": "log:1e-4:1e-2",
+        "model.drop_rate": {"uniform": [0, 0.5]},
+        "model.name": {"choice": {"resnet18": {"image.size": "int:96:160"},
+                                  "efficientnet_lite0": {"image.size": {"choice": [128, 160]}},
+                                  "convnext_nano": None}},
+    })
+    assert [str(p) for p in space][:2] == ["train.base_lr=log:0.0001:0.01", "model.drop_rate=uniform:0:0.5"]
+    drawn = draws(space, 80)
+    sizes = {}
+    for d in drawn:
+        sizes.setdefault(d["model.name"], set()).add(d.get("image.size"))
+    assert sizes["convnext_nano"] == {None}  # gated keys are drawn only with their choice
+    assert sizes["efficientnet_lite0"] == {128, 160}
+    assert all(96 <= s <= 160 for s in sizes["resnet18"]) and len(sizes["resnet18"]) > 5
+    assert all(0 <= d["model.drop_rate"] <= 0.5 for d in drawn)
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    (["train.base_lr"], "expected KIND"), (["train.base_lr=log:1e-3"], "expected KIND"),
+    (["train.base_lr=log:0:1"], "LOW > 0"), (["train.base_lr=normal:0:1"], "expected KIND"),
+    (["train.base_lr=uniform:1:0"], "empty range"), (["train.base_lr=uniform:1:1"], "empty range"),
+    (["=log:1:2"], "expected KIND"), (["train.epochs=int:1.5:3"], "whole numbers"),
+    (["model.name=choice:"], "no values"), ({"model.name": {"choice": []}}, "no values"),
+    ({"model.name": {"choice": ["a", "a"]}}, "twice"), ({"train.base_lr": {"log": [1e-3]}}, "expected KIND"),
+    ({"train.base_lr": {"uniform": ["a", 1]}}, "numbers"), ("train.base_lr", "a list of key"),
+])
+def test_bad_spaces_are_refused_in_one_line(space, message):
+    with pytest.raises(UserError, match=message) as refused:
+        parse_space(space)
+    assert "\n" not in str(refused.value)
+
+
+def test_unknown_keys_and_wrong_types_are_refused_before_any_trial():
+    cfg = load_config(None, [])
+    with pytest.raises(UserError, match="did you mean train.base_lr"):
+        build_space(cfg, ["train.base_rl=log:1e-4:1e-2"])
+    with pytest.raises(UserError, match="image.sise"):
+        build_space(load_config(None, ["tune.space={model.name: {choice: {resnet18: {image.sise: 'int:96:128'}}}}"]), [])
+    with pytest.raises(UserError, match="model.pretrained"):
+        build_space(cfg, ["model.pretrained=uniform:0:1"])
+
+
+def test_default_space_follows_the_config():
+    cfg = load_config(None, ["train.base_lr=1e-3", "train.weight_decay=0"])
     space = {p.key: p for p in default_space(cfg)}
     assert (space["train.base_lr"].low, space["train.base_lr"].high) == pytest.approx((1e-4, 1e-2))
     assert space["train.weight_decay"].low > 0  # a log range cannot start at zero decay
     assert "model.drop_rate" in space and "train.label_smoothing" in space
-    assert set(p.key for p in default_space(load_config(None, ["task=detection"]))) == {"train.base_lr",
-                                                                                      "train.weight_decay"}
+    assert {p.key for p in default_space(load_config(None, ["task=detection"]))} == {"train.base_lr",
+                                                                                     "train.weight_decay"}
 
 
 def test_border_warning_names_the_side_and_a_wider_range():
@@ -59,66 +114,88 @@ def test_border_warning_names_the_side_and_a_wider_range():
     assert "model.drop_rate=uniform:0:0.75" in warn_edges(best, space, edge=0.1)[1]
 
 
-def test_tune_runs_stages_resumes_and_refuses_another_plan(competition, make_config, tmp_path):
+class PruneTrialOne(optuna.pruners.BasePruner):
+    """A real Optuna pruner with a known verdict: trial 1 is pruned at its first report."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.number == 1
+
+
+def test_a_study_in_sqlite_prunes_resumes_and_refuses_another_plan(competition, make_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "build_pruner", lambda name, steps: PruneTrialOne())
     path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 2}, data={"cache": True})
-    args = ["tune", "--config", str(path), "--trials", "3", "--stages", "1x1,fullxall",
-            "--param", "train.base_lr=log:3e-2:3e-1", "--param", "model.drop_rate=uniform:0:0.3"]
+    args = ["tune", "--config", str(path), "--trials", "3", "--param", "train.base_lr=log:3e-2:3e-1",
+            "--param", "model.drop_rate=uniform:0:0.3"]
     result = cli(*args)
     root = cfg.run_dir / "tune"
     trials = pd.read_csv(root / "trials.csv")
-    assert len(trials) == 3 + 1 and (trials["status"] == "ok").all()  # 3 trials, then the best third: 1
-    first, second = trials[trials["stage"] == 1], trials[trials["stage"] == 2]
-    assert (first[["epochs", "folds"]] == [1, 1]).all().all() and (second[["epochs", "folds"]] == [2, 2]).all().all()
-    assert second["trial"].item() == first.loc[first["score"].idxmax(), "trial"]  # accuracy: higher is better
-    assert first["train.base_lr"].between(3e-2, 3e-1).all() and first["train.base_lr"].nunique() == 3
+    assert list(trials["trial"]) == [0, 1, 2] and list(trials["state"]) == ["complete", "pruned", "complete"]
+    assert list(trials["epochs"]) == [2, 1, 2]  # trial 1 stopped after its first epoch
+    pruned = root / "t1" / "fold0"
+    assert (pruned / "last.pt").is_file() and not (pruned / "oof.parquet").exists()  # its checkpoint kept, no OOF
+    assert trials["train.base_lr"].between(3e-2, 3e-1).all() and trials["train.base_lr"].nunique() == 3
+    study = optuna.load_study(study_name="tuned", storage=f"sqlite:///{root / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
     best = yaml.safe_load((root / "best.yaml").read_text())
-    assert best["set"]["train.base_lr"] == second["train.base_lr"].item() and math.isfinite(best["score"])
-    assert best["trial"] == second["trial"].item() and best["score"] == pytest.approx(second["score"].item())
-    trial_dir = root / f"tuned-s2-t{second['trial'].item():02d}"
-    trained = load_config(trial_dir / "config.yaml")
-    assert trained.train.epochs == 2 and trained.train.base_lr == best["set"]["train.base_lr"]
-    assert {p.name for p in trial_dir.glob("fold*/oof.parquet")} == {"oof.parquet"} and len(
-        list(trial_dir.glob("fold*/oof.parquet"))) == 2
-    assert "t0" in result.output and "accuracy" in result.output  # the table
+    done = trials[trials["state"] == "complete"]
+    assert best["trial"] == done.loc[done["score"].idxmax(), "trial"]  # accuracy: higher is better
+    trained = load_config(root / f"t{best['trial']}" / "config.yaml")
+    assert trained.train.base_lr == best["set"]["train.base_lr"] and trained.train.epochs == 2
+    # the score is the OOF score of fold 0 (rows its model never trained on), as `pipeline train` wrote it
+    oof = pd.read_parquet(root / f"t{best['trial']}" / "fold0" / "oof.parquet")
+    assert len(oof) == len(pd.read_csv(cfg.run_dir / "folds.csv").query("fold == 0"))
+    assert "t0" in result.output and "accuracy" in result.output and "pruned" in result.output
     assert list((tmp_path / "runs/cache").glob("*.npy")) and not (root / "cache").exists()  # one decoded cache
 
-    stamp = (trial_dir / "fold0" / "best.pt").stat().st_mtime_ns
-    cli(*args)  # resumes: same draws, finished folds skipped
-    assert (trial_dir / "fold0" / "best.pt").stat().st_mtime_ns == stamp
-    assert pd.read_csv(root / "trials.csv")[["trial", "stage", "train.base_lr"]].equals(
-        trials[["trial", "stage", "train.base_lr"]])
+    stamp = (root / "t0" / "fold0" / "best.pt").stat().st_mtime_ns
+    cli(*args[:3], "--trials", "4", *args[5:])  # one more trial: the study goes on, the first three stay
+    again = pd.read_csv(root / "trials.csv")
+    assert list(again["trial"]) == [0, 1, 2, 3] and again.iloc[:3]["train.base_lr"].equals(trials["train.base_lr"])
+    assert (root / "t0" / "fold0" / "best.pt").stat().st_mtime_ns == stamp
 
-    other = invoke(*args[:-4], "--param", "train.base_lr=log:1e-4:1e-3")
-    assert other.exit_code == 2 and "--force" in other.output
+    assert_refused(invoke(*args[:-4], "--param", "train.base_lr=log:1e-4:1e-3"), "another space", "--force")
+    assert_refused(invoke(*args, "--storage", "postgresql://nobody@127.0.0.1:1/none"), "cannot be opened")
+    cli(*args[:-4], "--param", "train.base_lr=log:1e-4:1e-3", "--trials", "1", "--force")
+    assert list(pd.read_csv(root / "trials.csv")["trial"]) == [0] and not (root / "t2").exists()
 
 
-def test_a_failing_trial_is_recorded_ranked_last_and_the_search_goes_on(competition, make_config, monkeypatch):
-    """A trial whose loss goes NaN (loop.Diverged, a UserError) is a row with its reason and no score; the others
-    train on, it is never promoted, and a last stage where every trial failed is refused with the file to read."""
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(competition, make_config, monkeypatch):
+    """A trial whose loss goes NaN (loop.Diverged, a UserError) is a failed row with its reason; the others train
+    on and the best is one that ran; a study where every trial failed is refused with the file to read."""
     from pipeline.engine import loop
 
-    real_epoch, failing = loop.train_epoch, {"tuned-s1-t01"}
+    real_epoch = loop.train_epoch
 
     def diverging(task, state, loader, cfg, epoch, *args, **kwargs):
-        if cfg.name in failing or (cfg.name.startswith("doomed") and "-s1-" in cfg.name):
+        if cfg.name == "t1" or Path(cfg.runs_dir).parent.name == "doomed":
             raise loop.Diverged(f"training loss is nan at epoch {epoch + 1} ({cfg.name})")
         return real_epoch(task, state, loader, cfg, epoch, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_epoch", diverging)
     path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1})
-    result = cli("tune", "--config", path, "--trials", "3", "--stages", "1x1,1x1", "--param",
-                 "model.drop_rate=uniform:0:0.3")
-    trials = pd.read_csv(cfg.run_dir / "tune" / "trials.csv")
-    first = trials[trials["stage"] == 1].set_index("trial")
-    assert list(first.index) == [0, 1, 2]
-    assert first.loc[1, "status"] == "training loss is nan at epoch 1 (tuned-s1-t01)" and math.isnan(first.loc[1, "score"])
-    ran = first.drop(index=1)
-    assert (ran["status"] == "ok").all() and ran["score"].notna().all()
-    (promoted,) = trials.loc[trials["stage"] == 2, "trial"]  # 3 x promote 0.33: one, the best of those that ran
-    assert promoted == ran["score"].idxmax()
-    assert yaml.safe_load((cfg.run_dir / "tune" / "best.yaml").read_text())["trial"] == promoted
-    assert "t01" in result.output and "failed" in result.output  # the table says so
+    result = cli("tune", "--config", path, "--trials", "3", "--pruner", "none", "--param", "model.drop_rate=uniform:0:0.3")
+    trials = pd.read_csv(cfg.run_dir / "tune" / "trials.csv").set_index("trial")
+    assert list(trials["state"]) == ["complete", "fail", "complete"]
+    assert trials.loc[1, "error"] == "training loss is nan at epoch 1 (t1)" and math.isnan(trials.loc[1, "score"])
+    assert yaml.safe_load((cfg.run_dir / "tune" / "best.yaml").read_text())["trial"] == \
+        trials.loc[[0, 2], "score"].idxmax()
+    assert "t1" in result.output and "fail" in result.output
 
     doomed, _ = make_config(competition, name="doomed", cv={"folds": 2}, train={"epochs": 1})
-    assert_refused(invoke("tune", "--config", doomed, "--trials", "2", "--stages", "1x1", "--param",
-                          "model.drop_rate=uniform:0:0.3"), "every trial of the last stage failed", "trials.csv")
+    assert_refused(invoke("tune", "--config", doomed, "--trials", "2", "--param", "model.drop_rate=uniform:0:0.3"),
+                   "no trial", "completed", "trials.csv")
+
+
+def test_a_dead_workers_trial_is_failed_and_queued_again_with_its_values(tmp_path):
+    """A trial left running by a process that is gone (kill -9) is failed and retried with the same values."""
+    storage = build_storage(f"sqlite:///{tmp_path / 'study.db'}", tmp_path, heartbeat=60)
+    study = optuna.create_study(study_name="s", storage=storage)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask({"train.base_lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": int(gone.stdout)})
+    live = study.ask({"train.base_lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    live.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid()})  # this process: alive
+    assert fail_dead_trials(study) == [trial.number]
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states == {0: "FAIL", 1: "RUNNING", 2: "WAITING"}
+    assert study.trials[2].params == trial.params and study.trials[2].system_attrs["failed_trial"] == trial.number

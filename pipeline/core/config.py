@@ -263,17 +263,22 @@ class TrackingConfig:
 
 @dataclass
 class TuneConfig:
-    """`pipeline tune`: random search, coarse to fine. Every trial is an experiment under runs/<exp>/tune/."""
+    """`pipeline tune`: an Optuna study; every trial is an experiment under runs/<exp>/tune/t<number>/."""
 
-    trials: int = 16  # random draws; every one trains the first stage
-    # one "key=kind:low:high" per searched value. kind: log (log-uniform: LR, weight decay), uniform
-    # (dropout-like values), int, or choice:a|b|c. Empty: the default space of the task, centred on the config
-    # (train.base_lr and train.weight_decay x/÷ 10, model.drop_rate 0-0.5, train.label_smoothing 0-0.2)
-    space: list[str] = field(default_factory=list)
-    # coarse to fine, EPOCHSxFOLDS each ("full" = train.epochs, "all" = cv.folds; the LR warmup shrinks with
-    # the epochs); each stage trains the best `promote` share of the trials of the stage before it
-    stages: list[str] = field(default_factory=lambda: ["1x1", "fullx1"])
-    promote: float = 0.33  # share of a stage's trials that go on to the next, rounded (at least one)
+    trials: int = 16  # finished trials the study runs to (all workers together; pruned and failed ones count)
+    # the searched keys: a list of "key=kind:low:high" (kind log, uniform, int, or choice:a|b|c), or a mapping
+    # key -> range, where a choice may gate keys of its own ({choice: {resnet18: {image.size: "int:96:160"}}}).
+    # Empty: the default space of the task, centred on the config (train.base_lr and train.weight_decay x/÷ 10,
+    # model.drop_rate 0-0.5, train.label_smoothing 0-0.2)
+    space: dict | list[str] = field(default_factory=list)
+    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"  # TPE: multivariate, seeded, `startup` random trials first
+    startup: int = 5  # random trials before the sampler models the results
+    pruner: Literal["hyperband", "median", "none"] = "hyperband"  # stops trials early on their epochs' scores
+    folds: str = "0"  # the folds each trial trains and is scored on (OOF): "0", "0,1", or "all" for the final comparison
+    objective: str = "score"  # or "score,infer": also inference seconds per 1,000 test rows (a Pareto front)
+    storage: str = ""  # "": sqlite in runs/<exp>/tune/study.db; an SQLAlchemy URL; journal:/shared/path/study.log
+    workers: int = 1  # processes on this machine, one GPU each (or a share of the CPU threads)
+    heartbeat: int = 60  # seconds: an RDB-stored trial whose worker stops beating for twice this is failed and retried
     edge: float = 0.1  # warn when the best value sits in the outer 10% of its range: the best may lie beyond it
 
 

@@ -55,6 +55,21 @@ class Diverged(UserError):
     """The loss became NaN or infinite."""
 
 
+class Pruned(Exception):
+    """Raised by an EpochWatch: the fold stops after this epoch; its checkpoints stay on disk (a rerun resumes)."""
+
+
+class EpochWatch:
+    """Who hears each validated epoch's score, beside the log: a tuning trial's pruner, which may raise Pruned.
+    The loop knows nothing else about it; this default hears nothing."""
+
+    def epoch(self, epoch: int, score: float) -> None:
+        """Epoch `epoch` (0-based) scored `score` (the better of the raw and EMA weights); its checkpoint is saved."""
+
+
+NO_WATCH = EpochWatch()
+
+
 @dataclass
 class FoldJob:
     """What one fold trains with: its recipe (batch size and, for the refit, epochs settled), task, model, loaders."""
@@ -67,14 +82,15 @@ class FoldJob:
     valid_loader: DataLoader | None
 
 
-def fit(job: FoldJob, fold: FoldDir, tracker, resume: dict | None = None, keep: str = "model") -> Progress:
+def fit(job: FoldJob, fold: FoldDir, tracker, resume: dict | None = None, keep: str = "model",
+        watch: EpochWatch = NO_WATCH) -> Progress:
     """Train one fold to the end (or early stop), writing last.pt, best.pt and metrics.csv in its folder.
     Without a valid_loader (`--fold full`) nothing is scored: it trains cfg.train.epochs and best.pt holds the last
     epoch's weights, `keep` (model | ema) being the ones predict uses."""
     if hasattr(job.model, "solve"):  # a head solved in closed form (ROCKET + ridge/logistic): one solve, not epochs
         return fit_closed_form(job, fold, tracker)
-    task, model, train_loader, valid_loader, cfg = job.task, job.model, job.train_loader, job.valid_loader, job.cfg
-    t, world, device = cfg.train, distributed.world(), pick_device()
+    task, model, train_loader, cfg = job.task, job.model, job.train_loader, job.cfg
+    t, device = cfg.train, pick_device()
     dtype = resolve_precision(t.precision, device)
     state = TrainingState.build(model, cfg, steps_per_epoch(len(train_loader), cfg), device, dtype, task.memory_format)
     if resume is not None:
@@ -100,22 +116,33 @@ def fit(job: FoldJob, fold: FoldDir, tracker, resume: dict | None = None, keep: 
             epoch = state.progress.epoch + 1
             continue
         seconds = time.perf_counter() - started
-        if valid_loader is None:
-            scores = {}
-            improved, stop = state.progress.record_unvalidated(epoch, t.epochs, keep)
-        else:
-            scores = {name: evaluate(task, m, valid_loader, device, dtype) for name, m in state.weights().items()}
-            improved, stop = state.progress.record(epoch, scores, task.metric, t.epochs, t.patience)
-        state.metrics.append(epoch_row(state, epoch, train_loss, scores, samples, seconds))
-        if world.main:  # every rank holds the same weights and scores; one writes them
-            score = task.metric.best(s["score"] for s in scores.values()) if scores else math.nan  # nan: kept by no top
-            save_epoch(fold, top, state, score, improved, {"wandb_id": tracker.run_id, "config": to_dict(cfg)})
-        tracker.log(state.metrics[-1], step=state.progress.step)
-        log_epoch(state, epoch, t.epochs, train_loss, scores, task.metric.name, improved, stop)
-        if stop:
+        if end_epoch(job, state, fold, top, tracker, (epoch, train_loss, samples, seconds), keep, watch):
             break
         epoch += 1
     return state.progress
+
+
+def end_epoch(job: FoldJob, state: TrainingState, fold: FoldDir, top: TopEpochs, tracker, trained: tuple, keep: str,
+              watch: EpochWatch) -> bool:
+    """After an epoch's training: score the raw and EMA weights, record, checkpoint, log, tell the watch; whether
+    to stop (early stop, or the last epoch)."""
+    task, t, device, dtype = job.task, job.cfg.train, state.device, state.dtype
+    epoch, train_loss, samples, seconds = trained
+    if job.valid_loader is None:
+        scores = {}
+        improved, stop = state.progress.record_unvalidated(epoch, t.epochs, keep)
+    else:
+        scores = {name: evaluate(task, m, job.valid_loader, device, dtype) for name, m in state.weights().items()}
+        improved, stop = state.progress.record(epoch, scores, task.metric, t.epochs, t.patience)
+    state.metrics.append(epoch_row(state, epoch, train_loss, scores, samples, seconds))
+    score = task.metric.best(s["score"] for s in scores.values()) if scores else math.nan  # nan: kept by no top
+    if distributed.world().main:  # every rank holds the same weights and scores; one writes them
+        save_epoch(fold, top, state, score, improved, {"wandb_id": tracker.run_id, "config": to_dict(job.cfg)})
+    tracker.log(state.metrics[-1], step=state.progress.step)
+    log_epoch(state, epoch, t.epochs, train_loss, scores, task.metric.name, improved, stop)
+    if scores:
+        watch.epoch(epoch, score)
+    return stop
 
 
 def fit_closed_form(job: FoldJob, fold: FoldDir, tracker) -> Progress:

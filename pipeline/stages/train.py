@@ -25,7 +25,7 @@ from pipeline.core.seeding import seed_everything, set_deterministic
 from pipeline.data.folds import Folds, load_folds
 from pipeline.data.tables import build_loader
 from pipeline.engine.autobatch import resolve_batch_size
-from pipeline.engine.loop import FoldJob, fit, infer, pick_device, resolve_precision
+from pipeline.engine.loop import NO_WATCH, EpochWatch, FoldJob, fit, infer, pick_device, resolve_precision
 from pipeline.engine.training_rows import training_set
 from pipeline.runs import checkpoint
 from pipeline.runs.provenance import write_run_header
@@ -36,8 +36,9 @@ from pipeline.tasks import Task, build_task
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
-    """Train the folds asked for. Under torchrun every rank runs this; rank 0 alone writes and logs."""
+def run(cfg: Config, fold: str | int = "all", force: bool = False, watch: EpochWatch = NO_WATCH) -> None:
+    """Train the folds asked for. Under torchrun every rank runs this; rank 0 alone writes and logs. `watch` hears
+    every validated epoch (a tuning trial's pruner)."""
     world = distributed.init()
     set_deterministic(cfg.train.deterministic)
     if not world.main:
@@ -58,12 +59,12 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False) -> None:
             log.info("fold %s is being trained by %s; next fold", k, lock.owner())
             continue
         try:
-            train_fold(cfg, folds, k, force)
+            train_fold(cfg, folds, k, force, watch)
         finally:
             lock.release()
 
 
-def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> None:
+def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False, watch: EpochWatch = NO_WATCH) -> None:
     """Train fold k unless it is finished; a half-trained fold continues from its last.pt. k = FULL: the full-data
     refit, on every row for the folds' mean best epoch count, with no validation rows (no OOF)."""
     world, full = distributed.world(), k == FULL
@@ -91,7 +92,7 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False) -> 
     with log_to_file(fold.log) if world.main else contextlib.nullcontext():
         try:
             if not done:
-                fit(job, fold, tracker, resume=state, keep=keep)
+                fit(job, fold, tracker, resume=state, keep=keep, watch=watch)
             if not full:
                 distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
                 score = write_oof(job.task, job.model, job.valid_rows, job.valid_loader, job.cfg, fold)

@@ -1,0 +1,130 @@
+"""One trial: the drawn values set on the experiment's config, `pipeline train` on the folds searched, each
+validated epoch told to the pruner, and the trial's value: the OOF score over those folds (rows no trained model
+saw), and with `--objective score,infer` the seconds to predict 1,000 test rows.
+
+A trial is an ordinary experiment in runs/<exp>/tune/t<number>/: `pipeline train`, `predict` and `report` read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import optuna
+import pandas as pd
+
+from pipeline.core.config import Config, load_config, with_values
+from pipeline.core.errors import UserError
+from pipeline.core.files import copy_file
+from pipeline.data.folds import load_folds
+from pipeline.engine.loop import NO_WATCH, EpochWatch, Pruned
+from pipeline.engine.scores import score_frame
+from pipeline.runs.rundir import RunDir
+from pipeline.runs.tracking import build_tracker
+from pipeline.tasks import build_task
+from pipeline.workflows.tune.space import Param
+from pipeline.workflows.tune.study import worker_tag
+
+log = logging.getLogger(__name__)
+INFER_ROWS = 200  # test rows timed for the infer objective (scaled to 1,000): enough to pass the warm-up
+
+
+class PruningWatch(EpochWatch):
+    """Each validated epoch's score reported to the trial, fold after fold (step = the epochs trained so far); the
+    pruner's verdict stops the fold (its checkpoints stay)."""
+
+    def __init__(self, trial: optuna.Trial, offset: int):
+        self.trial, self.offset = trial, offset
+
+    def epoch(self, epoch: int, score: float) -> None:
+        if not math.isfinite(score):
+            return
+        step = self.offset + epoch
+        self.trial.report(score, step)
+        if self.trial.should_prune():
+            raise Pruned(f"trial {self.trial.number} pruned after epoch {epoch + 1} ({score:.4f})")
+
+
+@dataclass
+class Objective:
+    """What Optuna calls per trial. `base` is the experiment's config (folds settled); `config`/`overrides` rebuild
+    it per trial, so every trial is the same command with its values set."""
+
+    config: str | None
+    overrides: list[str]
+    base: Config
+    space: list[Param]
+    folds: list[int]
+    objectives: list[str]
+    group: str
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        trial.set_user_attr("worker", worker_tag())
+        values = {}
+        for param in self.space:
+            values |= param.suggest(trial)
+        trial.set_user_attr("values", values)
+        cfg = self.trial_config(trial.number, values)
+        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
+        tracker = build_tracker(cfg, "trial", "trial")
+        began = time.perf_counter()
+        try:
+            result = self.train(trial, cfg)
+        except Pruned as e:
+            log.info("%s", e)
+            tracker.summary({"pruned": True, "state": "pruned"})
+            raise optuna.TrialPruned(str(e)) from None
+        except UserError as e:  # a NaN loss at a high LR: this trial failed, the search goes on
+            trial.set_user_attr("error", str(e).splitlines()[0])
+            log.warning("trial %d failed: %s", trial.number, e)
+            tracker.summary({"pruned": False, "state": "failed"})
+            raise
+        finally:
+            trial.set_user_attr("minutes", round((time.perf_counter() - began) / 60, 2))
+            tracker.finish()
+        tracker.summary({"pruned": False, "state": "complete", "score": result[0],
+                         **({"infer_s_per_1000": result[1]} if len(result) > 1 else {})})
+        log.info("trial %d: %s", trial.number, " ".join(f"{o} {v:.4f}" for o, v in zip(self.objectives, result,
+                                                                                       strict=True)))
+        return result[0] if len(result) == 1 else result
+
+    def trial_config(self, number: int, values: dict) -> Config:
+        root = self.base.run_dir / "tune"
+        cfg = with_values(load_config(self.config, self.overrides), {
+            "name": f"t{number}", "runs_dir": str(root), "tracking.group": self.group, "train.keep_top": 0,
+            "data.cache_dir": str(self.base.cache_dir),  # decoded once for every trial
+            **values})
+        ours, theirs = RunDir(self.base.run_dir), RunDir(cfg.run_dir)
+        for source, target in ((ours.folds_json, theirs.folds_json), (ours.folds_csv, theirs.folds_csv)):
+            if not target.is_file():  # the experiment's folds, folds.csv last as prepare writes them
+                copy_file(source, target)
+        return cfg
+
+    def train(self, trial: optuna.Trial, cfg: Config) -> tuple[float, ...]:
+        from pipeline.stages import train
+
+        prunable = len(self.objectives) == 1  # Optuna prunes single-objective studies only
+        for i, k in enumerate(self.folds):
+            watch = PruningWatch(trial, i * cfg.train.epochs) if prunable else NO_WATCH
+            train.run(cfg, fold=k, watch=watch)
+        folds = load_folds(cfg)
+        oof = pd.concat([pd.read_parquet(RunDir(cfg.run_dir).fold(k).oof) for k in self.folds])
+        score = score_frame(build_task(cfg, folds.classes), oof)[0]
+        if "infer" not in self.objectives:
+            return (score,)
+        return score, infer_seconds(cfg, self.folds[0])
+
+
+def infer_seconds(cfg: Config, k: int) -> float:
+    """Seconds to predict 1,000 test rows with the trial's submission: fold k's weights and TTA views, as export
+    times them (each view after a warm-up), times the cv.folds models a submission averages."""
+    from pipeline.data.tables import read_test
+    from pipeline.engine.fold_model import from_run
+    from pipeline.stages import export, predict
+
+    predict.run(cfg, fold=k, combine=False)
+    rows = read_test(cfg).head(INFER_ROWS)
+    per_row = sum(export.view_seconds(from_run(cfg, k), rows).values())
+    return per_row * 1000 * cfg.cv.folds
