@@ -7,6 +7,7 @@
 #   make train-all GPUS=4           4 workers, one per device, each training the next free fold
 #   make predict GPUS=4             4 workers, one per device, each predicting a share of the folds
 #   make bench                      pipeline vs bare compute loop, loader, TTA, ensembling
+#   make tune CONFIG=configs/leaves.yaml TRIALS=24 WORKERS=2   an Optuna study, 2 worker processes
 #   make gpu-wheels; make gpu-check  on a GPU machine: pytest -m gpu, CUDA bench per precision, a demo run
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,6 +17,8 @@ CONFIG ?= configs/leaves.yaml
 FOLD ?= 0
 SET ?=
 GPUS ?= 1
+TRIALS ?= 16
+WORKERS ?= 1
 # the leaves dev set when ../shared is there, else the embedded digits (bench writes them if missing)
 BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/bench.yaml,configs/bench-demo.yaml)
 # and a text row (MiniLM on the review sentences) where ../shared has them
@@ -23,7 +26,7 @@ BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--
 SETS := $(foreach s,$(SET),--set $(s))
 
 # gpu-check: on a GPU machine's own python3 (no venv, no registry; gpu-wheels/ carries what it lacks)
-.PHONY: gpu-check gpu-wheels setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit clean-venv
+.PHONY: gpu-check gpu-wheels setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit tune clean-venv
 
 setup: $(VENV)/.installed
 
@@ -79,6 +82,9 @@ gpu-check:  # pytest -m gpu, bench per precision, a short demo run, a table of r
 
 gpu-wheels: setup  # wheels a bare offline GPU machine lacks -> gpu-wheels/ (GPU_PYTHON_VERSION, GPU_PRESENT=freeze.txt)
 	$(BIN)/python scripts/gpu_wheels.py --python-version $(or $(GPU_PYTHON_VERSION),3.12) $(if $(GPU_PRESENT),--present $(GPU_PRESENT))
+
+tune: setup
+	$(BIN)/pipeline tune --config $(CONFIG) --trials $(TRIALS) --workers $(WORKERS) $(SETS)
 
 bench: setup
 	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(BENCH_TEXT) $(SETS)

@@ -147,6 +147,11 @@ def test_a_study_in_sqlite_prunes_resumes_and_refuses_another_plan(competition, 
     assert "t0" in result.output and "accuracy" in result.output and "pruned" in result.output
     assert list((tmp_path / "runs/cache").glob("*.npy")) and not (root / "cache").exists()  # one decoded cache
 
+    cli("report", "tuned", "--runs-dir", cfg.runs_dir)  # the experiment is a study: a tuning section
+    page = (cfg.run_dir / "report.html").read_text()
+    assert "<h2>Tuning</h2>" in page and "3 trials (2 complete, 1 pruned)" in page
+    assert (cfg.run_dir / "report" / "tuning.png").is_file()
+
     stamp = (root / "t0" / "fold0" / "best.pt").stat().st_mtime_ns
     cli(*args[:3], "--trials", "4", *args[5:])  # one more trial: the study goes on, the first three stay
     again = pd.read_csv(root / "trials.csv")
@@ -199,3 +204,60 @@ def test_a_dead_workers_trial_is_failed_and_queued_again_with_its_values(tmp_pat
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states == {0: "FAIL", 1: "RUNNING", 2: "WAITING"}
     assert study.trials[2].params == trial.params and study.trials[2].system_attrs["failed_trial"] == trial.number
+
+
+def test_two_workers_share_one_study_without_colliding(competition, make_config):
+    """--workers 2: two processes draw from one SQLite study; every trial has its own folder, none is run twice, and
+    the trials come from both workers."""
+    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1})
+    cli("tune", "--config", path, "--trials", "4", "--workers", "2", "--pruner", "none",
+        "--param", "model.drop_rate=uniform:0:0.3")
+    root = cfg.run_dir / "tune"
+    trials = pd.read_csv(root / "trials.csv")
+    assert sorted(trials["trial"]) == [0, 1, 2, 3] and (trials["state"] == "complete").all()
+    assert sorted(p.name for p in root.glob("t[0-9]*")) == ["t0", "t1", "t2", "t3"]
+    study = optuna.load_study(study_name="tuned", storage=f"sqlite:///{root / 'study.db'}")
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2
+    assert trials["model.drop_rate"].nunique() == 4  # two seeds: the workers do not draw the same values
+
+
+def test_two_objectives_give_a_pareto_front_of_score_and_inference_time(competition, make_config):
+    """--objective score,infer: each trial's OOF score and the seconds to predict 1,000 test rows with every fold;
+    no trial on the front is beaten on both by another."""
+    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1})
+    cli("tune", "--config", path, "--trials", "3", "--objective", "score,infer",
+        "--param", "model.name=choice:test_resnet|test_efficientnet")
+    root = cfg.run_dir / "tune"
+    trials = pd.read_csv(root / "trials.csv")
+    assert (trials["state"] == "complete").all() and (trials["infer_s_per_1000"] > 0).all()
+    front = pd.read_csv(root / "pareto.csv")
+    for _, row in front.iterrows():
+        better = trials[(trials["score"] >= row["score"]) & (trials["infer_s_per_1000"] < row["infer_s_per_1000"])
+                        & ((trials["score"] > row["score"]) | (trials["infer_s_per_1000"] < row["infer_s_per_1000"]))]
+        assert better.empty, (row, better)
+    assert_refused(invoke("tune", "--config", path, "--objective", "score,infer", "--sampler", "cmaes", "--force"),
+                   "cmaes optimises one objective")
+    assert_refused(invoke("tune", "--config", path, "--objective", "speed"), "--objective")
+
+
+def test_each_trial_is_a_wandb_run_with_its_values_and_its_fate(competition, make_config, monkeypatch):
+    """W&B offline: one run per trial (job type trial, group <exp>-tune), the drawn value in its config and
+    state/pruned/score in its summary, so W&B's parallel coordinates read the search as it is."""
+    import json
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(tune, "build_pruner", lambda name, steps: PruneTrialOne())
+    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 2},
+                            tracking={"wandb": "offline", "quiet": True})
+    cli("tune", "--config", path, "--trials", "2", "--param", "model.drop_rate=uniform:0:0.3")
+    trials = pd.read_csv(cfg.run_dir / "tune" / "trials.csv").set_index("trial")
+    for number, state in ((0, "complete"), (1, "pruned")):
+        runs = [r for r in (cfg.run_dir / "tune" / f"t{number}" / "wandb").glob("offline-run-*")
+                if json.loads((r / "files" / "wandb-summary.json").read_text()).get("state")]
+        (run,) = runs  # the trial's own run, beside its folds' training runs
+        summary = json.loads((run / "files" / "wandb-summary.json").read_text())
+        config = yaml.safe_load((run / "files" / "config.yaml").read_text())
+        assert summary["state"] == state and summary["pruned"] == (state == "pruned")
+        assert config["model"]["value"]["drop_rate"] == pytest.approx(trials.loc[number, "model.drop_rate"])
+        assert config["tracking"]["value"]["group"] == "tuned-tune"
+    assert summary.get("score") is None  # a pruned trial has no score

@@ -89,3 +89,35 @@ def cv_vs_lb(table: pd.DataFrame, current: str, metric: str, path: Path) -> Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, path)
+
+
+def tuning(trials: pd.DataFrame, params: list[str], importances: dict, metric: str, greater: bool, path: Path) -> Path:
+    """A search at a glance: each trial's score in order with the best so far (pruned trials at the bottom), the
+    parameters' importances, and parallel coordinates (one line per completed trial over its values scaled to each
+    parameter's range, coloured by score)."""
+    fig, (hist_ax, imp_ax, par_ax) = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1.2, 0.8, 1.6]})
+    done = trials[trials["state"] == "complete"]
+    best = done["score"].cummax() if greater else done["score"].cummin()
+    hist_ax.scatter(done["trial"], done["score"], s=14, color=COLORS[0], label="complete")
+    hist_ax.step(done["trial"], best, where="post", color=COLORS[1], label="best so far")
+    cut = trials[trials["state"] != "complete"]
+    if len(cut) and len(done):
+        hist_ax.scatter(cut["trial"], [done["score"].min()] * len(cut), marker="x", s=14, color="grey",
+                        label="pruned / failed")
+    hist_ax.set(title=f"optimisation history ({metric})", xlabel="trial")
+    hist_ax.legend(fontsize=8)
+    names = list(importances)[::-1]
+    imp_ax.barh(names, [importances[n] for n in names], color=COLORS[2])
+    imp_ax.set(title="importance (fANOVA)" if names else "importance: too few trials yet")
+    numeric = [p for p in params if p in done and pd.api.types.is_numeric_dtype(done[p]) and done[p].nunique() > 1]
+    if len(done) and numeric:
+        scaled = (done[numeric] - done[numeric].min()) / (done[numeric].max() - done[numeric].min())
+        colour = plt.get_cmap("viridis" if greater else "viridis_r")
+        span = (done["score"] - done["score"].min()) / max(done["score"].max() - done["score"].min(), 1e-12)
+        for (_, row), c in zip(scaled.iterrows(), span, strict=True):
+            par_ax.plot(range(len(numeric)), row.to_numpy(), color=colour(c), alpha=0.8)
+        par_ax.set_xticks(range(len(numeric)), numeric, rotation=15, fontsize=8)
+    par_ax.set(title="parallel coordinates (yellow: best)", ylabel="low .. high of the range tried")
+    for ax in (hist_ax, par_ax):
+        ax.grid(alpha=0.3)
+    return save(fig, path)

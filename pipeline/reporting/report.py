@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
@@ -24,6 +25,7 @@ from pipeline.reporting import analysis, plots
 from pipeline.reporting.page import Section, table
 from pipeline.reporting.target_report import SECTIONS
 from pipeline.runs.rundir import RunDir
+from pipeline.scoring.metrics import greater_is_better
 
 log = logging.getLogger(__name__)
 GRID = 18  # highest-loss OOF samples shown
@@ -111,6 +113,27 @@ def learning_section(cfg: Config, out: Path) -> Section:
                           if "valid_ema/score" not in m else max(m["valid/score"].max(), m["valid_ema/score"].max()),
                           "last train loss": m["train/loss"].iloc[-1]} for k, m in sorted(metrics.items())])
     return Section("Learning curves", table(best.round(4)), [figure])
+
+
+def tuning_section(cfg: Config, out: Path) -> Section | None:
+    """When the experiment is a study (`pipeline tune` wrote runs/<exp>/tune/trials.csv): its history,
+    importances, parallel coordinates and the best trials."""
+    root = cfg.run_dir / "tune"
+    if not (root / "trials.csv").is_file():
+        return None
+    trials = pd.read_csv(root / "trials.csv")
+    fixed = {"trial", "state", "score", "infer_s_per_1000", "epochs", "minutes", "folder", "worker", "error"}
+    params = [c for c in trials.columns if c not in fixed]
+    greater = greater_is_better(cfg.train.metric)
+    figure = plots.tuning(trials, params, _json(root / "importances.json"), cfg.train.metric, greater,
+                          out / "tuning.png")
+    states = trials["state"].value_counts().to_dict()
+    done = trials[trials["state"] == "complete"].sort_values("score", ascending=not greater)
+    best = yaml.safe_load((root / "best.yaml").read_text()) if (root / "best.yaml").is_file() else {}
+    body = (f"<p>{len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); best: trial "
+            f"{best.get('trial', '-')}, {cfg.train.metric} {best.get('score', float('nan')):.4f}.</p>"
+            + table(done.drop(columns=["folder", "worker", "error"]).head(LISTED).round(6)))
+    return Section("Tuning", body, [figure])
 
 
 def oof_sections(oof: pd.DataFrame, truth: np.ndarray, probs: np.ndarray, target, out: Path) -> list[Section]:

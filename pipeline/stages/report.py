@@ -24,6 +24,7 @@ from pipeline.reporting.report import (
     render,
     summary,
     test_set_sections,
+    tuning_section,
     write_screenshot,
 )
 from pipeline.runs.rundir import RunDir, load_run
@@ -45,6 +46,8 @@ def run(exp: str, runs_dir: str = "runs", screenshot: bool = False) -> Path:
         task = build_task(cfg, run.classes())
         sections += task.report_sections(oof, out)  # confusion matrix, per-class scores; boxes for detection
     sections.append(leaderboard_section(cfg, scores, out))
+    tuning = tuning_section(cfg, out)  # when the experiment is a study
+    sections += [tuning] if tuning else []
     page = render(cfg.name, sections, embed=True)
     write_text(run.report, page)
     track(cfg, scores, sections)

@@ -86,13 +86,15 @@ def run(search: Search) -> pd.DataFrame:
     storage = build_storage(storage_spec, root, t.heartbeat)
     if search.force and search.worker is None:
         delete_study(cfg.name, storage, root)
-    plan = {"config": {k: v for k, v in to_dict(cfg).items() if k not in ("tune", "tracking")},
-            "space": [str(p) for p in space], "objectives": objectives, "folds": fold_ids}
+    plan = {"config": plan_config(cfg), "space": [str(p) for p in space], "objectives": objectives, "folds": fold_ids}
     metric_up = greater_is_better(cfg.train.metric)
     directions = ["maximize" if metric_up else "minimize"] + ["minimize"] * (len(objectives) - 1)
-    sampler = build_sampler(t.sampler, cfg.seed + (search.worker or 0), t.startup, len(objectives))
+    build_sampler(t.sampler, cfg.seed, t.startup, len(objectives))  # a bad name or combination fails before the study
     pruner = build_pruner(t.pruner if len(objectives) == 1 else "none", cfg.train.epochs * len(fold_ids))
-    study = open_study(cfg.name, storage, directions, plan, sampler, pruner)
+    study = open_study(cfg.name, storage, directions, plan, None, pruner)
+    # seeded per process and per start: a resumed search or a second process must not replay the first draws
+    study.sampler = build_sampler(t.sampler, cfg.seed + 7919 * (search.worker or 0) + len(study.trials), t.startup,
+                                  len(objectives))
     log.info("tune %s: %d trials of %s over %s; %s sampler, %s pruner, folds %s; study in %s", cfg.name, t.trials,
              ", ".join(objectives), ", ".join(map(str, space)), t.sampler, t.pruner if len(objectives) == 1 else "no",
              ",".join(map(str, fold_ids)), storage_spec)
@@ -104,6 +106,14 @@ def run(search: Search) -> pd.DataFrame:
     if search.worker is not None:
         return pd.DataFrame()
     return summarize(study, cfg, search, space, objectives, root)
+
+
+def plan_config(cfg: Config) -> dict:
+    """The config a study stands for: not how it is searched or logged, nor where this machine keeps its files (a
+    second machine joining the study mounts them elsewhere)."""
+    tree = {k: v for k, v in to_dict(cfg).items() if k not in ("tune", "tracking", "runs_dir", "submissions_dir")}
+    tree["data"] = {k: v for k, v in tree["data"].items() if k not in ("root", "cache_dir")}
+    return tree
 
 
 def parse_objectives(text: str) -> list[str]:
@@ -166,6 +176,7 @@ def trials_table(study: optuna.Study, objectives: list[str], space: list[Param])
                                                                                             strict=True)},
                      **{k: drawn.get(k) for k in keys}, "epochs": len(trial.intermediate_values),
                      "minutes": trial.user_attrs.get("minutes", math.nan), "folder": f"t{trial.number}",
+                     "worker": "{host}:{pid}".format(**trial.user_attrs.get("worker", {"host": "-", "pid": "-"})),
                      "error": trial.user_attrs.get("error", "")})
     return pd.DataFrame(rows)
 
@@ -272,7 +283,7 @@ def render(table: pd.DataFrame, metric: str) -> str:
     rank = ranker(metric).rank
     order = {"complete": 0, "pruned": 1, "fail": 2, "running": 3, "waiting": 4}
     rows = sorted(range(len(table)), key=lambda r: (order.get(table["state"].iloc[r], 5), *rank(table["score"].iloc[r])))
-    shown = table.iloc[rows].drop(columns=["folder"]).copy()
+    shown = table.iloc[rows].drop(columns=["folder", "worker"]).copy()
     shown["trial"] = [f"t{i}" for i in shown["trial"]]
     shown["score"] = [f"{v:.4f}" if math.isfinite(v) else "-" for v in shown["score"]]
     shown["error"] = [s if len(s) <= 40 else s[:39] + "…" for s in shown["error"]]

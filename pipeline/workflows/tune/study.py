@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # TPE's `group`, the RDB heartbeat and its retry callback are "experimental" in Optuna's terms, and say so on every
 # use; they have been there since Optuna 2.8-3.0. Said once here instead.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials are logged by tune itself, once
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "none")
 LIVE = (TrialState.RUNNING, TrialState.WAITING)

@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.core.config import Config, load_config, with_values
 from pipeline.core.errors import UserError
 from pipeline.core.files import copy_file
-from pipeline.data.folds import load_folds
+from pipeline.data.folds import load_folds, run_config
 from pipeline.engine.loop import NO_WATCH, EpochWatch, Pruned
 from pipeline.engine.scores import score_frame
 from pipeline.runs.rundir import RunDir
@@ -28,12 +28,12 @@ from pipeline.workflows.tune.space import Param
 from pipeline.workflows.tune.study import worker_tag
 
 log = logging.getLogger(__name__)
-INFER_ROWS = 200  # test rows timed for the infer objective (scaled to 1,000): enough to pass the warm-up
 
 
 class PruningWatch(EpochWatch):
-    """Each validated epoch's score reported to the trial, fold after fold (step = the epochs trained so far); the
-    pruner's verdict stops the fold (its checkpoints stay)."""
+    """Each validated epoch's score reported to the trial, fold after fold, at step = the epochs trained so far
+    (1 after the first: Hyperband's resource, whose first rung is at min_resource = 1); the pruner's verdict stops
+    the fold (its checkpoints stay)."""
 
     def __init__(self, trial: optuna.Trial, offset: int):
         self.trial, self.offset = trial, offset
@@ -41,7 +41,7 @@ class PruningWatch(EpochWatch):
     def epoch(self, epoch: int, score: float) -> None:
         if not math.isfinite(score):
             return
-        step = self.offset + epoch
+        step = self.offset + epoch + 1
         self.trial.report(score, step)
         if self.trial.should_prune():
             raise Pruned(f"trial {self.trial.number} pruned after epoch {epoch + 1} ({score:.4f})")
@@ -67,28 +67,34 @@ class Objective:
             values |= param.suggest(trial)
         trial.set_user_attr("values", values)
         cfg = self.trial_config(trial.number, values)
-        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
-        tracker = build_tracker(cfg, "trial", "trial")
+        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                        for k, v in values.items()))
         began = time.perf_counter()
         try:
             result = self.train(trial, cfg)
         except Pruned as e:
             log.info("%s", e)
-            tracker.summary({"pruned": True, "state": "pruned"})
+            self.record(trial, cfg, began, {"state": "pruned", "pruned": True})
             raise optuna.TrialPruned(str(e)) from None
         except UserError as e:  # a NaN loss at a high LR: this trial failed, the search goes on
             trial.set_user_attr("error", str(e).splitlines()[0])
             log.warning("trial %d failed: %s", trial.number, e)
-            tracker.summary({"pruned": False, "state": "failed"})
+            self.record(trial, cfg, began, {"state": "failed", "pruned": False})
             raise
-        finally:
-            trial.set_user_attr("minutes", round((time.perf_counter() - began) / 60, 2))
-            tracker.finish()
-        tracker.summary({"pruned": False, "state": "complete", "score": result[0],
-                         **({"infer_s_per_1000": result[1]} if len(result) > 1 else {})})
+        self.record(trial, cfg, began, {"state": "complete", "pruned": False, "score": result[0],
+                                        **({"infer_s_per_1000": result[1]} if len(result) > 1 else {})})
         log.info("trial %d: %s", trial.number, " ".join(f"{o} {v:.4f}" for o, v in zip(self.objectives, result,
                                                                                        strict=True)))
         return result[0] if len(result) == 1 else result
+
+    @staticmethod
+    def record(trial: optuna.Trial, cfg: Config, began: float, summary: dict) -> None:
+        """The trial's minutes in the study, and its own W&B run (job type trial): its config, its fate. Started
+        after the folds' runs have finished: W&B keeps one live run per process."""
+        trial.set_user_attr("minutes", round((time.perf_counter() - began) / 60, 2))
+        tracker = build_tracker(cfg, "trial", "trial")
+        tracker.summary(summary)
+        tracker.finish()
 
     def trial_config(self, number: int, values: dict) -> Config:
         root = self.base.run_dir / "tune"
@@ -118,13 +124,15 @@ class Objective:
 
 
 def infer_seconds(cfg: Config, k: int) -> float:
-    """Seconds to predict 1,000 test rows with the trial's submission: fold k's weights and TTA views, as export
-    times them (each view after a warm-up), times the cv.folds models a submission averages."""
-    from pipeline.data.tables import read_test
+    """Seconds to predict 1,000 test rows with the trial's submission: fold k's weights and TTA views timed as
+    export times them for `pipeline infer` (each view after a warm-up, on export's test rows), times the cv.folds
+    models a submission averages."""
     from pipeline.engine.fold_model import from_run
     from pipeline.stages import export, predict
 
     predict.run(cfg, fold=k, combine=False)
-    rows = read_test(cfg).head(INFER_ROWS)
-    per_row = sum(export.view_seconds(from_run(cfg, k), rows).values())
+    rows = export.timing_rows(cfg)
+    if rows is None:
+        raise UserError("--objective score,infer needs the test files to time prediction on (data.test_csv)")
+    per_row = sum(export.view_seconds(from_run(run_config(RunDir(cfg.run_dir)), k), rows).values())
     return per_row * 1000 * cfg.cv.folds
