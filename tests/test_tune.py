@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,16 @@ def test_each_trial_is_a_wandb_run_beside_its_folds_runs(competition, make_confi
     for number in (0, 1):
         runs = list((cfg.run_dir / "tune" / f"t{number}" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 2, runs  # fold 0's, and the trial's
+
+
+def test_a_killed_process_that_is_not_yet_reaped_is_not_alive():
+    """kill -9 leaves a zombie until its parent waits for it, and signal 0 still reaches a zombie."""
+    from pipeline.workflows.tune.study import alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert alive(child.pid)
+    child.kill()
+    time.sleep(0.5)  # dead, not reaped: a zombie
+    assert not alive(child.pid)
+    child.wait()
+    assert not alive(child.pid)

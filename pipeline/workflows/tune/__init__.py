@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,23 @@ def run_workers(search: Search, workers: int) -> None:
                    *(arg for p in search.params for arg in ("--param", p)), "--worker", str(k)]
         procs.append(subprocess.Popen(command, env=env))
     log.info("tune: %d workers (%s)", workers, f"{gpus} GPUs" if gpus else f"{threads} CPU threads each")
-    failed = [k for k, p in enumerate(procs) if p.wait() != 0]
+    failed = wait_all(procs)
     if failed:
         log.warning("tune workers %s exited with an error; the study keeps their finished trials (rerun to go on)",
                     ", ".join(map(str, failed)))
+
+
+def wait_all(procs: list[subprocess.Popen]) -> list[int]:
+    """Wait for every worker, reaping each as it ends (a killed one must not linger as a zombie that looks alive
+    to the others); the numbers of those that failed."""
+    running, failed = dict(enumerate(procs)), []
+    while running:
+        for k, proc in list(running.items()):
+            if proc.poll() is not None:
+                running.pop(k)
+                failed += [k] if proc.returncode != 0 else []
+        time.sleep(0.5)
+    return sorted(failed)
 
 
 def tune_group(cfg: Config) -> str:

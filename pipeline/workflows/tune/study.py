@@ -134,6 +134,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether process pid runs: it exists and is not a zombie (a killed worker stays one until its parent reaps
+    it, and signal 0 still reaches a zombie)."""
     if pid <= 0:
         return False
     try:
@@ -142,4 +144,8 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # Linux: the state letter follows the command name in parentheses
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 is what there is
