@@ -137,14 +137,19 @@ class Gate:
         return len(self.loader)
 
     def __iter__(self):
+        batches = self._batches()
+        while True:
+            self._go.acquire()
+            if self._closed:
+                return
+            batch = next(batches)  # after the go: the loader's work for a step is inside its chunk's time
+            self._samples += len(batch[0])
+            yield batch
+            self._stepped.release()
+
+    def _batches(self):
         while True:  # epoch after epoch: the bench may take more steps than one epoch holds
-            for batch in self.loader:
-                self._go.acquire()
-                if self._closed:
-                    return
-                self._samples += len(batch[0])
-                yield batch
-                self._stepped.release()
+            yield from self.loader
 
     def train(self, step) -> None:
         """The training thread: train_epoch over this gate; an error is kept for the bench to raise."""
