@@ -148,26 +148,16 @@ def end_epoch(job: FoldJob, state: TrainingState, fold: FoldDir, top: TopEpochs,
 def fit_closed_form(job: FoldJob, fold: FoldDir, tracker) -> Progress:
     """One "epoch": the model solves its head on every training row (its own inner CV), then is scored and saved as
     any epoch's weights are, so predict, ensembles and export read it as they read a network's fold."""
-    task, model, train_loader, valid_loader, cfg = job.task, job.model, job.train_loader, job.valid_loader, job.cfg
+    task, model, train_loader, cfg = job.task, job.model, job.train_loader, job.cfg
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema=False, epochs=1, compile=False))
     device = torch.device("cpu")  # the features are numba code on the CPU; the head is a few thousand multiply-adds
     state = TrainingState.build(model, cfg, 1, device, torch.float32, task.memory_format)
     started = time.perf_counter()
     train_loss = model.solve(task, train_loader.dataset)
     seconds = time.perf_counter() - started
-    if valid_loader is None:
-        scores = {}
-        improved, _ = state.progress.record_unvalidated(0, 1, "model")
-    else:
-        scores = {"model": evaluate(task, model, valid_loader, device, torch.float32)}
-        improved, _ = state.progress.record(0, scores, task.metric, 1, 0)
-    state.metrics.append(epoch_row(state, 0, train_loss, scores, len(train_loader.dataset), seconds))
-    if distributed.world().main:
-        score = scores["model"]["score"] if scores else math.nan
-        save_epoch(fold, TopEpochs(fold.top, 0, task.metric.greater_is_better), state, score, improved,
-                   {"wandb_id": tracker.run_id, "config": to_dict(cfg)})
-    tracker.log(state.metrics[-1], step=0)
-    log_epoch(state, 0, 1, train_loss, scores, task.metric.name, improved, False)
+    closed = dataclasses.replace(job, cfg=cfg)  # scored, saved and logged as any one-epoch run's epoch is
+    end_epoch(closed, state, fold, TopEpochs(fold.top, 0, task.metric.greater_is_better), tracker,
+              (0, train_loss, len(train_loader.dataset), seconds), "model", NO_WATCH)
     return state.progress
 
 

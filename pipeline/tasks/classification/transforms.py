@@ -52,5 +52,6 @@ class Normalize:
             raise RuntimeError("albumentations' Normalize changed its arithmetic; update pipeline Normalize to match")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean, scale = self.mean.to(x.device), self.scale.to(x.device)
-        return x.to(torch.float32, copy=True).sub_(mean).mul_(scale)  # in place: one new tensor, same two ops
+        if self.mean.device != x.device:  # moved once, not copied to the GPU with every batch
+            self.mean, self.scale = self.mean.to(x.device), self.scale.to(x.device)
+        return x.to(torch.float32, copy=True).sub_(self.mean).mul_(self.scale)  # in place: one new tensor, same ops

@@ -27,6 +27,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import yaml
+from optuna.trial import TrialState
 
 from pipeline.core.config import Config, load_config, to_dict
 from pipeline.core.errors import UserError
@@ -38,7 +39,6 @@ from pipeline.scoring.metrics import greater_is_better, ranker
 from pipeline.workflows.tune.space import Param, build_space, default_space, parse_param, parse_space
 from pipeline.workflows.tune.study import (
     DONE,
-    LIVE,
     build_pruner,
     build_sampler,
     build_storage,
@@ -130,9 +130,8 @@ def optimize(study: optuna.Study, objective: Objective, trials: int) -> None:
     local workers' trials are failed and queued again first."""
     while True:
         fail_dead_trials(study)
-        counted = study.get_trials(deepcopy=False, states=(*DONE, *LIVE))
-        if len([s for s in counted if s.state != optuna.trial.TrialState.WAITING]) >= trials and \
-                not any(s.state == optuna.trial.TrialState.WAITING for s in counted):
+        started = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+        if len(started) >= trials and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return
         study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=True)
 
