@@ -149,17 +149,76 @@ def ensemble(
 def submit(
     experiment: str = typer.Argument(..., help="experiment or ensemble name under runs/ (or its directory)"),
     out: str = typer.Option(None, "--out", "-o", help="CSV path (default: submissions/<exp>.csv)"),
-    message: str = typer.Option("", "--message", "-m", help="note stored in submissions/log.csv"),
+    message: str = typer.Option("", "--message", "-m", help="note stored in submissions/log.csv (and on Kaggle)"),
     lb: float = typer.Option(None, "--lb", help="record the public LB score of this experiment's last submission"),
+    kaggle: str = typer.Option(None, "--kaggle", help="also upload to this competition and record its public score"),
+    wait: float = typer.Option(5.0, "--wait", help="minutes to wait for Kaggle's score (then `pipeline lb` fills it)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
 ) -> None:
     """Write the submission CSV, validated against sample_submission.csv; log it in submissions/log.csv.
 
-    Example: pipeline submit blend --message "effnet+resnet, d4 TTA"   then   pipeline submit blend --lb 0.961
+    Example: pipeline submit blend --message "effnet+resnet, d4 TTA" --kaggle classify-leaves
+    (or, uploaded by hand: pipeline submit blend --lb 0.961)
     """
     from pipeline.stages import submit as stage
 
-    stage.run(experiment, out=out, message=message, lb=lb, runs_dir=runs_dir)
+    stage.run(experiment, out=out, message=message, lb=lb, runs_dir=runs_dir, kaggle=kaggle, wait=wait)
+
+
+@app.command()
+@user_errors
+def download(
+    competition: str = typer.Argument(..., help="the competition's name as in its URL, e.g. classify-leaves"),
+    to: Path = typer.Option(None, "--to", help="folder to fill (default: data/<competition>)"),
+    force: bool = typer.Option(False, "--force", help="replace a folder that is not empty"),
+) -> None:
+    """Download and unzip a competition's files with the official Kaggle client; print the config lines for them.
+
+    Example: pipeline download classify-leaves --to data/classify-leaves
+    """
+    from pipeline.stages import download as stage
+
+    folder = stage.run(competition, to=to, force=force)
+    typer.echo("\n".join(stage.config_lines(folder)))
+
+
+@app.command()
+@user_errors
+def lb(
+    competition: str = typer.Argument(..., help="the competition the submissions went to"),
+    submissions_dir: str = typer.Option("submissions", "--submissions-dir", help="where submit wrote log.csv"),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
+) -> None:
+    """Fill every missing public (and, after the deadline, private) score of submissions/log.csv from Kaggle.
+
+    Example: pipeline lb classify-leaves
+    """
+    from pipeline.stages import lb as stage
+
+    stage.run(competition, submissions_dir=submissions_dir, runs_dir=runs_dir)
+
+
+@app.command()
+@user_errors
+def dashboard(
+    project: str = typer.Option(None, "--project", help="W&B project (default: tracking.project of the config)"),
+    entity: str = typer.Option(None, "--entity", help="W&B entity (team or user); needed to save online"),
+    config: Path = typer.Option(None, "--config", "-c", help="a config whose tracking section names the project"),
+    out: Path = typer.Option(Path("runs/dashboard.json"), "--out", help="where the spec goes when offline"),
+) -> None:
+    """The W&B workspace of docs/wandb.md built in code: experiments by CV with their LB, CV vs LB, learning
+    curves, the leaderboard table, tuning's parallel coordinates. Saved online; its spec written offline.
+
+    Example: pipeline dashboard --project kaggle-pipeline --entity my-team
+    """
+    from pipeline.core.config import Config
+    from pipeline.reporting import dashboard as stage
+    from pipeline.runs.tracking import resolve_mode
+
+    cfg = load_config(config, []) if config else Config()
+    where = stage.run(project or cfg.tracking.project, entity or cfg.tracking.entity, out,
+                      resolve_mode(cfg.tracking.wandb))
+    typer.echo(str(where))
 
 
 @app.command()
@@ -214,16 +273,28 @@ def export(
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 (submits exactly what `submit` would) | fp16 (half the size)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the experiments live"),
     force: bool = typer.Option(False, "--force", help="replace an existing export folder"),
+    kaggle_dataset: str = typer.Option(None, "--kaggle-dataset", help="create or version this Kaggle dataset "
+                                       "(OWNER/SLUG) from the export"),
+    kaggle_kernel: bool = typer.Option(False, "--kaggle-kernel", help="also push the export's notebook, bound to "
+                                       "the dataset and the competition"),
+    kaggle: str = typer.Option(None, "--kaggle", help="the competition the notebook reads (default: the data "
+                               "folder's name)"),
 ) -> None:
     """The inference-only folder of an experiment or ensemble: fold weights (safetensors), recipes, blend,
     manifest with sha256s, the package wheel and a Kaggle notebook -> exports/<exp>/.
 
-    Example: pipeline export blend --out exports/blend --dtype fp16
+    Example: pipeline export blend --out exports/blend --dtype fp16 --kaggle-dataset me/blend-export --kaggle-kernel
     """
     from pipeline.stages import export as stage
 
+    if kaggle_kernel and not kaggle_dataset:
+        raise UserError("--kaggle-kernel pushes a notebook bound to the export's dataset: add --kaggle-dataset OWNER/SLUG")
     chosen = None if folds is None else stage.parse_fold_list(folds)
-    stage.run(experiment, out=out, folds=chosen, dtype=dtype, runs_dir=runs_dir, force=force)
+    path = stage.run(experiment, out=out, folds=chosen, dtype=dtype, runs_dir=runs_dir, force=force)
+    if kaggle_dataset:
+        from pipeline.stages import publish
+
+        publish.run(path, kaggle_dataset, kernel=kaggle_kernel, competition=kaggle)
 
 
 @app.command()

@@ -7,15 +7,20 @@ Any W&B failure mid-run is logged once and tracking continues as a no-op.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import netrc
 import os
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from pipeline.core.config import Config, to_dict
+from pipeline.core.files import write_json
 
 log = logging.getLogger(__name__)
 PROBE_SECONDS = 3.0
@@ -110,8 +115,9 @@ def _reachable(host: str) -> bool:
     return bool(answer and answer[0])
 
 
-def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = None):
-    """One W&B run per fold/stage, grouped by experiment; resumes `run_id` when given."""
+def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = None, where: str | None = None):
+    """One W&B run per fold/stage, grouped by experiment; resumes `run_id` when given. Its files go under `where`
+    (default: the experiment's folder)."""
     mode = resolve_mode(cfg.tracking.wandb)
     if mode == "disabled":
         return NullTracker()
@@ -126,7 +132,7 @@ def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = No
             job_type=job_type,
             id=run_id,
             resume="allow" if run_id else None,
-            dir=str(cfg.run_dir),
+            dir=str(where or cfg.run_dir),
             config=to_dict(cfg),
             mode=mode,
             settings=wandb.Settings(console="off", silent=True, init_timeout=60),
@@ -136,3 +142,36 @@ def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = No
         return NullTracker()
     log.info("W&B %s run %s (%s)", mode, run.id, run.dir)
     return WandbTracker(run)
+
+
+def remember(run_dir: Path, job_type: str, tracker) -> None:
+    """Keep the id of an experiment's predict/ensemble run, where its leaderboard scores land later."""
+    if tracker.run_id is None:
+        return
+    path = Path(run_dir) / "wandb_runs.json"
+    ids = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**ids, job_type: tracker.run_id})
+
+
+def publish_scores(cfg: Config, values: dict[str, Any]) -> None:
+    """Leaderboard scores into the summary of the experiment's predict (or ensemble) run, resumed by its id."""
+    path = Path(cfg.run_dir) / "wandb_runs.json"
+    ids = json.loads(path.read_text()) if path.is_file() else {}
+    for job_type in ("ensemble", "predict"):
+        if job_type in ids:
+            tracker = build_tracker(cfg, job_type, job_type, run_id=ids[job_type])
+            tracker.summary(values)
+            tracker.finish()
+            return
+    log.info("no W&B predict/ensemble run recorded for %s; its LB is in submissions/log.csv only", cfg.name)
+
+
+def publish_leaderboard(cfg: Config, table, submissions_dir: str | Path) -> None:
+    """The whole submissions log as table `leaderboard` of the project's one `leaderboard` run: every recorded
+    score appends a version of it (offline, to a run of the same id that `wandb sync` merges)."""
+    project = f"{cfg.tracking.entity or ''}/{cfg.tracking.project}"
+    run_id = "leaderboard-" + hashlib.sha1(project.encode()).hexdigest()[:10]  # one per project, on any machine
+    board = dataclasses.replace(cfg, name="leaderboard", tracking=dataclasses.replace(cfg.tracking, group="leaderboard"))
+    tracker = build_tracker(board, "table", "leaderboard", run_id=run_id, where=str(submissions_dir))
+    tracker.media({}, {"leaderboard": table.astype(str)})
+    tracker.finish()

@@ -23,7 +23,7 @@ from pipeline.core.files import copy_file, write_json, write_text
 from pipeline.engine.scores import fitted_score_frame, like_test_score
 from pipeline.runs.provenance import collect_meta
 from pipeline.runs.rundir import RunDir, resolve
-from pipeline.runs.tracking import build_tracker
+from pipeline.runs.tracking import build_tracker, remember
 from pipeline.scoring.blend import Blend
 from pipeline.scoring.noise import describe
 from pipeline.tasks import Task, build_task
@@ -160,5 +160,6 @@ def write_ensemble(members: list[Member], name: str, method: str, blend: Blend, 
     scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "ensemble", "ensemble")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
+    remember(run.path, "ensemble", tracker)
     tracker.finish()
     return scores

@@ -23,7 +23,7 @@ import torch
 from pipeline import __version__
 from pipeline.core.config import Config, dump_yaml, load_run_config
 from pipeline.core.errors import UserError
-from pipeline.core.files import atomic_dir, copy_file, write_json, write_text
+from pipeline.core.files import atomic_dir, copy_file, replace_folder, write_json, write_text
 from pipeline.data.folds import run_config
 from pipeline.engine.fold_model import FoldModel, from_run
 from pipeline.engine.loop import pick_device
@@ -233,16 +233,6 @@ def test_columns(run: RunDir, runs_dir: str) -> list[str] | None:
     if not path.is_file():
         return None
     return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-
-
-def replace_folder(new: Path, out: Path) -> None:
-    """new becomes out; an old out is moved aside first and deleted last, so a failure leaves one of them whole."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def folder_size(path: Path) -> int:

@@ -32,7 +32,7 @@ from pipeline.engine.scores import fitted_score_frame, like_test_score
 from pipeline.runs import checkpoint
 from pipeline.runs.recipe import fold_recipe, mixed_recipes, saved_config
 from pipeline.runs.rundir import FULL, FULL_REFIT_NOTE, RunDir, best_weights, parse_folds
-from pipeline.runs.tracking import build_tracker
+from pipeline.runs.tracking import build_tracker, remember
 from pipeline.scoring.tta import View, choose_views
 from pipeline.tasks import TASKS, Task, build_task
 
@@ -288,6 +288,7 @@ def combine_folds(cfg: Config) -> dict:
     scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "predict", "predict")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
+    remember(run.path, "predict", tracker)
     tracker.finish()
     if len(done) < cfg.cv.folds:
         log.warning("CV covers folds %s only (%d of %d rows)", [f.k for f in done], len(oof), len(folds.table))

@@ -1,7 +1,11 @@
 """Stage 5: decode test predictions into the competition's format, validate, write, and log it.
 
     pipeline submit leaves-effnet --message "effnet d4 tta"      # -> submissions/leaves-effnet.csv
-    pipeline submit leaves-effnet --lb 0.9512                    # record the public LB of that submission
+    pipeline submit leaves-effnet --kaggle classify-leaves       # ... uploaded, scored, public LB in log.csv
+    pipeline submit leaves-effnet --lb 0.9512                    # record a public LB typed by hand
+
+With --kaggle the row is written only once Kaggle took the file (an upload that fails leaves the log as it was),
+as `pending`; the public score fills it when it comes within --wait minutes, else `pipeline lb` fills it later.
 """
 
 from __future__ import annotations
@@ -10,25 +14,45 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from pipeline.core.config import Config
 from pipeline.core.errors import UserError
-from pipeline.core.files import write_csv
+from pipeline.core.files import sha256_file, write_csv
 from pipeline.data.submission import check_rows, read_sample
 from pipeline.runs.rundir import RunDir, load_run
+from pipeline.runs.submissions import SubmissionLog, fill, publish, record_public
 from pipeline.runs.tracking import build_tracker
 from pipeline.tasks import build_task
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ["exp", "cv", "metric", "file", "created", "message", "public_lb"]
+WAIT_MINUTES = 5.0  # Kaggle scores most CSVs within a minute or two; a code competition's rerun takes hours
 
 
-def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs") -> Path:
+def run(exp: str, out: str | None = None, message: str = "", lb: float | None = None, runs_dir: str = "runs",
+        kaggle: str | None = None, wait: float = WAIT_MINUTES) -> Path:
     cfg = load_run(exp, runs_dir)
-    log_path = Path(cfg.submissions_dir) / "log.csv"
+    book = SubmissionLog(cfg.submissions_dir)
     if lb is not None:
-        return record_lb(log_path, cfg.name, lb)
+        row = record_public(book, cfg.name, lb)
+        log.info("public LB %.5f recorded for %s (%s)", lb, cfg.name, row["file"])
+        publish(cfg, row, book)
+        return book.path
+    path, scores = write_submission(cfg, out)
+    entry = {"exp": cfg.name, "cv": scores["cv"], "metric": scores["metric"], "file": str(path),
+             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "message": message, "sha256": sha256_file(path)}
+    if kaggle:
+        upload(cfg, book, entry, kaggle, wait)
+    else:
+        book.append(entry)
+    tracker = build_tracker(cfg, "submit", "submit")
+    tracker.summary({"cv": scores["cv"], "submission": str(path), "message": message})
+    tracker.finish()
+    return path
+
+
+def write_submission(cfg: Config, out: str | None) -> tuple[Path, dict]:
+    """The submission CSV of the experiment's test predictions, validated against sample_submission.csv."""
     run = RunDir(cfg.run_dir)
     for path in (run.test, run.scores, run.folds_json):
         if not path.is_file():
@@ -41,28 +65,27 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
     task.check_submission(sub, sample)
     path = Path(out) if out else Path(cfg.submissions_dir) / f"{cfg.name}.csv"
     write_csv(path, sub)
-    entry = {"exp": cfg.name, "cv": scores["cv"], "metric": scores["metric"], "file": str(path),
-             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "message": message, "public_lb": None}
-    history = pd.read_csv(log_path) if log_path.is_file() else pd.DataFrame(columns=LOG_COLUMNS)
-    write_csv(log_path, pd.concat([history, pd.DataFrame([entry])], ignore_index=True)[LOG_COLUMNS])
-    tracker = build_tracker(cfg, "submit", "submit")
-    tracker.summary({"cv": scores["cv"], "submission": str(path), "message": message})
-    tracker.finish()
     log.info("submission %s (%d rows, CV %s %.4f) validated against %s", path, len(sub), scores["metric"],
              scores["cv"], cfg.data_path("sample_submission"))
-    return path
+    return path, scores
 
 
-def record_lb(log_path: Path, exp: str, lb: float) -> Path:
-    """Write a public leaderboard score on the newest log row of `exp`."""
-    if not log_path.is_file():
-        raise UserError(f"{log_path} not found: submit {exp} before recording its leaderboard score")
-    history = pd.read_csv(log_path)
-    rows = np.flatnonzero(history["exp"].astype(str).to_numpy() == exp)
-    if not len(rows):
-        raise UserError(f"{log_path} has no submission of {exp}")
-    history["public_lb"] = history["public_lb"].astype("float64")
-    history.loc[rows[-1], "public_lb"] = lb
-    write_csv(log_path, history)
-    log.info("public LB %.5f recorded for %s (%s)", lb, exp, history.loc[rows[-1], "file"])
-    return log_path
+def upload(cfg: Config, book: SubmissionLog, entry: dict, competition: str, wait: float) -> None:
+    """Upload, log the row as pending, then wait for the score and fill it in."""
+    from pipeline.runs.kaggle import connect
+
+    client = connect()
+    ref = client.submit(competition, Path(entry["file"]), entry["message"] or cfg.name)
+    index = book.append({**entry, "competition": competition, "kaggle_ref": ref, "status": "pending"})
+    log.info("uploaded %s to %s (submission %s); waiting up to %.0f min for its score", entry["file"],
+             competition, ref, wait)
+    scored = client.wait(competition, ref, wait) if wait > 0 else None
+    if scored is None:
+        log.warning("submission %s is still being scored; `pipeline lb %s` records its score later", ref, competition)
+        return
+    row = book.update(lambda table: fill(table, [index], scored))[0]
+    if scored.status == "error":
+        raise UserError(f"Kaggle could not score {entry['file']} (submission {ref}): {scored.error or 'no reason'}; "
+                        "the row is in submissions/log.csv as status=error — fix the file and submit again")
+    log.info("public LB %s for %s (CV %s %.4f)", scored.public, cfg.name, entry["metric"], entry["cv"])
+    publish(cfg, row, book)
