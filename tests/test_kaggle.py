@@ -10,6 +10,7 @@ import io
 import json
 import multiprocessing
 import sys
+import time
 import zipfile
 
 import pandas as pd
@@ -17,6 +18,7 @@ import pytest
 
 from pipeline.runs import kaggle as kaggle_client
 from pipeline.runs.submissions import COLUMNS, SubmissionLog
+from tests import wandb_records
 from tests.conftest import assert_refused, cli, invoke
 from tests.kaggle_standin import StandIn
 
@@ -206,3 +208,57 @@ def test_export_becomes_a_kaggle_dataset_and_a_notebook_bound_to_it(kaggle, copy
                    "--kaggle-dataset")
     assert_refused(invoke("export", "solo", "--runs-dir", cfg.runs_dir, "--out", tmp_path / "e3",
                           "--kaggle-dataset", "no-owner"), "OWNER/SLUG")
+
+
+def offline_runs(folder) -> dict[str, list]:
+    """Offline run folders under folder/wandb by run id (a resumed run adds a folder of the same id)."""
+    found: dict[str, list] = {}
+    for path in sorted(folder.glob("wandb/offline-run-*")):
+        found.setdefault(path.name.split("-")[-1], []).append(path)
+    return found
+
+
+def logged_artifacts(folder, timeout: float = 60.0) -> list[dict]:
+    """The run's own artifacts (not the run_table ones W&B makes for logged tables). W&B's service may write the
+    artifact record after run.finish() returned: wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [a for a in wandb_records.artifacts(folder) if a["type"] != "run_table"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_the_lb_tables_and_artifacts_land_in_offline_wandb(kaggle, copy_run, tmp_path, monkeypatch):
+    from pipeline.stages import predict
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    offline = {"wandb": "offline", "quiet": True}
+    cfg, other = copy_run("exp", tracking=offline), copy_run("b", tracking=offline)
+    predict.run(cfg)
+    predict.run(other)
+    (predict_id,) = offline_runs(cfg.run_dir)
+    assert json.loads((cfg.run_dir / "wandb_runs.json").read_text()) == {"predict": predict_id}
+    (first,) = offline_runs(cfg.run_dir)[predict_id]
+    tables = wandb_records.logged_keys(first)
+    assert tables["oof/per_class"] == "table-file" and tables["oof/confusion"] == "table-file"
+    (made,) = logged_artifacts(first)
+    assert (made["name"], made["type"]) == ("exp-predictions", "predictions")
+    assert made["files"] == ["oof.parquet", "scores.json", "test.parquet"] and made["metadata"]["made_from"] == []
+
+    cli("ensemble", "exp", "b", "--name", "pair", "--runs-dir", cfg.runs_dir)
+    pair = cfg.run_dir.parent / "pair"
+    (ens_id,) = offline_runs(pair)
+    (ens,) = logged_artifacts(offline_runs(pair)[ens_id][0])
+    assert ens["name"] == "pair-predictions" and ens["metadata"]["made_from"] == ["exp-predictions", "b-predictions"]
+
+    cli("submit", "pair", "--runs-dir", cfg.runs_dir, "--kaggle", COMPETITION, "--wait", "1")
+    resumed = offline_runs(pair)[ens_id]
+    assert len(resumed) == 2  # the ensemble's run, resumed by its id to take the LB
+    assert wandb_records.summary(resumed[1])["public_lb"] == pytest.approx(0.875)
+    submit_runs = [p for ps in offline_runs(pair).values() for p in ps if p not in resumed]
+    (sub,) = [a for p in submit_runs for a in logged_artifacts(p)]
+    assert (sub["name"], sub["type"], sub["files"]) == ("pair-submission", "submission", ["pair.csv"])
+    assert sub["metadata"]["made_from"] == ["pair-predictions"] and sub["metadata"]["competition"] == COMPETITION
+    (board,) = offline_runs(tmp_path / "subs").values()
+    assert wandb_records.logged_keys(board[0]).get("leaderboard") == "table-file"

@@ -35,7 +35,7 @@ def public_methods(cls) -> dict[str, inspect.Signature]:
 def test_null_tracker_stands_in_for_wandb_everywhere():
     """Every call the pipeline makes on a W&B tracker works on the null tracker too: same methods, same signatures."""
     null, wandb = public_methods(tracking.NullTracker), public_methods(tracking.WandbTracker)
-    assert set(wandb) == {"log", "summary", "media", "finish"}  # the scan found them
+    assert set(wandb) == {"log", "summary", "media", "artifact", "finish"}  # the scan found them
     assert null == wandb
     assert tracking.NullTracker().run_id is None  # a fold trained without W&B stores no run id to resume
 

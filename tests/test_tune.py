@@ -23,6 +23,7 @@ from pipeline.workflows import tune
 from pipeline.workflows.tune import Param, default_space, parse_param, parse_space, warn_edges
 from pipeline.workflows.tune.space import build_space
 from pipeline.workflows.tune.study import build_storage, fail_dead_trials
+from tests import wandb_records
 from tests.conftest import assert_refused, cli, invoke
 
 
@@ -225,12 +226,14 @@ def test_two_workers_share_one_study_without_colliding(competition, make_config)
 def test_two_objectives_give_a_pareto_front_of_score_and_inference_time(competition, make_config):
     """--objective score,infer: each trial's OOF score and the seconds to predict 1,000 test rows with every fold;
     no trial on the front is beaten on both by another."""
-    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1})
+    path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1},
+                            predict={"weights": "avg"})  # a one-epoch trial has no epochs to average: timed on best
     cli("tune", "--config", path, "--trials", "3", "--objective", "score,infer",
         "--param", "model.name=choice:test_resnet|test_efficientnet")
     root = cfg.run_dir / "tune"
     trials = pd.read_csv(root / "trials.csv")
     assert (trials["state"] == "complete").all() and (trials["infer_s_per_1000"] > 0).all()
+    assert (trials["epochs"] == 1).all()  # trained, though a two-objective trial reports nothing to prune on
     front = pd.read_csv(root / "pareto.csv")
     for _, row in front.iterrows():
         better = trials[(trials["score"] >= row["score"]) & (trials["infer_s_per_1000"] < row["infer_s_per_1000"])
@@ -243,8 +246,8 @@ def test_two_objectives_give_a_pareto_front_of_score_and_inference_time(competit
 
 def test_each_trial_is_a_wandb_run_beside_its_folds_runs(competition, make_config, monkeypatch):
     """W&B offline: a pruned and a complete trial each leave their fold's training run and one run of their own (job
-    type trial: its config and fate), in the trial's folder. (Offline runs keep config and summary in the binary
-    run file, which wandb offers no public reader for; `wandb sync` shows them.)"""
+    type trial: its config and fate), in the trial's folder; the trial run's summary says which (read from the
+    offline run file with tests/wandb_records.py)."""
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setattr(tune, "build_pruner", lambda name, steps: PruneTrialOne())
     path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 2},
@@ -252,9 +255,14 @@ def test_each_trial_is_a_wandb_run_beside_its_folds_runs(competition, make_confi
     cli("tune", "--config", path, "--trials", "2", "--param", "model.drop_rate=uniform:0:0.3")
     trials = pd.read_csv(cfg.run_dir / "tune" / "trials.csv")
     assert list(trials["state"]) == ["complete", "pruned"]
-    for number in (0, 1):
+    for number, state in ((0, "complete"), (1, "pruned")):
         runs = list((cfg.run_dir / "tune" / f"t{number}" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 2, runs  # fold 0's, and the trial's
+        summaries = [wandb_records.summary(r.parent) for r in runs]
+        (trial,) = [s for s in summaries if "state" in s]
+        assert trial["state"] == state and trial["pruned"] == (state == "pruned")
+        row = trials[trials["trial"].astype(str).str.lstrip("t") == str(number)]
+        assert trial["score"] == pytest.approx(float(row["score"].iloc[0]))
 
 
 def test_a_killed_process_that_is_not_yet_reaped_is_not_alive():

@@ -220,6 +220,10 @@ class Task(ABC):
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
         """The report's sections on OOF predictions (pipeline.reporting.report.Section), figures written under out."""
 
+    def oof_tables(self, oof: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """OOF tables the predict run logs to W&B by name (per-class scores, confusion cells); none by default."""
+        return {}
+
 
 TASKS: dict[str, type[Task]] = {}  # task classes by config name (`task:`); pipeline.tasks registers each one
 

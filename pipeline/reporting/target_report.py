@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from pipeline.reporting import plots
+from pipeline.reporting import plots, tables
 from pipeline.reporting.page import Section, table
 from pipeline.reporting.plots import plt, save
 
@@ -42,14 +42,7 @@ def binary(oof: pd.DataFrame, truth: np.ndarray, outputs: np.ndarray, target, ou
 
 
 def multilabel(oof: pd.DataFrame, truth: np.ndarray, outputs: np.ndarray, target, out: Path) -> list[Section]:
-    decided = target.decide(outputs)
-    rows = []
-    for j, name in enumerate(target.columns):
-        t = truth[:, j]
-        rows.append({"label": name, "support": int(t.sum()), "predicted": int(decided[:, j].sum()),
-                     "f1": skm.f1_score(t, decided[:, j], zero_division=0),
-                     "roc_auc": skm.roc_auc_score(t, outputs[:, j]) if 0 < t.sum() < len(t) else np.nan})
-    per_label = pd.DataFrame(rows).sort_values("f1", kind="stable")
+    per_label = tables.per_label(truth, target.decide(outputs), outputs, target.columns)
     co = truth.T @ truth
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(target.columns), 1 + 0.45 * len(target.columns)))
     ax.imshow(co, cmap="Blues")

@@ -61,12 +61,12 @@ class Kaggle:
 
     def download(self, competition: str, folder: Path) -> None:
         """The competition's files, unzipped into `folder`."""
-        with calling("download", competition):
+        with calling("the download", competition):
             self.api.competition_download_files(competition, path=str(folder), force=True, quiet=True, unzip=True)
 
     def allowed_now(self, competition: str) -> int | None:
         """Submissions the team may still make today (None when the server does not say)."""
-        with calling("the submission count", competition):
+        with calling("checking the submissions left today", competition):
             limits = self.api.competition_get_submission_limits(competition)
         return None if limits is None else limits.num_allowed_now
 

@@ -13,6 +13,7 @@ import json
 import logging
 import netrc
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -40,6 +41,9 @@ class NullTracker:
     def media(self, images: dict[str, Any], tables: dict[str, Any]) -> None:
         pass
 
+    def artifact(self, name: str, kind: str, paths: list[Path], uses: list[str] = (), metadata: dict | None = None) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -53,7 +57,7 @@ class WandbTracker:
         self._safely(lambda run: run.log(metrics, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
-        self._safely(lambda run: run.summary.update(values))
+        self._safely(lambda run: run.summary.update(string_keys(values)))
 
     def media(self, images: dict[str, Any], tables: dict[str, Any]) -> None:
         """PNG files as W&B images and DataFrames as W&B tables, under the given keys."""
@@ -61,6 +65,26 @@ class WandbTracker:
 
         self._safely(lambda run: run.log({**{k: wandb.Image(str(p)) for k, p in images.items()},
                                           **{k: wandb.Table(dataframe=t) for k, t in tables.items()}}))
+
+    def artifact(self, name: str, kind: str, paths: list[Path], uses: list[str] = (), metadata: dict | None = None) -> None:
+        """Files and folders as the W&B artifact `name` (type `kind`) of this run. `uses` names the artifacts it
+        was made from: online the run uses them (W&B draws the lineage); offline W&B cannot look an artifact up,
+        so their names go into the metadata, `made_from`, and the lineage is drawn once the runs are synced."""
+        import wandb
+
+        def log_artifact(run) -> None:
+            made = wandb.Artifact(safe_name(name), type=kind, metadata={**(metadata or {}), "made_from": list(uses)})
+            for path in map(Path, paths):
+                if path.is_dir():
+                    made.add_dir(str(path), name=path.name)
+                else:
+                    made.add_file(str(path))
+            if not run.offline:
+                for source in uses:
+                    run.use_artifact(f"{safe_name(source)}:latest")
+            run.log_artifact(made)
+
+        self._safely(log_artifact)
 
     def finish(self) -> None:
         self._safely(lambda run: run.finish())
@@ -74,6 +98,18 @@ class WandbTracker:
         except Exception as e:  # tracking must never end a training run
             log.warning("W&B call failed (%s: %s); continuing without W&B", type(e).__name__, e)
             self.run = None
+
+
+def string_keys(value: Any) -> Any:
+    """Nested dicts with str keys: W&B's summary joins key paths as strings and fails on an int key (a fold)."""
+    if isinstance(value, dict):
+        return {str(k): string_keys(v) for k, v in value.items()}
+    return value
+
+
+def safe_name(name: str) -> str:
+    """An artifact name W&B accepts (letters, digits, dashes, underscores, dots)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
 def resolve_mode(requested: str) -> str:

@@ -160,6 +160,8 @@ def write_ensemble(members: list[Member], name: str, method: str, blend: Blend, 
     scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "ensemble", "ensemble")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
+    tracker.artifact(f"{name}-predictions", "predictions", [run.oof, run.test, run.scores, run.weights],
+                     uses=[f"{m.name}-predictions" for m in members])
     remember(run.path, "ensemble", tracker)
     tracker.finish()
     return scores

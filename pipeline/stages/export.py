@@ -29,6 +29,7 @@ from pipeline.engine.fold_model import FoldModel, from_run
 from pipeline.engine.loop import pick_device
 from pipeline.runs.exported import FORMAT, MANIFEST, PREDICT, PREPROCESS, RECIPE, WEIGHTS, file_hashes
 from pipeline.runs.rundir import FULL, FULL_REFIT_NOTE, RunDir, resolve
+from pipeline.runs.tracking import build_tracker
 from pipeline.scoring.metrics import greater_is_better
 from pipeline.tasks import TASKS
 
@@ -65,6 +66,10 @@ def run(ref: str, out: str | Path | None = None, folds: list[int] | None = None,
         manifest["files"] = file_hashes(tmp)
         write_json(tmp / MANIFEST, manifest)
     replace_folder(staging, out)
+    tracker = build_tracker(load_run_config(top.path), "export", "export")
+    tracker.artifact(f"{top.name}-export", "export", [out], uses=[f"{n}-predictions" for n in nodes],
+                     metadata={"cv": root["cv"], "metric": root["metric"], "dtype": dtype})
+    tracker.finish()
     size, source = folder_size(out), sum(folder_size(Path(n["source"])) for n in nodes.values())
     log.info("exported %s (%s, CV %s %.4f) -> %s: %s, against %s of run directories (%.0f s)", top.name, root["kind"],
              root["metric"], root["cv"], out, human(size), human(source), time.time() - start)

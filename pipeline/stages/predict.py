@@ -288,6 +288,8 @@ def combine_folds(cfg: Config) -> dict:
     scores = run.write_predictions(oof, test, scores)
     tracker = build_tracker(cfg, "predict", "predict")
     tracker.summary({k: v for k, v in scores.items() if k != "stamp"})
+    tracker.media({}, task.oof_tables(oof))
+    tracker.artifact(f"{cfg.name}-predictions", "predictions", [run.oof, run.test, run.scores])
     remember(run.path, "predict", tracker)
     tracker.finish()
     if len(done) < cfg.cv.folds:

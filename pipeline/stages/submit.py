@@ -47,6 +47,9 @@ def run(exp: str, out: str | None = None, message: str = "", lb: float | None = 
         book.append(entry)
     tracker = build_tracker(cfg, "submit", "submit")
     tracker.summary({"cv": scores["cv"], "submission": str(path), "message": message})
+    tracker.artifact(f"{cfg.name}-submission", "submission", [path], uses=[f"{cfg.name}-predictions"],
+                     metadata={"cv": scores["cv"], "metric": scores["metric"], "competition": kaggle or "",
+                               "sha256": entry["sha256"]})
     tracker.finish()
     return path
 

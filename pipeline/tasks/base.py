@@ -155,6 +155,11 @@ class ClassProbabilities(Task):
     def check_submission(self, sub: pd.DataFrame, sample: pd.DataFrame) -> None:
         check_values(sub, self.target, self.cfg, sample)
 
+    def oof_tables(self, oof: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        from pipeline.reporting.tables import oof_tables
+
+        return oof_tables(self.targets(oof), self.read_outputs(oof).astype(np.float64), self.target)
+
     def report_sections(self, oof: pd.DataFrame, out: Path) -> list:
         from pipeline.reporting.report import oof_sections  # matplotlib only when a report is drawn
 

@@ -178,7 +178,7 @@ def tune_group(cfg: Config) -> str:
 
 
 def trials_table(study: optuna.Study, objectives: list[str], space: list[Param]) -> pd.DataFrame:
-    """One row per trial: number, state, values, the drawn config values, epochs reported, minutes, folder."""
+    """One row per trial: number, state, values, the drawn config values, epochs trained, minutes, folder."""
     keys = list(dict.fromkeys(p.key for top in space for p in top.every_key()))
     rows = []
     for trial in study.get_trials(deepcopy=False):
@@ -187,7 +187,7 @@ def trials_table(study: optuna.Study, objectives: list[str], space: list[Param])
         rows.append({"trial": trial.number, "state": trial.state.name.lower(),
                      **{("score" if o == "score" else "infer_s_per_1000"): v for o, v in zip(objectives, values,
                                                                                             strict=True)},
-                     **{k: drawn.get(k) for k in keys}, "epochs": len(trial.intermediate_values),
+                     **{k: drawn.get(k) for k in keys}, "epochs": trial.user_attrs.get("epochs", 0),
                      "minutes": trial.user_attrs.get("minutes", math.nan), "folder": f"t{trial.number}",
                      "worker": "{host}:{pid}".format(**trial.user_attrs.get("worker", {"host": "-", "pid": "-"})),
                      "error": trial.user_attrs.get("error", "")})

@@ -7,6 +7,7 @@ A trial is an ordinary experiment in runs/<exp>/tune/t<number>/: `pipeline train
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ from pipeline.core.config import Config, load_config, with_values
 from pipeline.core.errors import UserError
 from pipeline.core.files import copy_file
 from pipeline.data.folds import load_folds, run_config
-from pipeline.engine.loop import NO_WATCH, EpochWatch, Pruned
+from pipeline.engine.loop import EpochWatch, Pruned
 from pipeline.engine.scores import score_frame
 from pipeline.runs.rundir import RunDir
 from pipeline.runs.tracking import build_tracker
@@ -30,21 +31,31 @@ from pipeline.workflows.tune.study import worker_tag
 log = logging.getLogger(__name__)
 
 
+class TrialPruned(Pruned):
+    """Pruned, with the score the trial was stopped at (its W&B summary's `score`, as in trials.csv)."""
+
+    def __init__(self, message: str, score: float):
+        super().__init__(message)
+        self.score = score
+
+
 class PruningWatch(EpochWatch):
     """Each validated epoch's score reported to the trial, fold after fold, at step = the epochs trained so far
     (1 after the first: Hyperband's resource, whose first rung is at min_resource = 1); the pruner's verdict stops
-    the fold (its checkpoints stay)."""
+    the fold (its checkpoints stay). A multi-objective trial (Optuna prunes single-objective studies only) records
+    the epochs it trained and reports nothing."""
 
-    def __init__(self, trial: optuna.Trial, offset: int):
-        self.trial, self.offset = trial, offset
+    def __init__(self, trial: optuna.Trial, offset: int, prune: bool = True):
+        self.trial, self.offset, self.prune = trial, offset, prune
 
     def epoch(self, epoch: int, score: float) -> None:
-        if not math.isfinite(score):
-            return
         step = self.offset + epoch + 1
+        self.trial.set_user_attr("epochs", step)
+        if not self.prune or not math.isfinite(score):
+            return
         self.trial.report(score, step)
         if self.trial.should_prune():
-            raise Pruned(f"trial {self.trial.number} pruned after epoch {epoch + 1} ({score:.4f})")
+            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch + 1} ({score:.4f})", score)
 
 
 @dataclass
@@ -72,9 +83,9 @@ class Objective:
         began = time.perf_counter()
         try:
             result = self.train(trial, cfg)
-        except Pruned as e:
+        except TrialPruned as e:
             log.info("%s", e)
-            self.record(trial, cfg, began, {"state": "pruned", "pruned": True})
+            self.record(trial, cfg, began, {"state": "pruned", "pruned": True, "score": e.score})
             raise optuna.TrialPruned(str(e)) from None
         except UserError as e:  # a NaN loss at a high LR: this trial failed, the search goes on
             trial.set_user_attr("error", str(e).splitlines()[0])
@@ -111,10 +122,8 @@ class Objective:
     def train(self, trial: optuna.Trial, cfg: Config) -> tuple[float, ...]:
         from pipeline.stages import train
 
-        prunable = len(self.objectives) == 1  # Optuna prunes single-objective studies only
         for i, k in enumerate(self.folds):
-            watch = PruningWatch(trial, i * cfg.train.epochs) if prunable else NO_WATCH
-            train.run(cfg, fold=k, watch=watch)
+            train.run(cfg, fold=k, watch=PruningWatch(trial, i * cfg.train.epochs, prune=len(self.objectives) == 1))
         folds = load_folds(cfg)
         oof = pd.concat([pd.read_parquet(RunDir(cfg.run_dir).fold(k).oof) for k in self.folds])
         score = score_frame(build_task(cfg, folds.classes), oof)[0]
@@ -130,7 +139,10 @@ def infer_seconds(cfg: Config, k: int) -> float:
     from pipeline.engine.fold_model import from_run
     from pipeline.stages import export, predict
 
-    predict.run(cfg, fold=k, combine=False)
+    # the best epoch's weights: the time does not depend on which weights, and `avg` needs keep_top epochs a short
+    # (or pruned) trial may not have
+    predict.run(dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, weights="best")), fold=k,
+                combine=False)
     rows = export.timing_rows(cfg)
     if rows is None:
         raise UserError("--objective score,infer needs the test files to time prediction on (data.test_csv)")
