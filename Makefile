@@ -9,6 +9,7 @@
 #   make bench                      pipeline vs bare compute loop, loader, TTA, ensembling
 #   make tune CONFIG=configs/leaves.yaml TRIALS=24 WORKERS=2   an Optuna study, 2 worker processes
 #   make gpu-wheels; make gpu-check  on a GPU machine: pytest -m gpu, CUDA bench per precision, a demo run
+#   make docs                       the documentation site -> site/ (mkdocs-material, --strict); .venv/bin/mkdocs serve
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +27,7 @@ BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--
 SETS := $(foreach s,$(SET),--set $(s))
 
 # gpu-check: on a GPU machine's own python3 (no venv, no registry; gpu-wheels/ carries what it lacks)
-.PHONY: gpu-check gpu-wheels setup test test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit tune clean-venv
+.PHONY: gpu-check gpu-wheels setup test docs test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit tune clean-venv
 
 setup: $(VENV)/.installed
 
@@ -47,6 +48,17 @@ test-slow: setup
 
 fuzz: setup  # fresh random CSVs for every reader (make test replays a fixed set)
 	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_fuzz.py
+
+# The site (mkdocs.yml, docs/): only mkdocs-material (the docs extra of pyproject.toml) is installed, not the
+# package; the config reference is generated from pipeline/core/config.py. --strict: a warning (a broken link or
+# anchor, an uncommented config field) fails the build.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+$(VENV)/.docs-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "mkdocs-material>=9.5"
+	touch $@
 
 lint: setup  # style (ruff) and the architecture: the layer contracts in pyproject.toml (lint-imports)
 	$(BIN)/ruff check pipeline tests scripts

@@ -167,6 +167,26 @@ def submit(
 
 @app.command()
 @user_errors
+def init(
+    data_dir: Path = typer.Argument(..., help="the competition's folder: train.csv, test.csv, sample_submission.csv ..."),
+    name: str = typer.Option(None, "--name", "-n", help="experiment name (default: the folder's name)"),
+    out: Path = typer.Option(None, "--out", "-o", help="config file to write (default: configs/<name>.yaml)"),
+    weights_file: str = typer.Option(None, "--weights-file", help="ImageNet weights on disk instead of the hub "
+                                     "(a file from `pipeline weights save`)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing config (and remake its folds)"),
+) -> None:
+    """Infer task, columns, target type, metric and image folder from a competition's files, write a config with
+    the evidence of every line, and run prepare's checks on it.
+
+    Example: pipeline init data/classify-leaves --name leaves      then   pipeline train --config configs/leaves.yaml --fold 0
+    """
+    from pipeline.workflows import init as flow
+
+    typer.echo(str(flow.run(data_dir, name=name, out=out, force=force, weights_file=weights_file)))
+
+
+@app.command()
+@user_errors
 def download(
     competition: str = typer.Argument(..., help="the competition's name as in its URL, e.g. classify-leaves"),
     to: Path = typer.Option(None, "--to", help="folder to fill (default: data/<competition>)"),

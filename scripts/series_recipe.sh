@@ -2,7 +2,7 @@
 # The default recipe for a series competition: MiniRocket (random kernels + a logistic/ridge head, seconds) and
 # InceptionTime (the config's network, NETWORKS=5 per fold as the paper averages) on the same folds, blended with
 # weights fitted on their OOF rows, each submitted. Prints CV, the held-back score where the data has a
-# solution.csv (the dev sets), and each one's time. NETWORKS=1 is ~4.5x faster (held-back: see the README).
+# solution.csv (the dev sets), and each one's time. NETWORKS=1 is ~4.5x faster (held-back: see docs/results.md).
 #
 #   scripts/series_recipe.sh configs/basicmotions.yaml [--set key=value ...]     # -> runs/<name>-{minirocket,inception,blend}
 set -euo pipefail
