@@ -21,9 +21,9 @@ GPUS ?= 1
 TRIALS ?= 16
 WORKERS ?= 1
 # the leaves dev set when ../shared is there, else the embedded digits (bench writes them if missing)
-BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/bench.yaml,configs/bench-demo.yaml)
+BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/dev/bench.yaml,configs/bench-demo.yaml)
 # and a text row (MiniLM on the review sentences) where ../shared has them
-BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--text-config configs/sentiment-minilm.yaml,)
+BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--text-config configs/dev/sentiment-minilm.yaml,)
 SETS := $(foreach s,$(SET),--set $(s))
 
 # gpu-check: on a GPU machine's own python3 (no venv, no registry; gpu-wheels/ carries what it lacks)

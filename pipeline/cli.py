@@ -185,6 +185,29 @@ def init(
     typer.echo(str(flow.run(data_dir, name=name, out=out, force=force, weights_file=weights_file)))
 
 
+weights_app = typer.Typer(help="Pretrained weights as files, for Kaggle notebooks and machines without internet.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("save")
+@user_errors
+def weights_save(
+    model: str = typer.Argument(..., help="a timm model name, e.g. tf_efficientnet_lite0 or convnext_tiny.fb_in22k"),
+    out: Path = typer.Option(..., "--out", "-o", help="the .safetensors file to write (model.weights_file reads it)"),
+    source: str = typer.Option(None, "--from", help="read the pretrained weights from this file instead of the hub"),
+) -> None:
+    """Write a timm model's pretrained (ImageNet) weights to one file: where there is internet, for a Kaggle
+    dataset or an offline machine, whose config then sets model.weights_file to it.
+
+    Example: pipeline weights save tf_efficientnet_lite0 --out weights/lite0.safetensors
+    """
+    from pipeline.engine.models import save_pretrained
+
+    n = save_pretrained(model, out, source)
+    typer.echo(f"{out} ({n} tensors of {model}); set model.weights_file: {out}")
+
+
 @app.command()
 @user_errors
 def download(
@@ -361,7 +384,7 @@ def demo(
 @app.command()
 @user_errors
 def bench(
-    config: Path = typer.Option(Path("configs/bench.yaml"), "--config", "-c", help="YAML config to measure"),
+    config: Path = typer.Option(Path("configs/bench-demo.yaml"), "--config", "-c", help="YAML config to measure (make bench: configs/dev/bench.yaml where ../shared is)"),
     batch_sizes: str = typer.Option(None, "--batch-sizes", help="comma list, e.g. 32,64,128 (default: train.batch_size)"),
     steps: int = typer.Option(20, "--steps", help="timed steps per measurement, after 5 warm-up steps"),
     ensemble: str = typer.Option("20x100000x176", "--ensemble", help="members x rows x classes for the blend timing"),
@@ -370,7 +393,7 @@ def bench(
 ) -> None:
     """Samples/s of the bare compute loop vs the pipeline's loop, the loader, TTA and ensembling; peak memory.
 
-    Example: pipeline bench --config configs/bench.yaml --batch-sizes 32,64,128
+    Example: pipeline bench --config configs/dev/bench.yaml --batch-sizes 32,64,128
     """
     from pipeline.workflows import bench as stage
 

@@ -24,10 +24,10 @@ from pipeline.scoring.metrics import greater_is_better
 
 # set -> (config, budget overrides): the budget of issue 18's comparison for leaves (128 px, batch 32, 6 epochs)
 SETS = {
-    "leaves": ("configs/leaves-dev.yaml", ["image.size=128", "train.epochs=6", "train.batch_size=32"]),
-    "cactus": ("configs/cactus.yaml", []),
-    "miml": ("configs/miml-scenes.yaml", []),
-    "utkface": ("configs/utkface-age.yaml", []),
+    "leaves": ("configs/dev/leaves-dev.yaml", ["image.size=128", "train.epochs=6", "train.batch_size=32"]),
+    "cactus": ("configs/dev/cactus.yaml", []),
+    "miml": ("configs/dev/miml-scenes.yaml", []),
+    "utkface": ("configs/dev/utkface-age.yaml", []),
 }
 # variant -> overrides: each moves one setting to timm's train.py default (or off), from the shipped recipe
 VARIANTS = {

@@ -9,7 +9,7 @@
 set -euo pipefail
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
 RUNS=${RUNS:-runs/pseudo-leaves}
-CONFIG=configs/leaves-dev.yaml
+CONFIG=configs/dev/leaves-dev.yaml
 common=(--set "runs_dir=$RUNS" --set tracking.wandb=disabled --set tracking.quiet=true --set data.cache=true
         --set "train.epochs=${EPOCHS:-4}" --set "cv.folds=${FOLDS:-3}" --set "predict.tta=${TTA:-hflip}"
         --set image.size=128)

@@ -4,7 +4,7 @@
 # weights fitted on their OOF rows, each submitted. Prints CV, the held-back score where the data has a
 # solution.csv (the dev sets), and each one's time. NETWORKS=1 is ~4.5x faster (held-back: see docs/results.md).
 #
-#   scripts/series_recipe.sh configs/basicmotions.yaml [--set key=value ...]     # -> runs/<name>-{minirocket,inception,blend}
+#   scripts/series_recipe.sh configs/dev/basicmotions.yaml [--set key=value ...]     # -> runs/<name>-{minirocket,inception,blend}
 set -euo pipefail
 CONFIG=$1; shift
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side by side at equal budget: `pipeline train` against timm's own train.py, fine-tuning tf_efficientnet_lite0 from
-# the same ImageNet file on the same images: fold 0 of configs/leaves-dev.yaml (3,379 training rows, 845 validation
+# the same ImageNet file on the same images: fold 0 of configs/dev/leaves-dev.yaml (3,379 training rows, 845 validation
 # rows), 128 px, batch 32, 6 epochs, the same LR, weight decay, label smoothing and vflip; timm's own defaults
 # otherwise. Prints both validation accuracies (each script's best epoch).
 #
@@ -12,7 +12,7 @@ set -euo pipefail
 TIMM=${1:?usage: scripts/vs_timm.sh /path/to/pytorch-image-models [OUT]}
 OUT=$(realpath -m "${2:-runs/vs-timm}")
 PY=.venv/bin/python
-CONFIG=configs/leaves-dev.yaml
+CONFIG=configs/dev/leaves-dev.yaml
 EPOCHS=${EPOCHS:-6} SIZE=${SIZE:-128} BATCH=${BATCH:-32}  # the comparison's budget; EPOCHS=1 SIZE=64 for a smoke run
 [ -f "$TIMM/train.py" ] || { echo "error: $TIMM/train.py not found; pass a pytorch-image-models checkout" >&2; exit 2; }
 SETS=(--set name=vs-timm --set "runs_dir=$OUT" --set image.size=$SIZE --set train.epochs=$EPOCHS

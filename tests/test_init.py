@@ -116,3 +116,26 @@ def test_every_shared_folder_gets_a_config_prepare_accepts(folder, here):
         return
     path, tree, _ = init(SHARED / folder, *args)
     assert load_config(path).task == tree["task"] and os.path.isfile(here / "runs" / tree["name"] / "folds.csv")
+
+
+def test_weights_save_writes_one_file_that_weights_file_reads(tmp_path):
+    """`pipeline weights save MODEL --out F`: timm's pretrained weights (here read --from a file, as offline) into
+    one safetensors file; a config's model.weights_file then fills the backbone with exactly those tensors."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.core.config import ModelConfig
+    from pipeline.engine.models import build_classifier
+
+    source = tmp_path / "published.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), source)
+    out = tmp_path / "weights" / "test_resnet.safetensors"
+    assert "set model.weights_file" in cli("weights", "save", "test_resnet", "--out", out, "--from", source).stdout
+    saved, published = load_file(out), torch.load(source, weights_only=True)
+    assert saved.keys() == published.keys() and all(torch.equal(saved[k], published[k]) for k in saved)
+    model = build_classifier(ModelConfig(name="test_resnet", weights_file=str(out)), 3)
+    stem = next(k for k in model.state_dict() if k.endswith("weight"))
+    assert torch.equal(model.state_dict()[stem], published[stem])
+    assert_refused(invoke("weights", "save", "test_resnet", "--out", out, "--from", tmp_path / "none.pth"), "not found")
+    assert_refused(invoke("weights", "save", "no_such_net", "--out", out), "not a timm model")

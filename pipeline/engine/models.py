@@ -87,3 +87,27 @@ def normalisation(model: nn.Module, mean, std) -> tuple[tuple, tuple]:
     """Config mean/std when set, else what the model was pretrained with (0.5/0.5 for TF ports)."""
     data_cfg = timm.data.resolve_data_config({}, model=model)
     return tuple(mean or data_cfg["mean"]), tuple(std or data_cfg["std"])
+
+
+def save_pretrained(name: str, out: Path, source: str | None = None) -> int:
+    """A timm model's pretrained weights as one safetensors file that model.weights_file reads: from the hub (where
+    there is internet), or `source`, a file timm reads as the model's pretrained weights (another format, a copy).
+    For a Kaggle dataset or a machine without internet. Returns the number of tensors written."""
+    from safetensors.torch import save_file
+
+    from pipeline.core.files import atomic_path
+
+    check_model_name(name)
+    if source and not Path(source).is_file():
+        raise UserError(f"--from {source} not found")
+    overlay = {"file": str(source)} if source else None
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    except (OSError, RuntimeError, ValueError) as e:
+        where = source or "the hub (needs internet)"
+        raise UserError(f"could not read {name}'s pretrained weights from {where} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]}); run this where there is internet, or pass --from FILE") from None
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"model": name, "source": str(source or "hub")})
+    return len(state)
