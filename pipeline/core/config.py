@@ -257,8 +257,9 @@ class TrackingConfig:
     project: str = "kaggle-pipeline"  # W&B project; the experiment name is the group
     group: str = ""  # W&B group instead of the experiment name ("" = name); `pipeline tune` puts its trials in <exp>-tune
     entity: str | None = None  # W&B team or user; null = the key's default
-    quiet: bool = False  # no progress bars, one line per epoch (CI logs)
+    quiet: bool = False  # no progress bars or progress lines, one line per epoch (CI logs)
     log_every: int = 20  # optimizer steps between progress-bar refreshes (each one syncs the device)
+    progress_seconds: float = 30.0  # without a terminal: a progress log line this often (and every 10% of an epoch); 0: off
 
 
 @dataclass

@@ -168,7 +168,8 @@ def images(s: Survey, train: pd.DataFrame, test: pd.DataFrame, id_col: str) -> b
         s.doubts.append(f"the test ids are not all under {folder or 'the root'} with {ext or 'no'} extension: "
                         "prepare will name the missing files")
     s.set("image.size", image_size(s.root / folder, train[id_col].astype(str).head(PROBE), ext),
-          "the median side of the first training images, to a multiple of 32 (64 to 384)")
+          "the median side of the first training images, to a multiple of 32 within 64-256 (a first baseline: "
+          "larger sides often score higher, at their cost)")
     return True
 
 
@@ -192,7 +193,7 @@ def image_size(folder: Path, ids: pd.Series, ext: str) -> int:
         if image is not None:
             sides.append(np.sqrt(image.shape[0] * image.shape[1]))
     side = float(np.median(sides)) if sides else 224.0
-    return int(min(384, max(64, round(side / 32) * 32)))
+    return int(min(256, max(64, round(side / 32) * 32)))
 
 
 def text(s: Survey, train: pd.DataFrame, id_col: str) -> None:
@@ -267,7 +268,7 @@ def boxes(s: Survey, train: pd.DataFrame, id_col: str, train_path: Path) -> None
     if not classes:
         raise UserError(f"{train_path} has no class column beside the boxes; add one (a single class is fine)")
     s.set("data.target_col", classes[0], f"the text column of {train_path.name} beside the boxes "
-                                         f"({train[classes[0]].nunique()} classes)")
+                                         f"({train[classes[0]].nunique()} class(es))")
     s.set("train.metric", "map50", "COCO AP at IoU 0.5; map for 0.5:0.95 (check the competition's Evaluation page)")
     if not images(s, train.drop_duplicates(id_col), train.drop_duplicates(id_col), id_col):
         raise UserError(f"{s.root}: the ids of {train_path.name} are not image files here; init cannot find the images")

@@ -16,6 +16,7 @@ from pipeline.data.folds import load_folds
 from pipeline.data.tables import build_loader
 from pipeline.engine.averaging import fold_weights
 from pipeline.engine.loop import infer, pick_device, resolve_precision
+from pipeline.engine.progress import ProgressSpec
 from pipeline.engine.task import Task, build_task
 from pipeline.runs.recipe import fold_recipe
 from pipeline.runs.rundir import RunDir
@@ -32,13 +33,15 @@ class FoldModel:
 
     def predict(self, rows: pd.DataFrame, device: torch.device | None = None, views: list[View] | None = None,
                 progress: str | None = None):
-        """Outputs for rows (id column) with the views merged, as predict merged them into test.parquet."""
+        """Outputs for rows (id column) with the views merged, as predict merged them into test.parquet;
+        progress: the label of its bar (or log lines), None for none."""
         device = device or pick_device()
         task = self.task
         self.model.to(device, memory_format=task.memory_format)
         loader = build_loader(task.build_dataset(rows, train=False), self.cfg, False, self.cfg.predict.batch_size)
         dtype = resolve_precision(self.cfg.train.precision, device)
-        return task.merge(list(infer(task, self.model, loader, device, dtype, views or self.views, progress)))
+        shown = ProgressSpec.of(progress, self.cfg.tracking)
+        return task.merge(list(infer(task, self.model, loader, device, dtype, views or self.views, shown)))
 
 
 def chosen_views(task: Task, spec: str, names: list[str]) -> list[View]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pipeline.core import distributed, precision
 from pipeline.core.config import Config, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_csv
 from pipeline.engine.averaging import TopEpochs
+from pipeline.engine.progress import SILENT, ProgressSpec, build_progress
 from pipeline.engine.state import Progress, TrainingState, steps_per_epoch
 from pipeline.engine.task import Task
 from pipeline.runs import checkpoint
@@ -132,7 +131,9 @@ def end_epoch(job: FoldJob, state: TrainingState, fold: FoldDir, top: TopEpochs,
         scores = {}
         improved, stop = state.progress.record_unvalidated(epoch, t.epochs, keep)
     else:
-        scores = {name: evaluate(task, m, job.valid_loader, device, dtype) for name, m in state.weights().items()}
+        scores = {name: evaluate(task, m, job.valid_loader, device, dtype,
+                                 ProgressSpec.of(f"epoch {epoch + 1}/{t.epochs} valid {name}", job.cfg.tracking))
+                  for name, m in state.weights().items()}
         improved, stop = state.progress.record(epoch, scores, task.metric, t.epochs, t.patience)
     state.metrics.append(epoch_row(state, epoch, train_loss, scores, samples, seconds))
     score = task.metric.best(s["score"] for s in scores.values()) if scores else math.nan  # nan: kept by no top
@@ -228,10 +229,10 @@ def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Confi
     first_bad = torch.full((), -1, device=device)  # first step with a NaN/inf loss, tracked without a host sync
     batches = samples = 0
     started = time.perf_counter()
-    bar = tqdm(total=max_steps, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
-               disable=cfg.tracking.quiet or not sys.stderr.isatty())
+    bar = build_progress(max_steps, f"epoch {epoch + 1}/{t.epochs}", "step", cfg.tracking.progress_seconds,
+                         cfg.tracking.quiet)
     state.optimizer.zero_grad(set_to_none=True)
-    steps = 0
+    steps = shown = 0  # shown: the samples the progress has been told of
     for i, batch in enumerate(loader):
         batch = task.to_device(batch, device)
         stepping = not (i + 1) % t.accum_steps or i + 1 == len(loader)
@@ -248,12 +249,13 @@ def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Confi
             continue
         optimizer_step(state, model, t.clip_grad)
         steps += 1
-        bar.update()
         if steps % cfg.tracking.log_every == 0 or steps == max_steps:
             mean = distributed.mean((total / batches).item())  # every rank sees (and checks) the same loss
             _check_finite(mean, epoch, first_bad)
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{state.optimizer.param_groups[0]['lr']:.2e}",
                             sps=f"{samples / (time.perf_counter() - started):.0f}")
+        bar.update(1, samples - shown, loss=total / batches)  # this rank's running mean, read only for a log line
+        shown = samples
         if steps == max_steps:
             break
     bar.close()
@@ -311,23 +313,25 @@ def _check_finite(loss: float, epoch: int, first_bad: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def infer(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype,
-          views: list[View] | None = None, progress: str | None = None):
+          views: list[View] | None = None, progress: ProgressSpec = SILENT):
     """Outputs for every sample of the loader, in order, one slice per TTA view ([V, N, C] for classes);
-    progress: a bar over the batches, with this label."""
+    progress: a bar (or log lines) over the batches, every view of a batch in one."""
     model.eval()
     outputs = []
-    batches = loader if progress is None else tqdm(loader, desc=progress, leave=False, dynamic_ncols=True,
-                                                   unit="batch", disable=None)
-    for batch in batches:
+    bar = progress.start(len(loader), "batch")
+    for batch in loader:
         batch = task.to_device(batch, device)
         with autocast(device, dtype):
             outputs.append(task.infer_batch(model, batch, views or IDENTITY))
+        bar.update(1, len(batch[0]))
+    bar.close()
     outputs = task.gather(distributed.gather_chunks(outputs, loader))
     order = getattr(loader.sampler, "order", None)  # a length-sorted loader: back to the dataset's order
     return outputs if order is None else task.reorder(outputs, np.argsort(order))
 
 
-def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype,
+             progress: ProgressSpec = SILENT) -> dict[str, float]:
     """The validation scores ({'score': ..., 'loss': ...}) of one set of weights, without TTA."""
-    outputs = infer(task, model, loader, device, dtype)[0]
+    outputs = infer(task, model, loader, device, dtype, progress=progress)[0]
     return task.evaluate(outputs, loader.dataset.labels)

@@ -28,6 +28,7 @@ from pipeline.data.tables import build_loader
 from pipeline.engine.averaging import fold_weights
 from pipeline.engine.fold_model import FoldModel
 from pipeline.engine.loop import evaluate, infer, pick_device, resolve_precision
+from pipeline.engine.progress import ProgressSpec
 from pipeline.engine.scores import fitted_score_frame, like_test_score
 from pipeline.runs import checkpoint
 from pipeline.runs.recipe import fold_recipe, mixed_recipes, saved_config
@@ -164,8 +165,11 @@ def infer_fold(cfg: Config, folds: Folds, k: int, test: pd.DataFrame) -> FoldPre
     weights, used = choose_weights(cfg, task, model, folds, k, valid_loader)
     model.load_state_dict(weights)
     model.to(device, memory_format=task.memory_format)
-    oof_views = list(infer(task, model, valid_loader, device, dtype, views))
-    test_views = list(infer(task, model, test_loader, device, dtype, views))
+    each = f"x {len(views)} view{'s' if len(views) > 1 else ''}"  # every view of a batch is in one step
+    oof_views = list(infer(task, model, valid_loader, device, dtype, views,
+                           ProgressSpec.of(f"fold {k} OOF {each}", cfg.tracking)))
+    test_views = list(infer(task, model, test_loader, device, dtype, views,
+                            ProgressSpec.of(f"fold {k} test {each}", cfg.tracking)))
     return FoldPrediction(cfg, task, k, valid_rows, test, valid_loader.dataset.labels, views, oof_views, test_views,
                           used)
 
@@ -183,7 +187,7 @@ def choose_weights(cfg: Config, task: Task, model, folds: Folds, k: int, valid_l
     for name, weights in candidates.items():
         model.load_state_dict(weights)
         scores[name] = evaluate(task, model.to(device, memory_format=task.memory_format), valid_loader, device,
-                                dtype)["score"]
+                                dtype, ProgressSpec.of(f"fold {k} {name} weights", cfg.tracking))["score"]
     loses = task.metric.better(scores["best"], scores["avg"])
     used = "best" if choice == "auto" and loses else "avg"
     if loses:
@@ -241,7 +245,8 @@ def predict_full(cfg: Config, folds: Folds, test: pd.DataFrame) -> None:
     best = checkpoint.load(full.best)
     model = task.build_model()
     model.load_state_dict(best_weights(best))
-    outputs = FoldModel(recipe, task, model, views).predict(test)  # views merged, as write_fold merges a fold's
+    # views merged, as write_fold merges a fold's
+    outputs = FoldModel(recipe, task, model, views).predict(test, progress="full-data refit test")
     write_parquet(full.test, task.prediction_frame(test, outputs))
     progress = best["progress"]
     write_json(full.predict_json, {"full_refit": True, "score": None, "tta": recipe.predict.tta,

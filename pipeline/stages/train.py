@@ -26,6 +26,7 @@ from pipeline.data.folds import Folds, load_folds
 from pipeline.data.tables import build_loader
 from pipeline.engine.autobatch import resolve_batch_size
 from pipeline.engine.loop import NO_WATCH, EpochWatch, FoldJob, fit, infer, pick_device, resolve_precision
+from pipeline.engine.progress import ProgressSpec
 from pipeline.engine.training_rows import training_set
 from pipeline.runs import checkpoint
 from pipeline.runs.provenance import write_run_header
@@ -166,7 +167,8 @@ def write_oof(task: Task, model, valid_rows, valid_loader, cfg: Config, fold: Fo
     model.load_state_dict(best_weights(best))
     device = pick_device()
     model.to(device, memory_format=task.memory_format)
-    outputs = infer(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device))[0]
+    outputs = infer(task, model, valid_loader, device, resolve_precision(cfg.train.precision, device),
+                    progress=ProgressSpec.of(f"fold {fold.k} OOF", cfg.tracking))[0]
     if distributed.world().main:
         write_parquet(fold.oof, task.prediction_frame(valid_rows, outputs))
     score = task.evaluate(outputs, valid_loader.dataset.labels)["score"]
@@ -181,7 +183,7 @@ def warn_config_changes(before: dict, now: dict, prefix: str = "") -> None:
         a, b = before.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             warn_config_changes(a, b, f"{prefix}{key}.")
-        elif a != b and key not in ("quiet", "num_workers", "log_every"):
+        elif a != b and key not in ("quiet", "num_workers", "log_every", "progress_seconds"):
             log.warning("resuming with %s%s=%r (was %r when this fold started)", prefix, key, b, a)
 
 

@@ -1,6 +1,6 @@
 """Throughput against the bare compute loop: what the pipeline adds to the model's own forward and backward.
 
-    pipeline bench --config configs/bench.yaml [--batch-sizes 32,64,128] [--steps 20]      (make bench)
+    pipeline bench --config configs/dev/bench.yaml [--batch-sizes 32,64,128] [--steps 20]      (make bench)
 
 Each measurement runs in a fresh process, so its peak memory is its own. Parts: (a) a bare loop on a
 synthetic batch in memory and (b) the pipeline's train_epoch on the real loader, one epoch stepped in a
