@@ -66,7 +66,7 @@ def test_a_long_table_of_series_with_a_labels_file(here, tmp_path):
     _, tree, text = init(root)
     assert tree["task"] == "sequence" and tree["name"] == "series"
     assert tree["data"]["labels_csv"] == "train_labels.csv" and tree["data"]["step_col"] == "step"
-    assert tree["data"]["id_col"] == "series_id" and tree["model"]["name"] == "inception"
+    assert tree["data"]["id_col"] == "series_id" and tree["model"]["name"] == "minirocket"
     assert "the ids of test.csv repeat" in text
 
 

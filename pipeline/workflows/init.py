@@ -27,7 +27,6 @@ from pipeline.data.survey import Found, Survey, survey
 from pipeline.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
-IMAGE_MODEL = "tf_efficientnet_lite0"  # 4.7M parameters: a strong first baseline on a CPU or a small GPU
 SECTIONS = ["name", "task", "data", "model", "image", "sequence", "train", "predict"]
 METRIC_NOTE = "the usual metric for this target; set the competition's own (its Evaluation page)"
 
@@ -49,7 +48,7 @@ def run(root: str | Path, name: str | None = None, out: str | Path | None = None
     settled = json_of(RunDir(cfg.run_dir).folds_json)
     if "train.metric" not in found:
         found["train.metric"] = Found(settled["metric"], METRIC_NOTE)
-    if s.task != "detection":
+    if settled["target_type"] != "auto":  # a task with target types (detection's boxes have none)
         found["data.target_type"] = Found(settled["target_type"], target_reason(cfg, s))
     write_text(out, render(found, s, root))
     log.info("%s -> %s (task %s, %s target, metric %s%s); prepare's folds are in %s. Next: pipeline train --config "
@@ -59,17 +58,13 @@ def run(root: str | Path, name: str | None = None, out: str | Path | None = None
 
 
 def model_lines(s: Survey, weights_file: str | None) -> dict[str, Found]:
-    """The first model: a small pretrained CNN for images (hub weights, or a local file offline); the survey's
-    choice for series and text."""
-    if s.task not in ("classification", "detection"):
+    """Where the survey chose an image model: its ImageNet weights, from the hub or (offline) a local file."""
+    if not s.images:
         return {}
-    lines = {"model.name": Found(IMAGE_MODEL, "a small ImageNet CNN: a strong first baseline, quick on CPU")}
     if weights_file:
-        lines["model.weights_file"] = Found(weights_file, "--weights-file: ImageNet weights read offline")
-    else:
-        lines["model.pretrained"] = Found(True, "timm downloads ImageNet weights (internet); offline: "
-                                                "model.weights_file from `pipeline weights save`")
-    return lines
+        return {"model.weights_file": Found(weights_file, "--weights-file: ImageNet weights read offline")}
+    return {"model.pretrained": Found(True, "timm downloads ImageNet weights (internet); offline: model.weights_file "
+                                            "from `pipeline weights save`")}
 
 
 def target_reason(cfg: Config, s: Survey) -> str:
