@@ -76,12 +76,14 @@ def test_a_text_column_makes_a_text_task(here, tmp_path):
     words = ["good food and friendly staff here", "the service was slow and rude today", "great value for the money",
              "would not come back again ever"]
     train = pd.DataFrame({"id": range(60), "review": [words[i % 4] + f" number {i}" for i in range(60)],
-                          "sentiment": ["pos" if i % 4 in (0, 2) else "neg" for i in range(60)]})
+                          "sentiment": ["pos" if i % 4 in (0, 2) else "neg" for i in range(60)],
+                          "user_name": [f"u{i % 7}" for i in range(60)]})
     train.to_csv(root / "train.csv", index=False)
     train.drop(columns="sentiment").assign(id=range(60, 120)).to_csv(root / "test.csv", index=False)
     pd.DataFrame({"id": range(60, 120), "sentiment": "pos"}).to_csv(root / "sample_submission.csv", index=False)
-    _, tree, _ = init(root)
+    _, tree, text = init(root)
     assert tree["task"] == "sequence" and tree["data"]["text_col"] == "review" and tree["model"]["name"] == "gru"
+    assert "# DOUBT: group candidates: user_name (7 values)" in text and "group_col" not in tree["data"]
     assert tree["data"]["target_type"] == "multiclass"
 
 

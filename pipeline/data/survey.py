@@ -28,6 +28,7 @@ MASK_COLUMNS = {"rle_mask", "encodedpixels", "encoded_pixels", "rle", "mask"}
 STEP_NAMES = ("step", "time", "timestep", "t", "timestamp", "seq", "index")
 PROBE = 24  # ids tried against the files on disk
 TEXT_CHARS, TEXT_WORDS = 25, 4
+GROUP_WORDS = ("group", "patient", "user", "subject", "session", "source", "site", "plant", "author", "study")
 IMAGE_MODEL = "tf_efficientnet_lite0"  # 4.7M parameters: a strong first baseline on a CPU or a small GPU  # a column whose values average this long reads as text, not as labels
 
 
@@ -84,7 +85,20 @@ def survey(root: str | Path) -> Survey:
             s.set("task", s.task, f"the ids of train.csv are image files ({s.images})")
         else:
             text(s, train, id_col)
+        groups(s, train, id_col)
     return s
+
+
+def groups(s: Survey, train: pd.DataFrame, id_col: str) -> None:
+    """Columns whose values several training rows share under a name that says so (patient, user, source, ...):
+    said as a doubt, not set, since data.group_col changes the folds (rows sharing a value stay in one fold)."""
+    used = {id_col, s.value("data.target_col"), s.value("data.text_col"), *(s.value("data.label_cols") or [])}
+    found = [f"{c} ({train[c].nunique()} values)" for c in train.columns
+             if c not in used and any(w in str(c).lower() for w in GROUP_WORDS)
+             and 1 < train[c].nunique() <= len(train) // 2]
+    if found:
+        s.doubts.append(f"group candidates: {', '.join(found)}: set data.group_col if rows sharing one must stay in "
+                        "one fold (the same patient, user, source in train and test)")
 
 
 def is_text(column: pd.Series) -> bool:
