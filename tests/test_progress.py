@@ -32,7 +32,7 @@ def test_a_line_every_tenth_of_the_loop_with_step_rate_loss_and_eta(caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.engine.progress"):
         for _ in range(100):
             clock.now += 1.0  # 1 s a step of 16 samples: never 30 s between lines, a tenth every 10 steps
-            bar.update(1, 16, loss=torch.tensor(2.5))
+            bar.update(1, 16, loss=lambda: torch.tensor(2.5))
         bar.close()
     shown = lines(caplog)
     assert [int(re.search(r"step (\d+)/100", s)[1]) for s in shown] == [10, 20, 30, 40, 50, 60, 70, 80, 90]

@@ -254,7 +254,8 @@ def train_epoch(task: Task, state: TrainingState, loader: DataLoader, cfg: Confi
             _check_finite(mean, epoch, first_bad)
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{state.optimizer.param_groups[0]['lr']:.2e}",
                             sps=f"{samples / (time.perf_counter() - started):.0f}")
-        bar.update(1, samples - shown, loss=total / batches)  # this rank's running mean, read only for a log line
+        # this rank's running mean, divided only when a log line is written
+        bar.update(1, samples - shown, loss=lambda total=total, batches=batches: total / batches)
         shown = samples
         if steps == max_steps:
             break

@@ -23,9 +23,9 @@ TENTH = 0.1  # share of the loop after which a line is written, however short th
 class NullProgress:
     """Shows nothing: tracking.quiet, tracking.progress_seconds=0 without a terminal, or a loop with no label."""
 
-    def update(self, n: int = 1, samples: int = 0, loss=None) -> None:
-        """n more steps (or batches) done, over `samples` more samples; loss: the running mean so far (a tensor is
-        read, a device sync, only when a line is written)."""
+    def update(self, n: int = 1, samples: int = 0, loss: Callable[[], float] | None = None) -> None:
+        """n more steps (or batches) done, over `samples` more samples; loss: a callable giving the running mean
+        so far, called (a tensor read: a device sync) only when a line is written, so a step computes nothing."""
 
     def set_postfix(self, **values) -> None:
         """Values beside the terminal's bar (the log lines carry their own)."""
@@ -40,7 +40,7 @@ class BarProgress(NullProgress):
     def __init__(self, total: int, desc: str, unit: str):
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
-    def update(self, n: int = 1, samples: int = 0, loss=None) -> None:
+    def update(self, n: int = 1, samples: int = 0, loss: Callable[[], float] | None = None) -> None:
         self.bar.update(n)
 
     def set_postfix(self, **values) -> None:
@@ -62,7 +62,7 @@ class LogProgress(NullProgress):
         self.n = self.samples = self.n_shown = 0
         self.started = self.shown = clock()
 
-    def update(self, n: int = 1, samples: int = 0, loss=None) -> None:
+    def update(self, n: int = 1, samples: int = 0, loss: Callable[[], float] | None = None) -> None:
         self.n += n
         self.samples += samples
         now = self.clock()
@@ -72,11 +72,11 @@ class LogProgress(NullProgress):
         if 0 < self.n < self.total and (now - self.shown >= self.every_seconds or tenth):
             self.show(now, loss)
 
-    def show(self, now: float, loss) -> None:
+    def show(self, now: float, loss: Callable[[], float] | None) -> None:
         seconds = max(now - self.started, 1e-9)
         rate = f"{self.samples / seconds:.1f} samples/s" if self.samples else f"{self.n / seconds:.2f} {self.unit}s/s"
         log.info("%s %s %d/%d (%d%%)%s  %s  ETA %s", self.desc, self.unit, self.n, self.total,
-                 100 * self.n // self.total, "" if loss is None else f"  loss {float(loss):.4f}", rate,
+                 100 * self.n // self.total, "" if loss is None else f"  loss {float(loss()):.4f}", rate,
                  duration((self.total - self.n) * seconds / self.n))
         self.shown, self.n_shown = now, self.n
 
