@@ -116,7 +116,13 @@ def fill(table: pd.DataFrame, rows: list[int], scored) -> list[int]:
 
 def publish(cfg: Config, row: dict, book: SubmissionLog) -> None:
     """A recorded score into W&B: the experiment's predict/ensemble summary and the leaderboard table."""
-    values = {k: float(row[k]) for k in ("public_lb", "private_lb") if pd.notna(row.get(k))}
+    if publish_row(cfg, row):
+        publish_leaderboard(cfg, book.read(), book.path.parent)
+
+
+def publish_row(cfg: Config, row: dict) -> bool:
+    """A row's scores into the summary of its experiment's predict/ensemble run; False when it has none."""
+    values = {k: float(row[k]) for k in SCORES if pd.notna(row.get(k))}
     if values:
         publish_scores(cfg, values)
-        publish_leaderboard(cfg, book.read(), book.path.parent)
+    return bool(values)

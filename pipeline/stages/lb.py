@@ -18,7 +18,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.files import sha256_file
 from pipeline.runs.kaggle import Submission, connect
 from pipeline.runs.rundir import load_run
-from pipeline.runs.submissions import SubmissionLog, fill, publish
+from pipeline.runs.submissions import SubmissionLog, fill, publish_row
+from pipeline.runs.tracking import publish_leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,16 @@ def run(competition: str, submissions_dir: str = "submissions", runs_dir: str = 
         raise UserError(f"{book.path} not found: nothing submitted from here yet (pass --submissions-dir?)")
     history = connect().submissions(competition)
     filled = book.update(lambda table: match(table, history, competition))
+    published = None  # the config of a row whose scores went to W&B: the leaderboard table goes once, after them
     for row in filled:
         try:
             cfg = load_run(str(row["exp"]), runs_dir)
         except UserError:
             log.warning("%s is not under %s: its LB stays in %s only", row["exp"], runs_dir, book.path)
             continue
-        publish(cfg, row, book)
+        published = cfg if publish_row(cfg, row) else published
+    if published is not None:
+        publish_leaderboard(published, book.read(), book.path.parent)
     table = pd.DataFrame(filled, columns=["exp", "kaggle_ref", "status", "cv", "public_lb", "private_lb", "file"])
     if len(table):
         log.info("%d row(s) of %s filled from %s:\n%s", len(table), book.path, competition, table.to_string(index=False))
@@ -50,7 +54,7 @@ def match(table: pd.DataFrame, history: list[Submission], competition: str) -> l
     known = set(table["kaggle_ref"].dropna().astype(str))
     changed = []
     for i, row in table.iterrows():
-        if str(row["competition"]) not in (competition, "nan", "<NA>", ""):
+        if pd.notna(row["competition"]) and row["competition"] not in (competition, ""):
             continue
         scored = by_ref.get(str(row["kaggle_ref"])) if pd.notna(row["kaggle_ref"]) else by_file(row, history, known)
         if scored is None or not news(row, scored):
