@@ -74,7 +74,6 @@ class RunDir:
         self.oof, self.test, self.scores = path / "oof.parquet", path / "test.parquet", path / "scores.json"
         self.members, self.weights = path / "members.json", path / "weights.json"  # ensembles only
         self.report, self.figures = path / "report.html", path / "report"
-        self.wandb_runs = path / "wandb_runs.json"  # {job type: W&B run id}: where a later LB score is written
 
     def __fspath__(self) -> str:
         return str(self.path)

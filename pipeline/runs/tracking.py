@@ -180,19 +180,23 @@ def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = No
     return WandbTracker(run)
 
 
+RUN_IDS = "wandb_runs.json"  # in an experiment's folder: {job type: W&B run id}, where a later LB score is written
+
+
+def run_ids(run_dir: str | Path) -> dict[str, str]:
+    path = Path(run_dir) / RUN_IDS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def remember(run_dir: Path, job_type: str, tracker) -> None:
     """Keep the id of an experiment's predict/ensemble run, where its leaderboard scores land later."""
-    if tracker.run_id is None:
-        return
-    path = Path(run_dir) / "wandb_runs.json"
-    ids = json.loads(path.read_text()) if path.is_file() else {}
-    write_json(path, {**ids, job_type: tracker.run_id})
+    if tracker.run_id is not None:
+        write_json(Path(run_dir) / RUN_IDS, {**run_ids(run_dir), job_type: tracker.run_id})
 
 
 def publish_scores(cfg: Config, values: dict[str, Any]) -> None:
     """Leaderboard scores into the summary of the experiment's predict (or ensemble) run, resumed by its id."""
-    path = Path(cfg.run_dir) / "wandb_runs.json"
-    ids = json.loads(path.read_text()) if path.is_file() else {}
+    ids = run_ids(cfg.run_dir)
     for job_type in ("ensemble", "predict"):
         if job_type in ids:
             tracker = build_tracker(cfg, job_type, job_type, run_id=ids[job_type])
