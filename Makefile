@@ -4,10 +4,10 @@
 #   make ensemble RUNS="exp-a exp-b" METHOD=weighted NAME=blend
 #   make submit RUN=blend MESSAGE="a+b d4"
 #   make train FOLD=0 GPUS=2        one fold, data-parallel over 2 devices (torchrun; gloo on CPU)
-#   make train-all GPUS=4           4 workers, one per device, each training the next free fold
-#   make predict GPUS=4             4 workers, one per device, each predicting a share of the folds
+#   make train-all                  every fold a Ray task, one per GPU of this machine (or of $RAY_ADDRESS's cluster)
+#   make predict GPUS=4             4 folds at once, one per device (Ray tasks on this machine)
 #   make bench                      pipeline vs bare compute loop, loader, TTA, ensembling
-#   make tune CONFIG=configs/leaves.yaml TRIALS=24 WORKERS=2   an Optuna study, 2 worker processes
+#   make tune CONFIG=configs/leaves.yaml TRIALS=24 WORKERS=2   an Optuna study, 2 workers (Ray tasks)
 #   make gpu-wheels; make gpu-check  on a GPU machine: pytest -m gpu, CUDA bench per precision, a demo run
 #   make docs                       the documentation site -> site/ (mkdocs-material, --strict); .venv/bin/mkdocs serve
 SHELL := /bin/bash
@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch>=2.6" "torchvision>=0.21"
-	$(BIN)/python -m pip install -q -e ".[dev,text,series,kaggle]"
+	$(BIN)/python -m pip install -q -e ".[dev,text,series,kaggle,cluster]"
 	touch $@
 
 test: setup
@@ -83,11 +83,10 @@ else
 	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m pipeline train --config $(CONFIG) --fold $(FOLD) $(SETS)
 endif
 
-# One worker per device; fold locks (fold{k}/train.lock) make each fold go to exactly one of them.
+# Every fold a Ray task asking for one GPU (a Ray instance on this machine, or $RAY_ADDRESS's cluster): as many
+# folds at once as there are GPUs; fold locks (fold{k}/train.lock) still keep two people off one fold.
 train-all: prepare
-	pids=(); for i in $$(seq 0 $$(($(GPUS) - 1))); do \
-	  CUDA_VISIBLE_DEVICES=$$i $(BIN)/pipeline train --config $(CONFIG) --fold all $(SETS) & pids+=($$!); \
-	done; status=0; for p in "$${pids[@]}"; do wait $$p || status=1; done; exit $$status
+	$(BIN)/pipeline train --config $(CONFIG) --fold all --on ray $(SETS)
 
 gpu-check:  # pytest -m gpu, bench per precision, a short demo run, a table of ratios (scripts/gpu_check.py)
 	$(PYTHON) scripts/gpu_check.py

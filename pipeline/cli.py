@@ -25,6 +25,16 @@ app = typer.Typer(
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config, e.g. configs/leaves.yaml", exists=False)
 SetOpt = typer.Option(None, "--set", "-s", help="override a config key, repeatable: --set train.epochs=5")
+OnOpt = typer.Option(None, "--on", help="local (in this process) | ray (Ray tasks, one GPU each; cluster.executor)")
+RayAddressOpt = typer.Option(None, "--ray-address", help="the Ray cluster to join (cluster.address; default "
+                             "$RAY_ADDRESS, else a Ray instance on this machine)")
+
+
+def cluster_sets(on: str | None, ray_address: str | None) -> list[str]:
+    """--on and --ray-address as the config keys they set."""
+    if on not in (None, "local", "ray"):
+        raise UserError(f"--on {on!r}: choose local or ray")
+    return [*([f"cluster.executor={on}"] if on else []), *([f"cluster.address={ray_address}"] if ray_address else [])]
 
 
 def user_errors(fn):
@@ -87,14 +97,18 @@ def train(
     force: bool = typer.Option(False, "--force", help="retrain finished folds from scratch"),
     deterministic: bool = typer.Option(False, "--deterministic",
                                        help="deterministic CUDA kernels, slower (same as --set train.deterministic=true)"),
+    on: str = OnOpt,
+    ray_address: str = RayAddressOpt,
 ) -> None:
     """Train fold K (resuming from last.pt) and write its OOF predictions -> runs/<exp>/fold{K}/.
 
     Example: pipeline train --config configs/leaves.yaml --fold 0 --set train.epochs=5
+             pipeline train --config configs/leaves.yaml --fold all --on ray      (one fold per GPU, any node)
     """
     from pipeline.stages import train as stage
 
-    cfg = load_config(config, [*(set_ or []), *(["train.deterministic=true"] if deterministic else [])])
+    cfg = load_config(config, [*(set_ or []), *(["train.deterministic=true"] if deterministic else []),
+                               *cluster_sets(on, ray_address)])
     stage.run(cfg, fold=fold, force=force)
 
 
@@ -112,10 +126,12 @@ def predict(
                              "finished full-data refit), or 'full' (the refit's test predictions alone)"),
     tta: str = typer.Option(None, "--tta", help="none | hflip | vflip | flips | d4 | view list (default: predict.tta)"),
     weights: str = typer.Option(None, "--weights", help="best | ema | avg | auto (default: predict.weights)"),
-    gpus: int = typer.Option(1, "--gpus", help="worker processes, one per device, each predicting a share of the folds"),
+    gpus: int = typer.Option(1, "--gpus", help="predict N folds at once, one per device (Ray tasks on this machine)"),
     combine: bool = typer.Option(True, "--combine/--no-combine", help="write oof/test.parquet and scores.json after "
                                  "the folds (--no-combine: a worker's fold files only)"),
     set_: list[str] = SetOpt,
+    on: str = OnOpt,
+    ray_address: str = RayAddressOpt,
 ) -> None:
     """OOF + test predictions per fold with TTA; combined oof/test.parquet and scores.json (the CV).
 
@@ -123,7 +139,7 @@ def predict(
     """
     from pipeline.stages import predict as stage
 
-    stage.run(load_config(config, set_ or []), fold=fold, tta=tta, weights=weights, gpus=gpus, combine=combine)
+    stage.run(load_config(config, [*(set_ or []), *cluster_sets(on, ray_address)]), fold=fold, tta=tta, weights=weights, gpus=gpus, combine=combine)
 
 
 @app.command()
@@ -273,6 +289,8 @@ def distill(
     alpha: float = typer.Option(None, "--alpha", help="the hard label's share of each target (default distill.alpha, 0.5)"),
     test: bool = typer.Option(None, "--test/--no-test", help="also learn the teachers' test predictions (distill.test)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the teacher lives"),
+    on: str = OnOpt,
+    ray_address: str = RayAddressOpt,
 ) -> None:
     """Train a student on the teacher's folds, fold k learning from fold k's teachers only; then predict it
     -> runs/<student>/ like any experiment (its CV is honest).
@@ -281,7 +299,8 @@ def distill(
     """
     from pipeline.workflows import distill as stage
 
-    stage.run(teacher, load_config(config, set_ or []), runs_dir=runs_dir, alpha=alpha, test=test)
+    stage.run(teacher, load_config(config, [*(set_ or []), *cluster_sets(on, ray_address)]), runs_dir=runs_dir,
+              alpha=alpha, test=test)
 
 
 @app.command()
@@ -421,10 +440,12 @@ def tune(
     objective: str = typer.Option(None, "--objective", help="score (default), or score,infer for a Pareto front"),
     storage: str = typer.Option(None, "--storage", help="the study's storage: sqlite in runs/<exp>/tune/study.db "
                                 "(default), an SQLAlchemy URL, or journal:/shared/path/study.log"),
-    workers: int = typer.Option(None, "--workers", help="worker processes on this machine, one GPU each (default 1)"),
+    workers: int = typer.Option(None, "--workers", help="workers drawing trials at once, one GPU each: Ray tasks on this "
+                                "machine, or on a cluster with --on ray (tune.workers, 1)"),
     set_: list[str] = SetOpt,
     force: bool = typer.Option(False, "--force", help="delete the study and its trial folders and start again"),
-    worker: int = typer.Option(None, "--worker", hidden=True, help="set by --workers in the processes it starts"),
+    on: str = OnOpt,
+    ray_address: str = RayAddressOpt,
 ) -> None:
     """An Optuna study (TPE, Hyperband pruning) over config keys; workers and machines share it -> runs/<exp>/tune/.
 
@@ -434,10 +455,10 @@ def tune(
 
     chosen = {"trials": trials, "sampler": sampler, "pruner": pruner, "folds": folds, "objective": objective,
               "storage": storage, "workers": workers}
-    overrides = [*(set_ or []), *(f"tune.{k}={v}" for k, v in chosen.items() if v is not None)]
-    table = stage.run(stage.Search(str(config) if config else None, overrides, param or [], force, worker))
-    if worker is None:
-        typer.echo(stage.render(table, table.attrs["metric"]))
+    overrides = [*(set_ or []), *(f"tune.{k}={v}" for k, v in chosen.items() if v is not None),
+                 *cluster_sets(on, ray_address)]
+    table = stage.run(stage.Search(str(config) if config else None, overrides, param or [], force))
+    typer.echo(stage.render(table, table.attrs["metric"]))
 
 
 @app.command()

@@ -44,6 +44,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def no_ray_left():
+    """A Ray instance a test started in this process (tune --workers, predict --gpus) goes down with the test."""
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 # --- the CLI -------------------------------------------------------------------------------------------------
 
 runner = CliRunner()

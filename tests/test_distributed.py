@@ -93,7 +93,7 @@ def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
 
 @pytest.mark.slow  # two worker processes re-predicting every fold: ~1 min
 def test_predict_on_two_workers_writes_what_one_process_writes(copy_run):
-    """`pipeline predict --gpus 2` (make predict GPUS=2): fold k on worker k mod 2, combined once at the end."""
+    """`pipeline predict --gpus 2` (make predict GPUS=2): each fold a Ray task, combined once at the end."""
     from pipeline.runs.rundir import RunDir
     from pipeline.stages import predict
 
@@ -106,4 +106,3 @@ def test_predict_on_two_workers_writes_what_one_process_writes(copy_run):
     two = predict.run(cfg, gpus=2)
     assert two["cv"] == one["cv"] and two["folds"] == one["folds"]
     pd.testing.assert_frame_equal(pd.read_parquet(run.test), test_one)
-    assert not (run.path / ".predict-workers.yaml").exists()

@@ -209,8 +209,8 @@ def test_a_dead_workers_trial_is_failed_and_queued_again_with_its_values(tmp_pat
 
 
 def test_two_workers_share_one_study_without_colliding(competition, make_config):
-    """--workers 2: two processes draw from one SQLite study; every trial has its own folder, none is run twice, and
-    the trials come from both workers."""
+    """--workers 2: two Ray tasks (a Ray instance on this machine) draw from one SQLite study; every trial has its own
+    folder, none is run twice, and the trials come from both workers."""
     path, cfg = make_config(competition, name="tuned", cv={"folds": 2}, train={"epochs": 1})
     cli("tune", "--config", path, "--trials", "4", "--workers", "2", "--pruner", "none",
         "--param", "model.drop_rate=uniform:0:0.3")

@@ -263,6 +263,20 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where folds, predict shards and tuning workers run (pipeline.runs.executor). `local`: one after another in
+    this process; `ray`: each one a Ray task on a cluster whose nodes all see runs_dir and data.root at the same
+    paths (docs/cluster.md)."""
+
+    executor: Literal["local", "ray"] = "local"  # --on ray: Ray tasks (pip install 'pipeline[cluster]')
+    address: str = ""  # the Ray cluster to join ("" = $RAY_ADDRESS, else a Ray instance started on this machine)
+    gpus: float = 1.0  # GPUs each task asks for where the cluster has GPUs: one fold per GPU
+    cpus: float = 1.0  # CPUs each task asks for (its torch threads on a CPU-only cluster: 2 folds on 2 cores)
+    resources: dict = field(default_factory=dict)  # Ray custom resources each task asks for, e.g. {a100: 1}
+    retries: int = 3  # times a task whose worker or node died runs again; it resumes from the fold's last.pt
+
+
+@dataclass
 class TuneConfig:
     """`pipeline tune`: an Optuna study; every trial is an experiment under runs/<exp>/tune/t<number>/."""
 
@@ -278,7 +292,7 @@ class TuneConfig:
     folds: str = "0"  # the folds each trial trains and is scored on (OOF): "0", "0,1", or "all" for the final comparison
     objective: str = "score"  # or "score,infer": also inference seconds per 1,000 test rows (a Pareto front)
     storage: str = ""  # "": sqlite in runs/<exp>/tune/study.db; an SQLAlchemy URL; journal:/shared/path/study.log
-    workers: int = 1  # processes on this machine, one GPU each (or a share of the CPU threads)
+    workers: int = 1  # workers drawing trials at once: Ray tasks, one GPU each (cluster.*), here or on a cluster
     heartbeat: int = 60  # seconds: an RDB-stored trial whose worker stops beating for twice this is failed and retried
     edge: float = 0.1  # warn when the best value sits in the outer 10% of its range: the best may lie beyond it
 
@@ -328,6 +342,7 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 

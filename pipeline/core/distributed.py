@@ -1,7 +1,7 @@
 """Data-parallel training under torchrun, and a lock per fold so independent workers never share a fold.
 
     torchrun --standalone --nproc_per_node=2 -m pipeline train --config C --fold 0     (make train GPUS=2)
-    make train-all GPUS=4       # four workers, each takes the next fold nobody holds
+    pipeline train --fold all --on ray     # every fold a Ray task (pipeline.runs.executor); locks keep folds apart
 
 One process per device: NCCL on CUDA, gloo on CPU. Every rank computes the same validation score from
 the gathered outputs; only rank 0 writes files or talks to W&B.
@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,16 +114,21 @@ def gather_chunks(chunks: list, loader) -> list:
 class FoldLock:
     """A fold's train.lock, created exclusively: a second worker on the same runs/ sees it and moves on.
 
-    A lock whose process is gone (same host, dead pid) is stale and taken over; on another host it is
-    trusted until removed by hand, since its pid cannot be checked from here.
+    The holder touches the file every HEARTBEAT seconds. A lock is stale, and taken over, when its process is gone
+    (same host, dead pid), when it was written by an earlier attempt of the same Ray task (a retry after the worker
+    or its node died), or when its heartbeat stopped for STALE seconds (a host that died, wherever it was). A live
+    holder's lock is respected.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    HEARTBEAT, STALE = 30.0, 120.0
+
+    def __init__(self, path: Path, ray_task: str = ""):
+        self.path, self.ray_task = path, ray_task  # the Ray task id of the holder ("" outside Ray)
         self.held = False
+        self._stop = threading.Event()
 
     def acquire(self) -> bool:
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "ray_task": self.ray_task}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -134,6 +141,8 @@ class FoldLock:
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
+            self._stop.clear()
+            threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {self.path}").start()
             return True
         return False
 
@@ -144,13 +153,30 @@ class FoldLock:
         except (OSError, ValueError, KeyError):
             return "another worker"
 
+    def info(self) -> dict:
+        """The holder as the file says ({} when there is none or it cannot be read)."""
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
     def _stale(self) -> bool:
         try:
             info = json.loads(self.path.read_text())
+            age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True  # released between our attempt and this read
         except (OSError, ValueError):
             return False  # being written right now
+        if self.ray_task and info.get("ray_task") == self.ray_task:
+            return True  # our own earlier attempt: Ray retried this task after its worker died
+        if age > self.STALE:
+            return True  # nobody has touched it for minutes: its holder is gone, on whichever host
         if info.get("host") != socket.gethostname():
             return False
         try:
@@ -162,8 +188,8 @@ class FoldLock:
         return False
 
     def release(self) -> None:
+        self._stop.set()
         if self.held:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             self.held = False
-

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pipeline.core.config import Config
+from pipeline.core.config import Config, with_values
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_json, write_parquet
 from pipeline.core.precision import configure_backends
@@ -31,6 +30,7 @@ from pipeline.engine.loop import evaluate, infer, pick_device, resolve_precision
 from pipeline.engine.progress import ProgressSpec
 from pipeline.engine.scores import fitted_score_frame, like_test_score
 from pipeline.runs import checkpoint
+from pipeline.runs.executor import NO_EVENTS, Events, Job, build_executor, shared_paths
 from pipeline.runs.recipe import fold_recipe, mixed_recipes, saved_config
 from pipeline.runs.rundir import FULL, FULL_REFIT_NOTE, RunDir, best_weights, parse_folds
 from pipeline.runs.tracking import build_tracker, remember
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: str | None = None, gpus: int = 1,
         combine: bool = True) -> dict:
     """Predict each trained fold (and a finished full-data refit), then combine all folds' files into oof.parquet,
-    test.parquet, scores.json. gpus > 1: one worker process per device, each predicting its share of the folds;
-    combine=False leaves the combining to whoever runs the workers."""
+    test.parquet, scores.json. On Ray (cluster.executor, or gpus > 1: that many at once on this machine) each fold is
+    a task of its own; combine=False leaves the combining to whoever runs them."""
     if tta:
         cfg.predict.tta = tta
     if weights:
@@ -54,8 +54,8 @@ def run(cfg: Config, fold: str | int = "all", tta: str | None = None, weights: s
     configure_backends(pick_device(), cfg.train.deterministic)  # TF32 and cuDNN autotuning on CUDA; nothing on CPU
     run = RunDir(cfg.run_dir)
     todo, with_full = folds_to_predict(cfg, run, fold, gpus)
-    if gpus > 1:
-        run_workers(cfg, [*todo, *([FULL] if with_full else [])], gpus)
+    if gpus > 1 or cfg.cluster.executor == "ray":
+        run_shards(cfg, [*todo, *([FULL] if with_full else [])], gpus)
         return combine_folds(cfg) if combine else {}
     mixed_recipes({k: saved_config(run.fold(k)) for k in run.folds_with("best.pt", cfg.cv.folds)}, cfg)
     test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
@@ -91,45 +91,24 @@ def folds_to_predict(cfg: Config, run: RunDir, fold: str | int, gpus: int) -> tu
     if cfg.predict.tta == "search" and (str(fold) != "all" or len(trained) < 2):
         raise UserError("predict.tta=search chooses each fold's views on the other folds' OOF rows: train at least "
                         "two folds and predict them together (--fold all)")
-    if cfg.predict.tta == "search" and gpus > 1:
-        raise UserError("predict.tta=search chooses views across folds in one process; predict without --gpus")
+    if cfg.predict.tta == "search" and (gpus > 1 or cfg.cluster.executor == "ray"):
+        raise UserError("predict.tta=search chooses views across folds in one process; predict without --gpus and "
+                        "--on ray")
     return [k for k in which if k in trained], with_full
 
 
-def run_workers(cfg: Config, items: list, gpus: int) -> None:
-    """`pipeline predict --fold <share> --no-combine` in one process per device (CUDA_VISIBLE_DEVICES), fold k on
-    worker k mod gpus, from this run's resolved config; returns when all have finished, or names the one that
-    failed. Off CUDA the workers share the CPU (a check of the mechanism, not a speed-up)."""
-    import os
-    import subprocess
-    import sys
+def run_shards(cfg: Config, items: list, gpus: int) -> None:
+    """Each fold (and the refit) predicted by a Ray task of its own: `pipeline predict --fold k --no-combine` in
+    effect, on whichever node has a free GPU; returns when all have finished, or names the one that failed."""
+    executor = build_executor(cfg.cluster, parallel=max(gpus, 2))  # a Ray executor, whatever the config says
+    cfg = shared_paths(with_values(cfg, {"cluster.executor": "local"}))  # inside its task, a shard predicts here
+    executor.check_shared(cfg.run_dir, [cfg.data.root])
+    executor.run([Job(f"predict {k}", predict_shard, (cfg, str(k))) for k in items])
 
-    from pipeline.core.config import dump_yaml
-    from pipeline.core.files import write_text
 
-    shares = [items[i::gpus] for i in range(gpus) if items[i::gpus]]
-    path = RunDir(cfg.run_dir).path / ".predict-workers.yaml"
-    write_text(path, dump_yaml(cfg))
-    procs = []
-    try:
-        for i, share in enumerate(shares):
-            env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": str(i)} if torch.cuda.is_available() else {})}
-            command = [sys.executable, "-m", "pipeline", "predict", "--config", str(path), "--fold",
-                       ",".join(map(str, share)), "--no-combine"]
-            procs.append((share, subprocess.Popen(command, env=env)))
-        log.info("predicting %s on %d workers: %s", cfg.name, len(procs),
-                 "; ".join(f"{'device ' + str(i) if torch.cuda.is_available() else 'cpu'}: {share}"
-                           for i, (share, _) in enumerate(procs)))
-        codes = [(share, p.wait()) for share, p in procs]
-        failed = [(share, rc) for share, rc in codes if rc]
-        if failed:
-            raise UserError(f"predict worker for fold(s) {failed[0][0]} exited with code {failed[0][1]} (its error "
-                            "is above); fix it and rerun predict (finished folds are simply predicted again)")
-    finally:
-        for _, p in procs:
-            if p.poll() is None:
-                p.kill()
-        path.unlink(missing_ok=True)
+def predict_shard(cfg: Config, fold: str, events: Events = NO_EVENTS) -> dict:
+    run(cfg, fold=fold, combine=False)
+    return {"state": "predicted"}
 
 
 @dataclass

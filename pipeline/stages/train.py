@@ -29,6 +29,7 @@ from pipeline.engine.loop import NO_WATCH, EpochWatch, FoldJob, fit, infer, pick
 from pipeline.engine.progress import ProgressSpec
 from pipeline.engine.training_rows import training_set
 from pipeline.runs import checkpoint
+from pipeline.runs.executor import NO_EVENTS, Events, Job, build_executor, shared_paths
 from pipeline.runs.provenance import write_run_header
 from pipeline.runs.rundir import FULL, FoldDir, RunDir, best_weights, parse_folds
 from pipeline.runs.tracking import NullTracker, build_tracker
@@ -37,9 +38,9 @@ from pipeline.tasks import Task, build_task
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, fold: str | int = "all", force: bool = False, watch: EpochWatch = NO_WATCH) -> None:
-    """Train the folds asked for. Under torchrun every rank runs this; rank 0 alone writes and logs. `watch` hears
-    every validated epoch (a tuning trial's pruner)."""
+def run(cfg: Config, fold: str | int = "all", force: bool = False, watch: EpochWatch = NO_WATCH) -> list[dict]:
+    """Train the folds asked for, on cluster.executor (here, one after another; or Ray tasks). Under torchrun every
+    rank runs this; rank 0 alone writes and logs. `watch` hears every validated epoch (a tuning trial's pruner)."""
     world = distributed.init()
     set_deterministic(cfg.train.deterministic)
     if not world.main:
@@ -48,24 +49,51 @@ def run(cfg: Config, fold: str | int = "all", force: bool = False, watch: EpochW
     which = parse_folds(fold, folds.table["fold"].nunique())
     if world.main:
         write_run_header(cfg, "train")
+    executor = build_executor(cfg.cluster)
+    if executor.name == "local":
+        return executor.run([Job(f"fold {k}", train_job, (cfg, k, force, len(which) == 1, watch)) for k in which])
+    if world.size > 1:
+        raise UserError("--on ray runs each fold as a Ray task of its own; start it without torchrun")
+    cfg = shared_paths(cfg)
     run_dir = RunDir(cfg.run_dir)
-    for k in which:
-        fold_dir = run_dir.full if k == FULL else run_dir.fold(k)
-        fold_dir.path.mkdir(parents=True, exist_ok=True)
-        lock = FoldLock(fold_dir.lock)
-        if not distributed.broadcast(lock.acquire() if world.main else None):
-            if len(which) == 1:
-                raise UserError(f"fold {k} is being trained by {lock.owner()} ({lock.path}); wait for it, "
-                                "or delete the lock file if that process is gone")
-            log.info("fold %s is being trained by %s; next fold", k, lock.owner())
-            continue
-        try:
-            train_fold(cfg, folds, k, force, watch)
-        finally:
-            lock.release()
+    executor.check_shared(run_dir.path, [cfg.data.root])
+    return executor.run([Job(f"fold {k}", train_job, (cfg, k, force, len(which) == 1),
+                             (run_dir.full if k == FULL else run_dir.fold(k)).lock) for k in which])
 
 
-def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False, watch: EpochWatch = NO_WATCH) -> None:
+def train_job(cfg: Config, k: int | str, force: bool, alone: bool, watch: EpochWatch = NO_WATCH,
+              events: Events = NO_EVENTS) -> dict:
+    """Fold k under its lock, wherever it runs: a fold someone else holds is skipped (refused when it is the only
+    one asked for); a lock left by a dead holder is taken over."""
+    fold_dir = RunDir(cfg.run_dir).full if k == FULL else RunDir(cfg.run_dir).fold(k)
+    fold_dir.path.mkdir(parents=True, exist_ok=True)
+    lock = FoldLock(fold_dir.lock, events.ray_task)
+    if not distributed.broadcast(lock.acquire() if distributed.world().main else None):
+        if alone:
+            raise UserError(f"fold {k} is being trained by {lock.owner()} ({lock.path}); wait for it, "
+                            "or delete the lock file if that process is gone")
+        log.info("fold %s is being trained by %s; next fold", k, lock.owner())
+        return {"state": "skipped", "line": f"held by {lock.owner()}"}
+    try:
+        return train_fold(cfg, load_folds(cfg), k, force, EventWatch(watch, events, cfg), events)
+    finally:
+        lock.release()
+
+
+class EventWatch(EpochWatch):
+    """Tells the driver of each validated epoch, then the watch it wraps (a pruner, or nobody)."""
+
+    def __init__(self, inner: EpochWatch, events: Events, cfg: Config):
+        self.inner, self.events, self.cfg = inner, events, cfg
+
+    def epoch(self, epoch: int, score: float) -> None:
+        self.events.emit("epoch", epoch=epoch + 1, epochs=self.cfg.train.epochs, metric=self.cfg.train.metric,
+                         score=score)
+        self.inner.epoch(epoch, score)
+
+
+def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False, watch: EpochWatch = NO_WATCH,
+               events: Events = NO_EVENTS) -> dict:
     """Train fold k unless it is finished; a half-trained fold continues from its last.pt. k = FULL: the full-data
     refit, on every row for the folds' mean best epoch count, with no validation rows (no OOF)."""
     world, full = distributed.world(), k == FULL
@@ -80,7 +108,7 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False, wat
         else:
             log.info("fold %d is finished (best %s %.4f at epoch %d); --force retrains it",
                      k, cfg.train.metric, p["best_score"], p["best_epoch"] + 1)
-        return
+        return summary(cfg, p, "finished before")
     keep = "model"
     if full:
         epochs, keep = refit_plan(cfg)
@@ -88,18 +116,29 @@ def train_fold(cfg: Config, folds: Folds, k: int | str, force: bool = False, wat
     job = build_job(cfg, folds, k, fold, state, keep)
     if state is not None and not done:
         warn_config_changes(state.get("config", {}), to_dict(job.cfg))
+        done_epochs = state["progress"]["epoch"] + 1
+        events.emit("resuming", line=f"resumes at epoch {done_epochs + 1}/{job.cfg.train.epochs} from {fold.last.name} "
+                                     f"({done_epochs} epoch{'s' * (done_epochs > 1)} done before)")
     tracker = NullTracker() if done or not world.main else \
         build_tracker(job.cfg, FULL if full else f"fold{k}", "train", state and state["wandb_id"])
     with log_to_file(fold.log) if world.main else contextlib.nullcontext():
         try:
-            if not done:
-                fit(job, fold, tracker, resume=state, keep=keep, watch=watch)
+            progress = fit(job, fold, tracker, resume=state, keep=keep, watch=watch) if not done else None
             if not full:
                 distributed.barrier()  # rank 0's best.pt is on disk before anyone reads it
                 score = write_oof(job.task, job.model, job.valid_rows, job.valid_loader, job.cfg, fold)
                 tracker.summary({"oof/score": score})
         finally:
             tracker.finish()
+    return summary(job.cfg, checkpoint.load(fold.last)["progress"] if progress is None else vars(progress), "trained")
+
+
+def summary(cfg: Config, progress: dict, state: str) -> dict:
+    """A fold's line in the executor's summary table."""
+    best = progress.get("best_score")
+    return {"state": state, "epochs": progress["epoch"] + 1,
+            "line": f"best {cfg.train.metric} {best:.4f} at epoch {progress['best_epoch'] + 1}"
+            if best is not None and progress.get("best_epoch", -1) >= 0 else ""}
 
 
 def ready_fold_dir(fold: FoldDir, force: bool, main: bool) -> None:

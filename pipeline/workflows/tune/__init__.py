@@ -1,5 +1,5 @@
 """`pipeline tune`: an Optuna study over config keys. TPE by default, Hyperband pruning on each validated epoch,
-the study in storage (runs/<exp>/tune/study.db), so that workers on this machine (--workers N) and processes on
+the study in storage (runs/<exp>/tune/study.db), so that workers (--workers N: Ray tasks, on this machine or a cluster with --on ray) and processes on
 others (the same --storage) share one search. Every trial is an ordinary experiment in runs/<exp>/tune/t<number>/.
 
     pipeline tune --config configs/leaves.yaml --trials 24
@@ -16,11 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import shlex
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +29,7 @@ from pipeline.core.config import Config, load_config, to_dict
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_csv, write_json, write_text
 from pipeline.data.folds import load_folds
+from pipeline.runs.executor import NO_EVENTS, Events, Job, build_executor, shared_paths
 from pipeline.runs.rundir import RunDir, parse_folds
 from pipeline.runs.tracking import build_tracker
 from pipeline.scoring.metrics import greater_is_better, ranker
@@ -62,11 +59,11 @@ class Search:
     overrides: list[str]
     params: list[str] = dataclasses.field(default_factory=list)
     force: bool = False
-    worker: int | None = None  # set in the processes --workers starts; None: the command a person ran
+    worker: int | None = None  # set in the Ray tasks --workers starts; None: the command a person ran
 
 
 def run(search: Search) -> pd.DataFrame:
-    """Run the study to tune.trials finished trials (this process, or --workers processes), then write what it
+    """Run the study to tune.trials finished trials (this process, or --workers Ray tasks), then write what it
     learned -> tune/trials.csv, best.yaml, importances.json."""
     from pipeline.stages import prepare
 
@@ -100,8 +97,8 @@ def run(search: Search) -> pd.DataFrame:
              ", ".join(objectives), ", ".join(map(str, space)), t.sampler, t.pruner if len(objectives) == 1 else "no",
              ",".join(map(str, fold_ids)), storage_spec)
     objective = Objective(search.config, search.overrides, cfg, space, fold_ids, objectives, tune_group(cfg))
-    if search.worker is None and t.workers > 1:
-        run_workers(search, t.workers)
+    if search.worker is None and (t.workers > 1 or cfg.cluster.executor == "ray"):
+        run_workers(search, cfg, root)
     else:
         optimize(study, objective, t.trials)
     if search.worker is not None:
@@ -136,40 +133,30 @@ def optimize(study: optuna.Study, objective: Objective, trials: int) -> None:
         study.optimize(objective, n_trials=1, catch=(UserError,), gc_after_trial=True)
 
 
-def run_workers(search: Search, workers: int) -> None:
-    """`pipeline tune ... --worker k` in `workers` processes: one GPU each (CUDA_VISIBLE_DEVICES) where there are
-    GPUs, else the CPU threads shared out. They meet in the study's storage; a failed worker is reported by number."""
-    import torch
-
-    gpus = torch.cuda.device_count()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = []
-    for k in range(workers):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(k % gpus)
-        command = [sys.executable, "-m", "pipeline", "tune", *(["--config", str(search.config)] if search.config else []),
-                   *(arg for o in search.overrides for arg in ("--set", o)),
-                   *(arg for p in search.params for arg in ("--param", p)), "--worker", str(k)]
-        procs.append(subprocess.Popen(command, env=env))
-    log.info("tune: %d workers (%s)", workers, f"{gpus} GPUs" if gpus else f"{threads} CPU threads each")
-    failed = wait_all(procs)
-    if failed:
-        log.warning("tune workers %s exited with an error; the study keeps their finished trials (rerun to go on)",
-                    ", ".join(map(str, failed)))
+def run_workers(search: Search, cfg: Config, root: Path) -> None:
+    """tune.workers workers, each a Ray task (one GPU each where the cluster has GPUs, else cluster.cpus CPUs) on
+    this machine or a cluster (--on ray). They meet in the study's storage; a worker that dies is run again by Ray,
+    and its running trial is failed and queued again with the same values."""
+    shared = shared_paths(cfg)
+    where = [*search.overrides, f"runs_dir={shared.runs_dir}", f"data.root={shared.data.root}",
+             *([f"data.cache_dir={shared.data.cache_dir}"] if shared.data.cache_dir else [])]
+    executor = build_executor(cfg.cluster, cfg.tune.workers)
+    if executor.name == "ray":
+        executor.check_shared(Path(shared.runs_dir) / cfg.name, [shared.data.root])
+        if not cfg.tune.storage and len(executor.ray.nodes()) > 1:
+            log.warning("tune: the study is in SQLite on the shared folder (%s); across machines a journal file "
+                        "(--storage journal:%s) or a database server is safer", default_storage(root),
+                        root / "study.log")
+    config = str(Path(search.config).resolve()) if search.config else None
+    executor.run([Job(f"tune worker {k}", tune_worker,
+                      (dataclasses.replace(search, config=config, overrides=where, worker=k),))
+                  for k in range(cfg.tune.workers)])
 
 
-def wait_all(procs: list[subprocess.Popen]) -> list[int]:
-    """Wait for every worker, reaping each as it ends (a killed one must not linger as a zombie that looks alive
-    to the others); the numbers of those that failed."""
-    running, failed = dict(enumerate(procs)), []
-    while running:
-        for k, proc in list(running.items()):
-            if proc.poll() is not None:
-                running.pop(k)
-                failed += [k] if proc.returncode != 0 else []
-        time.sleep(0.5)
-    return sorted(failed)
+def tune_worker(search: Search, events: Events = NO_EVENTS) -> dict:
+    """One worker of a study: trials until the study has tune.trials of them."""
+    run(search)
+    return {"state": "finished", "line": f"worker {search.worker} done"}
 
 
 def tune_group(cfg: Config) -> str:

@@ -112,6 +112,7 @@ class Objective:
         cfg = with_values(load_config(self.config, self.overrides), {
             "name": f"t{number}", "runs_dir": str(root), "tracking.group": self.group, "train.keep_top": 0,
             "data.cache_dir": str(self.base.cache_dir),  # decoded once for every trial
+            "cluster.executor": "local",  # a trial's folds train inside its worker (which may itself be a Ray task)
             **values})
         ours, theirs = RunDir(self.base.run_dir), RunDir(cfg.run_dir)
         for source, target in ((ours.folds_json, theirs.folds_json), (ours.folds_csv, theirs.folds_csv)):
