@@ -72,6 +72,7 @@ def test_a_held_fold_is_skipped_by_other_workers_and_a_dead_holders_lock_is_take
     assert FoldLock(fold0 / "train.lock").acquire()  # its process is gone: the lock is stale
 
 
+@pytest.mark.slow  # two torchrun processes, ~30 s; DDP's numbers are checked in make test by the test above
 def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
     """train.accum_steps=2 under DDP: one gradient all-reduce per optimizer step (no_sync on the micro-steps), as
     many as accum_steps=1 makes for the same steps, not twice as many."""

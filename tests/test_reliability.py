@@ -34,7 +34,8 @@ def assert_same_fold(run_a, run_b, k: int = 0) -> None:
                                   pd.read_parquet(run_b / f"fold{k}/oof.parquet"))
 
 
-@pytest.mark.parametrize("workers", [0, 2])  # 2: persistent loader processes, seeded the same after a resume
+# 2: persistent loader processes, seeded the same after a resume (slow: their start-up doubles the test)
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_fold_killed_mid_training_resumes_to_the_uninterrupted_weights(competition, make_config, workers):
     sections = {"train": {"epochs": 3, "patience": 0, "num_workers": workers}, "augment": AUGMENTED}
     _, whole = make_config(competition, name="whole", **sections)

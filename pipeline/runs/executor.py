@@ -213,9 +213,9 @@ class RayExecutor:
 
         run_dir.mkdir(parents=True, exist_ok=True)
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
-        task = self.ray.remote(probe)
+        prober = self.ray.remote(probe)
         tokens = {n["NodeID"]: uuid.uuid4().hex for n in nodes}
-        refs = {n["NodeID"]: task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        refs = {n["NodeID"]: prober.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
             n["NodeID"], soft=False)).remote(str(run_dir), tokens[n["NodeID"]], [str(p) for p in must_exist])
             for n in nodes}
         try:
