@@ -113,6 +113,7 @@ def test_a_worker_killed_mid_epoch_is_retried_and_its_fold_resumes(two_nodes, tm
     resumed = int(re.search(r"fold 0: resumes at epoch (\d)/4", err).group(1))
     assert len(before) + 1 <= resumed <= 4
     after = pd.read_csv(fold / "metrics.csv")
+    print(after[["epoch", "step", "train/loss", "valid/score", "seconds"]].to_string(index=False))
     assert list(after["epoch"]) == [0, 1, 2, 3]  # each epoch once
     pd.testing.assert_frame_equal(after.iloc[:len(before)], before)  # the epochs before the kill, untouched
     assert f"resuming after epoch {resumed - 1}" in (fold / "train.log").read_text()
