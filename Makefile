@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch>=2.6" "torchvision>=0.21"
-	$(BIN)/python -m pip install -q -e ".[dev,text,series,kaggle,cluster]"
+	$(BIN)/python -m pip install -q -e ".[dev,text,series,kaggle,cluster,segmentation]"
 	touch $@
 
 test: setup

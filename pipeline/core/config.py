@@ -45,6 +45,10 @@ class DataConfig:
     group_col: str | None = None  # rows sharing a group stay in one fold (patient, plant, session ...)
     image_dir: str = ""  # folder prefix joined to ids, "" when ids already hold the relative path
     image_ext: str = ""  # suffix appended to ids, e.g. ".jpg" when ids are bare names
+    test_image_dir: str | None = None  # where test ids' images are when not in image_dir (TGS: test/images)
+    # sample_submission's id column where it is not id_col: one row per image and class, <id>_<class> (Severstal's
+    # ImageId_ClassId, task: segmentation)
+    sample_id_col: str | None = None
     check_images: bool = True  # prepare decodes every image once; turn off only for huge sets you trust
     allow_outside_root: bool = False  # let ids reach files outside root ('..', absolute paths): a CSV you did
     # not write could otherwise make the pipeline read any file this user can
@@ -252,6 +256,25 @@ class SequenceConfig:
 
 
 @dataclass
+class SegmentConfig:
+    """task: segmentation: masks in (RLE in train.csv's target_col, or mask images), masks out as RLE."""
+
+    architecture: str = "Unet"  # segmentation_models_pytorch: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Linknet, ...
+    mask_dir: str = ""  # folder of mask images named <id><mask_ext> ("" = RLE strings in train.csv's target_col)
+    mask_ext: str = ".png"
+    classes: list[str] | None = None  # mask classes, one output channel each; null = one (binary masks)
+    # multi-class mask images: the pixel value of each class, in `classes` order (null: 1, 2, ...); binary masks
+    # are any non-zero pixel (16-bit 0/65535 PNGs too)
+    mask_values: list[int] | None = None
+    class_col: str = ""  # RLE rows with a class column (Severstal's ClassId): one row per image and class
+    rle_order: Literal["F", "C"] = "F"  # Kaggle's column-major pixel numbering (F); C: row by row (Carvana)
+    loss: str = "bce+dice"  # "+"-joined terms: bce, dice, lovasz (binary hinge), focal
+    # the decision rules fitted on OOF (each fold's by the other folds): a pixel threshold, and masks emptied
+    # below a minimum area or when their peak probability is low; false: 0.5 and nothing emptied
+    fit_rules: bool = True
+
+
+@dataclass
 class TrackingConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online only with a key and a reachable server
     project: str = "kaggle-pipeline"  # W&B project; the experiment name is the group
@@ -327,7 +350,7 @@ class PseudoConfig:
 @dataclass
 class Config:
     name: str = "exp"  # experiment name: runs/<name>/ and the W&B group
-    task: Literal["classification", "detection", "sequence"] = "classification"  # what is being learned
+    task: Literal["classification", "detection", "sequence", "segmentation"] = "classification"  # what is learned
     seed: int = 42  # initialisation, shuffling, augmentation draws (folds: cv.seed)
     runs_dir: str = "runs"  # where experiments live
     submissions_dir: str = "submissions"  # where submit writes CSVs and log.csv
@@ -340,6 +363,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

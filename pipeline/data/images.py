@@ -22,9 +22,13 @@ from pipeline.data.tables import MAX_LISTED, read_test
 
 
 def image_paths(cfg: Config, ids: Sequence) -> list[Path]:
-    """root/image_dir/<id><image_ext> per id; an id that leads outside data.root is refused (allow_outside_root)."""
+    """root/image_dir/<id><image_ext> per id (root/test_image_dir/... where that is set and the first is not there);
+    an id that leads outside data.root is refused (allow_outside_root)."""
     base = Path(cfg.data.root) / cfg.data.image_dir
     paths = [base / f"{i}{cfg.data.image_ext}" for i in ids]
+    if cfg.data.test_image_dir is not None:  # test images in a folder of their own: where the file is not in base
+        other = Path(cfg.data.root) / cfg.data.test_image_dir
+        paths = [p if p.is_file() else other / f"{i}{cfg.data.image_ext}" for i, p in zip(ids, paths, strict=True)]
     if not cfg.data.allow_outside_root:
         root = os.path.abspath(cfg.data.root)
         for n, (i, path) in enumerate(zip(ids, paths, strict=True)):

@@ -20,10 +20,16 @@ from pipeline.scoring.targets import Multiclass, Target, submission_column
 def read_sample(cfg: Config) -> pd.DataFrame:
     """sample_submission.csv: the id column, unique and non-empty; it fixes the rows, order and columns to submit."""
     path = cfg.data_path("sample_submission")
-    sample = read_table(path, "sample_submission", cfg.data.id_col)
-    require_columns(sample, path, {"data.id_col": cfg.data.id_col})
-    _require_clean_ids(sample, path, cfg.data.id_col)
+    key, id_col = sample_key(cfg)
+    sample = read_table(path, "sample_submission", id_col)
+    require_columns(sample, path, {key: id_col})
+    _require_clean_ids(sample, path, id_col)
     return sample
+
+
+def sample_key(cfg: Config) -> tuple[str, str]:
+    """(config key, column) of sample_submission's ids: data.sample_id_col where set, else data.id_col."""
+    return ("data.sample_id_col", cfg.data.sample_id_col) if cfg.data.sample_id_col else ("data.id_col", cfg.data.id_col)
 
 
 def decode(test: pd.DataFrame, sample: pd.DataFrame, cfg: Config, target: Target | list,
@@ -75,10 +81,10 @@ def check_rows(sub: pd.DataFrame, sample: pd.DataFrame, cfg: Config) -> None:
     check_columns(sub, sample, sample_path)
     if len(sub) != len(sample):
         raise UserError(f"{where} has {len(sub)} rows, sample_submission {len(sample)} ({sample_path})")
-    id_col = cfg.data.id_col
+    key, id_col = sample_key(cfg)
     if id_col not in sample.columns:
-        raise UserError(f"{sample_path}: column {id_col!r} (config data.id_col) not found; "
-                        "set it with --set data.id_col=<column>")
+        raise UserError(f"{sample_path}: column {id_col!r} (config {key}) not found; "
+                        f"set it with --set {key}=<column>")
     mismatch = np.flatnonzero(sub[id_col].astype(str).to_numpy() != sample[id_col].astype(str).to_numpy())
     if len(mismatch):
         i = mismatch[0]

@@ -32,7 +32,7 @@ def run(cfg: Config, force: bool = False) -> None:
     test = task.test_table(cfg, check=not current)  # images are decoded only when the folds are redone
     sample_path = cfg.data_path("sample_submission")
     sample = read_sample(cfg)  # unique, non-empty ids: caught here, not at the end of the pipeline
-    if set(sample[cfg.data.id_col]) != set(test[cfg.data.id_col]):
+    if not cfg.data.sample_id_col and set(sample[cfg.data.id_col]) != set(test[cfg.data.id_col]):
         log.warning("%s and %s list different ids; submit checks against the sample submission", sample_path, cfg.data_path("test_csv"))
     if current:
         log.info("folds in %s are up to date with %s and the CV settings (use --force to redo them)", run_dir,

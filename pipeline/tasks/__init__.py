@@ -9,8 +9,10 @@ from pipeline.engine.task import TASKS, Demo, Task, build_task
 from pipeline.tasks.base import ClassProbabilities
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tasks.detection import DetectionTask
+from pipeline.tasks.segmentation import SegmentationTask
 from pipeline.tasks.sequence import SequenceTask
 
-TASKS.update(classification=ClassificationTask, detection=DetectionTask, sequence=SequenceTask)
+TASKS.update(classification=ClassificationTask, detection=DetectionTask, sequence=SequenceTask,
+             segmentation=SegmentationTask)
 
 __all__ = ["TASKS", "ClassProbabilities", "Demo", "Task", "build_task"]

@@ -1,0 +1,72 @@
+"""segmentation_models_pytorch networks on timm encoders (`tu-<name>`), filled from a local weights file; the
+losses by name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.core.config import Config
+from pipeline.core.errors import UserError
+from pipeline.engine.models import check_model_name, load_backbone, normalisation
+
+log = logging.getLogger(__name__)
+
+
+def import_smp():
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise UserError("task: segmentation needs segmentation_models_pytorch: pip install 'pipeline[segmentation]' "
+                        "(make setup installs it)") from None
+    return smp
+
+
+def build_segmenter(cfg: Config, k: int) -> tuple[nn.Module, tuple, tuple]:
+    """cfg.segment.architecture on timm's model.name as encoder, k output channels; model.weights_file fills the
+    encoder (no hub: smp's default "imagenet" would download, so encoder_weights is None). Returns the network and
+    the input normalisation (the config's, else the encoder's pretraining)."""
+    smp = import_smp()
+    check_model_name(cfg.model.name)
+    if cfg.model.pretrained and not cfg.model.weights_file:
+        raise UserError("task: segmentation fills its encoder from model.weights_file (a timm state_dict; `pipeline "
+                        "weights save` writes one); set it, or model.pretrained=false to train from scratch")
+    try:
+        model = smp.create_model(cfg.segment.architecture, encoder_name=f"tu-{cfg.model.name}", encoder_weights=None,
+                                 in_channels=3, classes=k)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"segment.architecture={cfg.segment.architecture!r} with encoder tu-{cfg.model.name}: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    encoder = model.encoder.model  # the timm features model smp wraps
+    if cfg.model.weights_file:
+        load_backbone(encoder, Path(cfg.model.weights_file))
+    mean, std = normalisation(encoder, cfg.image.mean, cfg.image.std)
+    return model, mean, std
+
+
+class Sum(nn.Module):
+    """The sum of several losses on the same logits and targets."""
+
+    def __init__(self, terms: dict[str, nn.Module]):
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(term(logits, target) for term in self.terms.values())
+
+
+def build_loss(spec: str, k: int) -> nn.Module:
+    """segment.loss: "+"-joined terms (bce, dice, lovasz, focal) on per-class sigmoid logits [B, K, H, W]."""
+    losses = import_smp().losses
+    mode = "binary" if k == 1 else "multilabel"
+    makers = {"bce": lambda: nn.BCEWithLogitsLoss(), "dice": lambda: losses.DiceLoss(mode, from_logits=True),
+              "lovasz": lambda: losses.LovaszLoss(mode, per_image=True, from_logits=True),
+              "focal": lambda: losses.FocalLoss(mode)}
+    names = [n.strip() for n in spec.split("+") if n.strip()]
+    unknown = [n for n in names if n not in makers]
+    if unknown or not names:
+        raise UserError(f"segment.loss={spec!r}: join terms from {', '.join(makers)} with '+', e.g. bce+dice")
+    return Sum({n: makers[n]() for n in names})
