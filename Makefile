@@ -24,6 +24,8 @@ WORKERS ?= 1
 BENCH_CONFIG ?= $(if $(wildcard ../shared/data/leaves-dev/train.csv),configs/dev/bench.yaml,configs/bench-demo.yaml)
 # and a text row (MiniLM on the review sentences) where ../shared has them
 BENCH_TEXT ?= $(if $(wildcard ../shared/weights/all-MiniLM-L6-v2/config.json),--text-config configs/dev/sentiment-minilm.yaml,)
+# and a segmentation row: a U-Net on TGS Salt where ../shared has it, else on the embedded demo masks
+BENCH_SEGMENT ?= --segment-config $(if $(wildcard ../shared/data/tgs-salt/train.csv),configs/dev/tgs-salt.yaml,configs/demo-seg.yaml)
 SETS := $(foreach s,$(SET),--set $(s))
 
 # gpu-check: on a GPU machine's own python3 (no venv, no registry; gpu-wheels/ carries what it lacks)
@@ -98,7 +100,7 @@ tune: setup
 	$(BIN)/pipeline tune --config $(CONFIG) --trials $(TRIALS) --workers $(WORKERS) $(SETS)
 
 bench: setup
-	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(BENCH_TEXT) $(SETS)
+	$(BIN)/pipeline bench --config $(BENCH_CONFIG) $(BENCH_TEXT) $(BENCH_SEGMENT) $(SETS)
 
 predict: setup
 	$(BIN)/pipeline predict --config $(CONFIG) --fold $(or $(FOLD_PREDICT),all) $(SETS) $(if $(TTA),--tta $(TTA)) --gpus $(GPUS)

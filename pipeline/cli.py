@@ -408,6 +408,7 @@ def bench(
     steps: int = typer.Option(20, "--steps", help="timed steps per measurement, after 5 warm-up steps"),
     ensemble: str = typer.Option("20x100000x176", "--ensemble", help="members x rows x classes for the blend timing"),
     text_config: Path = typer.Option(None, "--text-config", help="also time a text model's loop (its own config)"),
+    segment_config: Path = typer.Option(None, "--segment-config", help="also time a segmentation model's loop"),
     set_: list[str] = SetOpt,
 ) -> None:
     """Samples/s of the bare compute loop vs the pipeline's loop, the loader, TTA and ensembling; peak memory.
@@ -421,9 +422,10 @@ def bench(
         shape = tuple(int(v) for v in ensemble.lower().split("x"))
     except ValueError:
         raise UserError("--batch-sizes is a comma list of integers, --ensemble is MEMBERSxROWSxCLASSES") from None
-    text = with_values(load_config(text_config), {"name": "bench-text", "tracking.wandb": "disabled",
-                                                  "tracking.quiet": True}) if text_config else None
-    stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape, text=text)
+    quiet = {"tracking.wandb": "disabled", "tracking.quiet": True}
+    text = with_values(load_config(text_config), {"name": "bench-text", **quiet}) if text_config else None
+    segment = with_values(load_config(segment_config), {"name": "bench-segment", **quiet}) if segment_config else None
+    stage.run(load_config(config, set_ or []), sizes, steps=steps, ensemble=shape, text=text, segment=segment)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import yaml
 
 from pipeline.core.config import load_config
 from pipeline.tasks.detection.demo_data import write_digit_boxes_competition
+from pipeline.tasks.segmentation.demo_data import write_digit_masks_competition
 from tests.conftest import assert_refused, cli, invoke, write_series_competition
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -94,12 +95,20 @@ def test_boxes_make_a_detection_config(here, tmp_path):
     assert tree["data"]["box_format"] in ("xyxy", "xywh") and len(tree["data"]["box_cols"]) == 4
 
 
+def test_rle_masks_make_a_segmentation_config_prepare_accepts(here, tmp_path):
+    root = write_digit_masks_competition(tmp_path / "masks", n_train=40, n_test=10)
+    _, tree, text = init(root)
+    assert tree["task"] == "segmentation" and tree["data"]["target_col"] == "rle_mask"
+    assert tree["data"]["image_dir"] == "images" and tree["train"]["metric"] == "dice" and "iou_map" in text
+    assert os.path.isfile(here / "runs" / tree["name"] / "folds.csv")
+
+
 def test_folders_init_cannot_read_get_one_line_and_no_config(here, competition):
     (competition / "sample_submission.csv").rename(competition / "answers.csv")
     assert_refused(invoke("init", competition), "no sample_submission.csv", "the submission's ids and columns")
     pd.DataFrame({"id": ["a"], "rle_mask": ["1 1"]}).to_csv(competition / "sample_submission.csv", index=False)
     pd.read_csv(competition / "test.csv").rename(columns={"image": "id"}).to_csv(competition / "test.csv", index=False)
-    assert_refused(invoke("init", competition), "asks for masks", "segmentation")
+    assert_refused(invoke("init", competition), "has no 'id' column", "the id of sample_submission")
     pd.read_csv(competition / "test.csv").rename(columns={"id": "image"}).to_csv(competition / "test.csv", index=False)
     pd.DataFrame({"image": ["a"], "price": [1.0]}).to_csv(competition / "sample_submission.csv", index=False)
     assert_refused(invoke("init", competition), "asks for price", "cannot tell the target")
@@ -113,9 +122,6 @@ def test_folders_init_cannot_read_get_one_line_and_no_config(here, competition):
                          if SHARED.is_dir() else [])
 def test_every_shared_folder_gets_a_config_prepare_accepts(folder, here):
     args = ["--weights-file", str(LITE0)] if LITE0.is_file() else []
-    if folder == "tgs-salt":  # no segmentation task yet: its one line
-        assert_refused(invoke("init", SHARED / folder, *args), "asks for masks")
-        return
     path, tree, _ = init(SHARED / folder, *args)
     assert load_config(path).task == tree["task"] and os.path.isfile(here / "runs" / tree["name"] / "folds.csv")
 

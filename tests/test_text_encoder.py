@@ -256,7 +256,7 @@ def test_bench_times_the_text_loop_on_the_loaders_batches(tiny_bert, tmp_path, m
     prepare.run(cfg)
     result = bench.training(cfg, 2, 1, chunk=1)
     assert result["bare"] > 0 and result["pipeline"] > 0 and np.isfinite(result["ratio"])
-    rows = bench.text_rows(cfg, 2, 1)
+    rows = bench.task_rows(cfg, 2, 1, "(f) text")
     assert [r[0][:9] for r in rows] == ["(f) text,"] * 2 and rows[1][3] != "error"
 
 

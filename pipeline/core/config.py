@@ -261,7 +261,7 @@ class SegmentConfig:
 
     architecture: str = "Unet"  # segmentation_models_pytorch: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Linknet, ...
     mask_dir: str = ""  # folder of mask images named <id><mask_ext> ("" = RLE strings in train.csv's target_col)
-    mask_ext: str = ".png"
+    mask_ext: str = ".png"  # suffix of the mask files after the id
     classes: list[str] | None = None  # mask classes, one output channel each; null = one (binary masks)
     # multi-class mask images: the pixel value of each class, in `classes` order (null: 1, 2, ...); binary masks
     # are any non-zero pixel (16-bit 0/65535 PNGs too)

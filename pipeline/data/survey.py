@@ -72,9 +72,8 @@ def survey(root: str | Path) -> Survey:
         raise UserError(f"{sample_path} has only the id column {id_col!r}: init reads what to predict from its other "
                         "columns")
     if {c.lower() for c in outputs} & MASK_COLUMNS:
-        raise UserError(f"{sample_path} asks for masks ({', '.join(outputs)}): segmentation has no task in this "
-                        "pipeline yet; write the config by hand once it has")
-    if test[id_col].duplicated().any():
+        masks(s, train, test, id_col, outputs[0], train_path)
+    elif test[id_col].duplicated().any():
         series(s, train, test, id_col, outputs, train_path)
     elif outputs == ["PredictionString"] or "predictionstring" in {c.lower() for c in outputs}:
         boxes(s, train, id_col, train_path)
@@ -267,6 +266,39 @@ def step_column(test: pd.DataFrame, id_col: str) -> str | None:
         lambda v: v.is_monotonic_increasing and v.is_unique).all()]
     named = [c for c in ordered if str(c).lower() in STEP_NAMES]
     return (named or ordered or [None])[0]
+
+
+def masks(s: Survey, train: pd.DataFrame, test: pd.DataFrame, id_col: str, rle_col: str, train_path: Path) -> None:
+    """Segmentation: the submission's RLE column, in train.csv or as a folder of mask images named by id."""
+    s.task = "segmentation"
+    s.set("task", "segmentation", f"sample_submission asks for run-length masks ({rle_col})")
+    if id_col not in train.columns:
+        raise UserError(f"{train_path} has no {id_col!r} column, the id of sample_submission and test.csv; init "
+                        "needs the training images under the same id")
+    ids = train[id_col].astype(str).drop_duplicates()
+    if rle_col in train.columns:
+        s.set("data.target_col", rle_col, f"{train_path.name} holds the masks as RLE in {rle_col}")
+    if not images(s, train.drop_duplicates(id_col), test, id_col):
+        raise UserError(f"{s.root}: the ids of {train_path.name} are not image files here; init cannot find the images")
+    found = image_place(s.root, ids.head(PROBE).tolist())
+    if rle_col not in train.columns:
+        folders = [f for f in (p.relative_to(s.root).as_posix() for p in [*s.root.glob("*"), *s.root.glob("*/*")]
+                               if p.is_dir() and "mask" in p.name.lower())]
+        where = next((f for f in folders if image_place(s.root / f, ids.head(PROBE).tolist())), None)
+        if where is None:
+            raise UserError(f"{train_path} has no {rle_col} column and no folder of mask images named by id; "
+                            "init cannot find the masks")
+        s.set("segment.mask_dir", where, "a folder of mask images named like the training ids")
+        s.set("segment.mask_ext", image_place(s.root / where, ids.head(PROBE).tolist())[1] or ".png",
+              "the mask files' extension")
+    test_place = image_place(s.root, test[id_col].astype(str).head(PROBE).tolist())
+    if test_place is not None and found is not None and test_place[0] != found[0]:
+        s.set("data.test_image_dir", test_place[0], "where the first test ids' images are")
+        s.doubts[:] = [d for d in s.doubts if not d.startswith("the test ids are not all under")]
+    s.set("train.metric", "dice", "mean Dice per image; iou_map is TGS Salt's (check the competition's Evaluation "
+                                  "page)")
+    s.doubts.append("the metric: dice (Severstal, SIIM, UW-Madison) or iou_map (TGS Salt): set train.metric to the "
+                    "competition's")
 
 
 def boxes(s: Survey, train: pd.DataFrame, id_col: str, train_path: Path) -> None:

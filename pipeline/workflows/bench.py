@@ -7,7 +7,8 @@ synthetic batch in memory and (b) the pipeline's train_epoch on the real loader,
 thread, timed in alternating chunks of two steps in one process (a shared CPU's speed drifts ~6% between
 processes, and by as much within a minute); (c) the loader alone, without
 and with the decoded cache; (d) prediction per TTA view set; (e) `pipeline ensemble` on N members; (f) with
---text-config, (a) and (b) for a text model: the bare loop replays the loader's own padded batches from the device.
+--text-config, (a) and (b) for a text model: the bare loop replays the loader's own padded batches from the device;
+(g) with --segment-config, the same for a segmentation model (images and masks: a bare smp loop on the same batches).
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ def bare_runner(cfg: Config, task: Task, device, dtype):
 
 
 def bare_batches_runner(cfg: Config, task: Task, device, dtype, train_rows, batches: int):
-    """(a) for token sequences: forward, loss, backward and an AdamW step of a fresh model on the first `batches`
-    batches the training loader yields (dynamically padded, length-grouped), collected onto the device first. They
-    are the batches (b) trains on: its loader starts the same epoch every time."""
+    """(a) for inputs a synthetic batch cannot stand for (padded token sequences, images with their masks): forward,
+    the task's loss, backward and an AdamW step of a fresh model on the first `batches` batches the training loader
+    yields, collected onto the device first. They are the batches (b) trains on: its loader starts the same epoch
+    every time."""
     from pipeline.data.tables import build_loader
     from pipeline.engine.loop import autocast
     from pipeline.engine.optim import build_optimizer
@@ -103,17 +105,16 @@ def bare_batches_runner(cfg: Config, task: Task, device, dtype, train_rows, batc
     loader = build_loader(task.build_dataset(train_rows, train=True), cfg, True, cfg.train.batch_size)
     held = [task.to_device(b, device) for b, _ in zip(loader, range(batches), strict=False)]
     optimizer = build_optimizer(model, cfg.train, 1e-4)
-    criterion = torch.nn.CrossEntropyLoss()
 
     def run(n: int) -> int:
         samples = 0
-        for x, mask, y in held[:n]:
+        for batch in held[:n]:
             with autocast(device, dtype):
-                loss = criterion(model(x, mask), y)
+                loss = task.loss(model, batch, mix=False)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            samples += len(x)
+            samples += len(batch[0])
         _sync(device)
         return samples
 
@@ -348,8 +349,9 @@ def _row(part: str, batch, result: dict, base: float | None = None, unit: str = 
 
 def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warmup: int = 5,
         tta: tuple[str, ...] = ("none", "hflip", "d4"), ensemble: tuple[int, int, int] = (20, 100_000, 176),
-        text: Config | None = None) -> list[list[str]]:
-    """Measure every part, print the table, return its rows (text: a text config for part f)."""
+        text: Config | None = None, segment: Config | None = None) -> list[list[str]]:
+    """Measure every part, print the table, return its rows (text: a text config for part f; segment: a
+    segmentation config for part g)."""
     from pipeline.stages import prepare
     from pipeline.tasks.classification.task import build_images
     from pipeline.workflows.demo import DEMOS
@@ -374,7 +376,11 @@ def run(cfg: Config, batch_sizes: list[int] | None = None, steps: int = 20, warm
         rows.append(_row(f"(e) pipeline ensemble --method {method}: {n} x {r:,} rows x {k} {cfg.predict.dtype}", "",
                          isolated(ensembling, cfg, n, r, k, method), unit="seconds"))
     if text is not None:
-        rows += text_rows(text, steps, warmup)
+        rows += task_rows(text, steps, warmup, "(f) text")
+    if segment is not None:
+        if not segment.data_path("train_csv").is_file() and Path(segment.data.root) == Path(DEMOS["segmentation"].root):
+            DEMOS["segmentation"].write(Path(segment.data.root))
+        rows += task_rows(segment, steps, warmup, "(g) segmentation")
     print_table(rows, cfg)
     return rows
 
@@ -408,17 +414,17 @@ def loader_rows(cfg: Config, steps: int, warmup: int, model_rate: float | None) 
     return rows
 
 
-def text_rows(cfg: Config, steps: int, warmup: int) -> list[list[str]]:
-    """(f) a text model's bare loop and the pipeline's train loop on the same batches."""
+def task_rows(cfg: Config, steps: int, warmup: int, part: str) -> list[list[str]]:
+    """(f) a text model's, (g) a segmentation model's bare loop and the pipeline's train loop on the same batches."""
     from pipeline.stages import prepare
 
     prepare.run(cfg)
     result = isolated(training, cfg, steps, warmup)
     b, what = cfg.train.batch_size, f"{cfg.model.name.rsplit('/', 1)[-1]}, {cfg.name}"
     if "error" in result:
-        return [_row(f"(f) text training ({what})", b, result)]
-    return [_row(f"(f) text, bare loop on the loader's batches ({what})", b, {**result, "samples/s": result["bare"]}),
-            ["(f) text, pipeline train loop", str(b), f"{result['pipeline']:,.1f}", f"{result['ratio']:.2f}", ""]]
+        return [_row(f"{part} training ({what})", b, result)]
+    return [_row(f"{part}, bare loop on the loader's batches ({what})", b, {**result, "samples/s": result["bare"]}),
+            [f"{part}, pipeline train loop", str(b), f"{result['pipeline']:,.1f}", f"{result['ratio']:.2f}", ""]]
 
 
 def print_table(rows: list[list[str]], cfg: Config) -> None:

@@ -26,17 +26,18 @@ def import_smp():
 
 
 def build_segmenter(cfg: Config, k: int) -> tuple[nn.Module, tuple, tuple]:
-    """cfg.segment.architecture on timm's model.name as encoder, k output channels; model.weights_file fills the
-    encoder (no hub: smp's default "imagenet" would download, so encoder_weights is None). Returns the network and
-    the input normalisation (the config's, else the encoder's pretraining)."""
+    """cfg.segment.architecture on timm's model.name as encoder, k output channels. model.weights_file fills the
+    encoder from a local file (offline, a code competition); without one, model.pretrained asks timm's hub (internet).
+    Returns the network and the input normalisation (the config's, else the encoder's pretraining)."""
     smp = import_smp()
     check_model_name(cfg.model.name)
-    if cfg.model.pretrained and not cfg.model.weights_file:
-        raise UserError("task: segmentation fills its encoder from model.weights_file (a timm state_dict; `pipeline "
-                        "weights save` writes one); set it, or model.pretrained=false to train from scratch")
+    hub = cfg.model.pretrained and not cfg.model.weights_file
     try:
-        model = smp.create_model(cfg.segment.architecture, encoder_name=f"tu-{cfg.model.name}", encoder_weights=None,
-                                 in_channels=3, classes=k)
+        model = smp.create_model(cfg.segment.architecture, encoder_name=f"tu-{cfg.model.name}",
+                                 encoder_weights="imagenet" if hub else None, in_channels=3, classes=k)
+    except (OSError, ConnectionError) as e:
+        raise UserError(f"could not fetch pretrained weights for {cfg.model.name} ({type(e).__name__}); offline? "
+                        "save them once (`pipeline weights save`) and set model.weights_file=<path>") from None
     except (KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"segment.architecture={cfg.segment.architecture!r} with encoder tu-{cfg.model.name}: "
                         f"{str(e).splitlines()[0][:200]}") from None

@@ -54,6 +54,7 @@ class SegmentationTask(Task):
                 "demo-seg-ensemble", score_masks)
     tunes_head = False  # smp decoders take neither dropout nor label smoothing
     learns_soft_targets = False  # distillation and pseudo-labels learn class rows, not masks: refused in one line
+    bare_batches = True  # bench's bare loop replays the loader's images and masks
 
     def __init__(self, cfg: Config, classes: list):
         if cfg.train.metric == "auto":
