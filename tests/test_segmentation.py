@@ -18,7 +18,7 @@ from pipeline.tasks.segmentation.demo_data import write_digit_masks_competition
 from pipeline.tasks.segmentation.masks import rle_decode, rle_encode
 from pipeline.tasks.segmentation.metrics import Counts, RuleSearch, counts, pair_scores
 from pipeline.tasks.segmentation.task import SegmentationTask
-from tests.conftest import assert_refused, cli, invoke
+from tests.conftest import assert_export_submits_the_same, assert_refused, cli, invoke
 
 pytest.importorskip("segmentation_models_pytorch")
 
@@ -154,6 +154,7 @@ def test_train_predict_submit_with_fitted_rules(masks_root, make_config, tmp_pat
     assert len(sub) == 24 and list(sub.columns) == ["id", "rle_mask"]
     report = cli("report", "seg", "--runs-dir", cfg.runs_dir)
     assert report.exit_code == 0 and (cfg.run_dir / "report" / "masks.png").is_file()
+    assert_export_submits_the_same(cfg.runs_dir, "seg", masks_root, tmp_path)  # export + infer, no train data
 
 
 def test_multi_class_mask_files_give_one_rle_per_image_and_class(tmp_path, make_config):
@@ -224,3 +225,38 @@ def test_bad_mask_files_are_refused_naming_the_file(masks_root, make_config, tmp
     cv2.imwrite(str(root / "masks" / "m0002.png"), np.full((48, 48), 7, np.uint8))
     path, _ = make_config(root, base=SEG, name="mc", segment={"mask_dir": "masks", "classes": ["a", "b"]})
     assert_refused(invoke("prepare", "--config", path), "value(s) [7]", file="m0002.png")
+
+
+def test_side_values_become_input_planes_scaled_on_the_fold_and_the_rgb_filters_stay(masks_root, make_config,
+                                                                                        tmp_path):
+    """segment.side_csv: one more input channel, a constant plane of the image's standardised value; the weights
+    file's first convolution keeps its RGB filters and starts the new channel at zero."""
+    import timm
+    import torch
+
+    from pipeline.data.folds import load_folds
+    from pipeline.tasks import build_task
+
+    root = broken(masks_root, tmp_path, lambda r: None)
+    ids = [*pd.read_csv(root / "train.csv")["id"], *pd.read_csv(root / "test.csv")["id"]]
+    pd.DataFrame({"id": ids, "z": np.arange(len(ids)) * 10.0}).to_csv(root / "depths.csv", index=False)
+    weights = tmp_path / "encoder.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)
+    path, cfg = make_config(root, base=SEG, name="side", segment={"side_csv": "depths.csv"},
+                            model={"name": "test_resnet", "pretrained": True, "weights_file": str(weights)})
+    for command in (("prepare",), ("train",), ("predict",)):
+        cli(*command, "--config", path)
+    task = build_task(cfg, ["mask"])
+    train_rows, _ = load_folds(cfg).split(0)
+    state = task.fit_fold(train_rows)
+    assert state["side_mean"][0] == pytest.approx(np.mean(np.arange(len(ids))[:80][np.isin(ids[:80], train_rows["id"])]) * 10)
+    model = task.build_model()
+    stem = torch.load(weights, weights_only=True)
+    first = next(k for k, v in model.encoder.model.state_dict().items() if v.ndim == 4)
+    filters = model.encoder.model.state_dict()[first]
+    assert filters.shape[1] == 4 and torch.equal(filters[:, :3], stem[first]) and not filters[:, 3].any()
+    x, _, _ = task.to_device(next(iter(torch.utils.data.DataLoader(task.build_dataset(train_rows.head(4), False),
+                                                                   batch_size=4))), torch.device("cpu"))
+    assert x.shape[1] == 4 and torch.allclose(x[:, 3].flatten(1).std(dim=1), torch.zeros(4))
+    (root / "depths.csv").write_text("id,z\nm0000,1\n")
+    assert_refused(invoke("predict", "--config", path), "has no row for id", file="depths.csv")

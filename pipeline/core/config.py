@@ -269,6 +269,10 @@ class SegmentConfig:
     class_col: str = ""  # RLE rows with a class column (Severstal's ClassId): one row per image and class
     rle_order: Literal["F", "C"] = "F"  # Kaggle's column-major pixel numbering (F); C: row by row (Carvana)
     loss: str = "bce+dice"  # "+"-joined terms: bce, dice, lovasz (binary hinge), focal
+    # a table of per-image numbers (id_col and values: TGS's depths.csv, z) fed to the network as constant input
+    # planes, standardised on each fold's training images; "" = none. Measure it against a run without before keeping it
+    side_csv: str = ""
+    side_cols: list[str] | None = None  # its columns to use; null = every numeric column but the id
     # the decision rules fitted on OOF (each fold's by the other folds): a pixel threshold, and masks emptied
     # below a minimum area or when their peak probability is low; false: 0.5 and nothing emptied
     fit_rules: bool = True

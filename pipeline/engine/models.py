@@ -52,7 +52,9 @@ def check_model_name(name: str) -> None:
 
 
 def load_backbone(model: nn.Module, path: Path) -> None:
-    """Load every tensor whose name and shape match; only the classifier may be left out."""
+    """Load every tensor whose name and shape match; only the classifier may be left out. A first convolution with
+    more input channels than the file's (an RGB encoder given side-feature planes) keeps the file's RGB filters and
+    starts its extra channels at zero, so the model begins as the pretrained one."""
     if not path.is_file():
         raise UserError(f"model.weights_file {path} not found")
     try:
@@ -66,6 +68,7 @@ def load_backbone(model: nn.Module, path: Path) -> None:
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     head = _classifier_prefixes(model)
+    state = {k: widened(v, own[k]) if k in own else v for k, v in state.items()}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith(head)}
     missing = [k for k in own if k not in usable and not k.startswith(head)]
     if missing:
@@ -75,6 +78,15 @@ def load_backbone(model: nn.Module, path: Path) -> None:
         )
     model.load_state_dict(usable, strict=False)
     log.info("loaded %d backbone tensors from %s; classifier re-initialised", len(usable), path)
+
+
+def widened(saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A conv weight [out, in, k, k] zero-padded to own's larger input-channel count; any other tensor as it is."""
+    if saved.ndim != 4 or own.ndim != 4 or saved.shape[1] >= own.shape[1] or \
+            (saved.shape[0], *saved.shape[2:]) != (own.shape[0], *own.shape[2:]):
+        return saved
+    extra = torch.zeros(saved.shape[0], own.shape[1] - saved.shape[1], *saved.shape[2:], dtype=saved.dtype)
+    return torch.cat([saved, extra], dim=1)
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

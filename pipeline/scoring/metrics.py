@@ -158,9 +158,12 @@ def on_class_probabilities(metric: Metric) -> Metric:
 CLASS_METRICS = {name: on_class_probabilities(m) for name, m in METRICS.items() if MULTICLASS in m.targets}
 
 
+TASK_SCORED = ("map50", "map", "dice", "iou", "iou_map")  # detection's and segmentation's: higher is better
+
+
 def greater_is_better(name: str) -> bool:
-    """The direction of a metric by name (map50/map of detection included), for tables that rank runs."""
-    return name in ("map50", "map") or name == "auto" or get_metric(name).greater_is_better
+    """The direction of a metric by name (detection's and segmentation's included), for tables that rank runs."""
+    return name in TASK_SCORED or name == "auto" or get_metric(name).greater_is_better
 
 
 def ranker(name: str) -> Metric:

@@ -91,6 +91,38 @@ def read_mask_table(cfg: Config) -> tuple[pd.DataFrame, list[list] | None]:
     return pd.DataFrame({"id": ids}), [[lookup.get((i, c), "") for c in classes] for i in ids]
 
 
+def read_side(cfg: Config) -> pd.DataFrame | None:
+    """segment.side_csv indexed by id (its side_cols, or every numeric column but the id); None when unset."""
+    s, d = cfg.segment, cfg.data
+    if not s.side_csv:
+        return None
+    path = Path(d.root) / s.side_csv
+    table = read_table(path, "segment.side_csv", d.id_col)
+    require_columns(table, path, {"data.id_col": d.id_col, **{f"segment.side_cols[{i}]": c
+                                                              for i, c in enumerate(s.side_cols or [])}})
+    columns = s.side_cols or [c for c in table.columns if c != d.id_col and pd.api.types.is_numeric_dtype(table[c])]
+    if not columns:
+        raise UserError(f"{path} has no numeric column besides {d.id_col!r}; set segment.side_cols")
+    values = table.set_index(table[d.id_col].astype(str))[columns].astype(np.float32)
+    if values.isna().any().any():
+        column = values.columns[values.isna().any()][0]
+        raise UserError(f"{path}: column {column!r} has empty values (id {values.index[values[column].isna()][0]}); "
+                        "fill them")
+    return values
+
+
+def side_values(side: pd.DataFrame | None, ids: Sequence, path: str) -> np.ndarray:
+    """[N, S] side values of these ids ([N, 0] without a side table); an id the table lacks is refused."""
+    ids = [str(i) for i in ids]
+    if side is None:
+        return np.zeros((len(ids), 0), np.float32)
+    missing = [i for i in ids if i not in side.index]
+    if missing:
+        raise UserError(f"{path} has no row for id {missing[0]!r} ({len(missing)} ids missing); every train and "
+                        "test image needs its side values")
+    return side.loc[ids].to_numpy(np.float32)
+
+
 def image_shapes(cfg: Config, ids: Sequence) -> list[tuple[int, int]]:
     """(height, width) of each image, from file headers."""
     sizes = image_sizes(image_paths(cfg, ids))
@@ -119,12 +151,13 @@ def build_mask_transforms(cfg: Config, train: bool) -> A.Compose:
 
 
 class SegmentationDataset(Dataset):
-    """(uint8 image [3, S, S], uint8 mask [K, S, S], (height, width) of the original) per row; `labels` are the
-    true masks at full size (MaskSource), None for test rows."""
+    """(uint8 image [3, S, S], uint8 mask [K, S, S], (height, width) of the original, side values [S]) per row;
+    `labels` are the true masks at full size (MaskSource), None for test rows."""
 
     def __init__(self, paths: Sequence[Path], sizes: Sequence[tuple[int, int]], labels: MaskSource | None,
-                 transform: A.Compose, k: int):
+                 transform: A.Compose, k: int, side: np.ndarray):
         self.paths, self.sizes, self.labels, self.transform, self.k = list(paths), list(sizes), labels, transform, k
+        self.side = torch.from_numpy(side)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -139,4 +172,4 @@ class SegmentationDataset(Dataset):
                             "at prepare; rerun `pipeline prepare --force`")
         mask = self.labels[i].transpose(1, 2, 0) if self.labels is not None else np.zeros((h, w, self.k), np.uint8)
         out = self.transform(image=image, mask=np.ascontiguousarray(mask))
-        return out["image"], out["mask"], torch.tensor([h, w])
+        return out["image"], out["mask"], torch.tensor([h, w]), self.side[i]

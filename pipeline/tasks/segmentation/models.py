@@ -25,16 +25,18 @@ def import_smp():
     return smp
 
 
-def build_segmenter(cfg: Config, k: int) -> tuple[nn.Module, tuple, tuple]:
+def build_segmenter(cfg: Config, k: int, sides: int = 0) -> tuple[nn.Module, tuple, tuple]:
     """cfg.segment.architecture on timm's model.name as encoder, k output channels. model.weights_file fills the
     encoder from a local file (offline, a code competition); without one, model.pretrained asks timm's hub (internet).
-    Returns the network and the input normalisation (the config's, else the encoder's pretraining)."""
+    `sides` constant planes follow the image's three channels (segment.side_csv): the weights file's first
+    convolution keeps its RGB filters and the planes' start at zero. Returns the network and the image's
+    normalisation (the config's, else the encoder's pretraining)."""
     smp = import_smp()
     check_model_name(cfg.model.name)
     hub = cfg.model.pretrained and not cfg.model.weights_file
     try:
         model = smp.create_model(cfg.segment.architecture, encoder_name=f"tu-{cfg.model.name}",
-                                 encoder_weights="imagenet" if hub else None, in_channels=3, classes=k)
+                                 encoder_weights="imagenet" if hub else None, in_channels=3 + sides, classes=k)
     except (OSError, ConnectionError) as e:
         raise UserError(f"could not fetch pretrained weights for {cfg.model.name} ({type(e).__name__}); offline? "
                         "save them once (`pipeline weights save`) and set model.weights_file=<path>") from None
@@ -45,7 +47,7 @@ def build_segmenter(cfg: Config, k: int) -> tuple[nn.Module, tuple, tuple]:
     if cfg.model.weights_file:
         load_backbone(encoder, Path(cfg.model.weights_file))
     mean, std = normalisation(encoder, cfg.image.mean, cfg.image.std)
-    return model, mean, std
+    return model, tuple(mean)[:3], tuple(std)[:3]
 
 
 class Sum(nn.Module):

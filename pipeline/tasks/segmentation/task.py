@@ -40,6 +40,8 @@ from pipeline.tasks.segmentation.data import (
     image_shapes,
     mask_classes,
     read_mask_table,
+    read_side,
+    side_values,
 )
 from pipeline.tasks.segmentation.demo_data import score_masks, write_digit_masks_competition
 from pipeline.tasks.segmentation.masks import rle_decode, rle_encode
@@ -68,6 +70,8 @@ class SegmentationTask(Task):
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.loss_fn = build_loss(cfg.segment.loss, self.k)
         self._table = None
+        self.side = read_side(cfg)  # per-image side values (segment.side_csv), standardised per fold
+        self.side_mean = self.side_std = None
 
     # -- data -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -111,26 +115,48 @@ class SegmentationTask(Task):
         ids = [str(i) for i in ids]
         return MaskSource(self.cfg, ids, image_shapes(self.cfg, ids), None if rles is None else [rles[index[i]] for i in ids])
 
+    # -- per fold: the side values' scale, from the fold's training images ------------------------------------
+    def fit_fold(self, train_rows: pd.DataFrame) -> dict:
+        if self.side is None:
+            return {}
+        values = side_values(self.side, train_rows["id"], self.cfg.segment.side_csv)
+        self.side_mean, self.side_std = values.mean(axis=0), values.std(axis=0) + 1e-6
+        return {"side_mean": self.side_mean.tolist(), "side_std": self.side_std.tolist()}
+
+    def load_fold(self, state: dict) -> None:
+        if "side_mean" in state:
+            self.side_mean, self.side_std = np.asarray(state["side_mean"]), np.asarray(state["side_std"])
+
     # -- model and batches ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        model, self.mean, self.std = build_segmenter(self.cfg, self.k)
+        sides = 0 if self.side is None else self.side.shape[1]
+        model, self.mean, self.std = build_segmenter(self.cfg, self.k, sides)
         return model
 
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> SegmentationDataset:
         labels = self.masks(rows["id"]) if "fold" in rows else None
         sizes = labels.sizes if labels is not None else image_shapes(self.cfg, rows["id"])
+        side = side_values(self.side, rows["id"], self.cfg.segment.side_csv)
+        if self.side is not None:
+            if self.side_mean is None:
+                raise RuntimeError("fit_fold() (or load_fold()) sets the side values' scale; call it first")
+            side = ((side - self.side_mean) / self.side_std).astype(np.float32)
         return SegmentationDataset(image_paths(self.cfg, rows["id"]), sizes, labels,
-                                   build_mask_transforms(self.cfg, train), self.k)
+                                   build_mask_transforms(self.cfg, train), self.k, side)
 
     def to_device(self, batch, device: torch.device):
-        x, y, meta = batch
+        """The normalised image, with one constant plane per side value after its three channels."""
+        x, y, meta, side = batch
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1) * 255
         std = torch.tensor(self.std, device=device).view(1, -1, 1, 1) * 255
-        x = ((x.to(device, non_blocking=True).float() - mean) / std).contiguous(memory_format=self.memory_format)
-        return x, y.to(device, non_blocking=True).float(), meta
+        x = (x.to(device, non_blocking=True).float() - mean) / std
+        if side.shape[1]:
+            planes = side.to(device, non_blocking=True)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            x = torch.cat([x, planes], dim=1)
+        return x.contiguous(memory_format=self.memory_format), y.to(device, non_blocking=True).float(), meta
 
     def loss(self, model: nn.Module, batch, mix: bool = True) -> torch.Tensor:
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
         return self.loss_fn(model(x), y)
 
     def views(self, spec: str) -> list[View]:
