@@ -29,7 +29,7 @@ BENCH_SEGMENT ?= --segment-config $(if $(wildcard ../shared/data/tgs-salt/train.
 SETS := $(foreach s,$(SET),--set $(s))
 
 # gpu-check: on a GPU machine's own python3 (no venv, no registry; gpu-wheels/ carries what it lacks)
-.PHONY: gpu-check gpu-wheels setup test docs test-slow fuzz lint bench demo demo-detection demo-sequence prepare train train-all predict ensemble submit tune clean-venv
+.PHONY: gpu-check gpu-wheels setup test docs test-slow fuzz lint bench demo demo-detection demo-sequence demo-segmentation prepare train train-all predict ensemble submit tune clean-venv
 
 setup: $(VENV)/.installed
 
@@ -74,6 +74,9 @@ demo-detection: setup
 
 demo-sequence: setup
 	$(BIN)/pipeline demo --task sequence
+
+demo-segmentation: setup
+	$(BIN)/pipeline demo --task segmentation
 
 prepare: setup
 	$(BIN)/pipeline prepare --config $(CONFIG) $(SETS)

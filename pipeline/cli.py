@@ -386,7 +386,8 @@ def infer(
 @user_errors
 def demo(
     task: str = typer.Option("classification", "--task",
-                             help="classification (digit images) | detection (digits on canvases) | sequence (digit rows)"),
+                             help="classification (digit images) | detection (digits on canvases) | sequence (digit "
+                             "rows) | segmentation (digit strokes on noisy canvases)"),
     root: str = typer.Option(None, "--root", help="where the embedded competition is written (default data/demo-*)"),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="where the demo experiments go"),
     set_: list[str] = SetOpt,
