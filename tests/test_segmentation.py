@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pipeline.core.config import Config, with_values
+from pipeline.core.errors import UserError
 from pipeline.tasks.segmentation.demo_data import write_digit_masks_competition
 from pipeline.tasks.segmentation.masks import rle_decode, rle_encode
 from pipeline.tasks.segmentation.metrics import Counts, RuleSearch, counts, pair_scores
@@ -244,8 +245,7 @@ def test_side_values_become_input_planes_scaled_on_the_fold_and_the_rgb_filters_
     torch.save(timm.create_model("test_resnet").state_dict(), weights)
     path, cfg = make_config(root, base=SEG, name="side", segment={"side_csv": "depths.csv"},
                             model={"name": "test_resnet", "pretrained": True, "weights_file": str(weights)})
-    for command in (("prepare",), ("train",), ("predict",)):
-        cli(*command, "--config", path)
+    cli("prepare", "--config", path)
     task = build_task(cfg, ["mask"])
     train_rows, _ = load_folds(cfg).split(0)
     state = task.fit_fold(train_rows)
@@ -258,5 +258,12 @@ def test_side_values_become_input_planes_scaled_on_the_fold_and_the_rgb_filters_
     x, _, _ = task.to_device(next(iter(torch.utils.data.DataLoader(task.build_dataset(train_rows.head(4), False),
                                                                    batch_size=4))), torch.device("cpu"))
     assert x.shape[1] == 4 and torch.allclose(x[:, 3].flatten(1).std(dim=1), torch.zeros(4))
+    model.train()
+    batch = task.to_device(next(iter(torch.utils.data.DataLoader(task.build_dataset(train_rows.head(4), True),
+                                                                 batch_size=4))), torch.device("cpu"))
+    task.loss(model, batch).backward()
+    stem = next(m for m in model.encoder.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.weight.grad[:, 3].abs().sum() > 0  # the side plane's filters learn
     (root / "depths.csv").write_text("id,z\nm0000,1\n")
-    assert_refused(invoke("predict", "--config", path), "has no row for id", file="depths.csv")
+    with pytest.raises(UserError, match="depths.csv has no row for id"):
+        build_task(cfg, ["mask"]).build_dataset(train_rows, False)

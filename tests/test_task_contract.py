@@ -17,6 +17,7 @@ from pipeline.engine.state import TrainingState
 from pipeline.stages import prepare
 from pipeline.tasks import TASKS, Task, build_task
 from pipeline.tasks.detection.demo_data import write_digit_boxes_competition
+from pipeline.tasks.segmentation.demo_data import write_digit_masks_competition
 from pipeline.tasks.sequence.demo_data import write_digit_series_competition
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
@@ -34,6 +35,10 @@ SETUPS = {  # per task: its competition (written by the task's own demo writer) 
                            "step_col": "step"},
                   "model": {"name": "gru"}, "sequence": {"dim": 8, "hidden": 8, "layers": 1},
                   "train": {"batch_size": 8, "num_workers": 0}}),
+    "segmentation": (lambda root: write_digit_masks_competition(root, n_train=24, n_test=8),
+                     {"data": {"id_col": "id", "target_col": "rle_mask", "image_dir": "images", "image_ext": ".png"},
+                      "model": {"name": "test_resnet", "pretrained": False}, "image": {"size": 32},
+                      "train": {"batch_size": 8, "num_workers": 0, "metric": "iou_map"}}),
 }
 
 
