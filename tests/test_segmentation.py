@@ -132,7 +132,7 @@ def test_the_demo_runs_the_whole_loop(tmp_path):
     from pipeline.workflows import demo
 
     summary = demo.run("segmentation", root=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
-                       submissions_dir=str(tmp_path / "subs"), overrides=["train.epochs=1"])
+                       submissions_dir=str(tmp_path / "subs"), overrides=["train.epochs=1", "cv.folds=2", "image.size=32"])
     assert 0 <= summary["held_back"]["iou_map"] <= 1 and 0 <= summary["ensemble_cv"] <= 1
     sub = pd.read_csv(summary["submission"], keep_default_na=False)
     solution = pd.read_csv(tmp_path / "data" / "solution.csv", keep_default_na=False)
