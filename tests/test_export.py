@@ -119,6 +119,120 @@ def test_a_changed_file_a_newer_export_and_other_test_columns_are_refused(blend,
     assert sub.is_file()
 
 
+def reseal(out: Path, manifest: dict | None = None) -> dict:
+    """The manifest rewritten with every file's current hash: an export edited by someone who also edits its
+    manifest, so only the checks beyond the hashes stand between the edit and infer."""
+    from pipeline.runs.exported import file_hashes
+
+    manifest = manifest or json.loads((out / "manifest.json").read_text())
+    manifest["files"] = file_hashes(out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_a_tampered_export_is_refused_before_anything_in_it_is_read(blend, tmp_path, digits_root):
+    """An export is someone else's folder: each probe an attacker or an unlucky copy makes is one line, exit 2,
+    and no submission."""
+    import yaml
+
+    out = private_export(blend, tmp_path)
+    data = only_test_files(digits_root, tmp_path / "input")
+    sub = tmp_path / "sub.csv"
+    manifest = json.loads((out / "manifest.json").read_text())
+
+    def refused(*fragments: str, file: str | None = None) -> str:
+        line = assert_refused(invoke("infer", out, "--data", data, "--out", sub), *fragments, file=file)
+        (out / "manifest.json").write_text(json.dumps(manifest))  # restored for the next probe
+        return line
+
+    (out / "a" / "extra.py").write_text("print('hello')")  # a file nobody listed
+    refused("not in the export's manifest", file="a/extra.py")
+    (out / "a" / "extra.py").unlink()
+
+    (out / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "files"}))
+    refused('"files" must map every file')
+    (out / "manifest.json").write_text(json.dumps({**manifest, "files": {}}))  # checks nothing: refused too
+    refused('"files" must map every file')
+    (out / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "nodes"}))
+    refused('"nodes" must describe')
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.yaml").write_text("secret: do-not-print\n")
+    (out / "manifest.json").write_text(json.dumps({**manifest, "root": "../victim",
+                                                   "nodes": {**manifest["nodes"], "../victim": manifest["nodes"]["a"]}}))
+    line = refused("not a plain folder name")
+    assert "do-not-print" not in line
+    (out / "manifest.json").write_text(json.dumps({**manifest, "files": {**manifest["files"], "../victim/x": "0" * 64}}))
+    refused("a path outside the export")
+    cyclic = json.loads(json.dumps(manifest))
+    cyclic["nodes"]["a"] = {"kind": "ensemble", "members": ["blend"]}
+    (out / "manifest.json").write_text(json.dumps(cyclic))
+    refused("its own member")
+
+    # edits with the manifest resealed: the hashes agree, the structure is what refuses
+    recipe = out / "a" / "fold0" / "recipe.yaml"
+    original = recipe.read_text()
+    tree = yaml.safe_load(original)
+    tree["model"].update(pretrained=True, weights_file=str(tmp_path / "elsewhere" / "weights.pth"))
+    recipe.write_text(yaml.safe_dump(tree))
+    reseal(out)
+    cli("infer", out, "--data", data, "--out", sub)  # the export's weights only: nothing else is reached for
+    sub.unlink()
+    recipe.write_text(f"extends: {victim / 'config.yaml'}\n" + original)
+    reseal(out)
+    refused("extends another file", file="recipe.yaml")
+    recipe.write_text(original)
+    config = out / "a" / "config.yaml"
+    original = config.read_text()
+    tree = yaml.safe_load(original)
+    tree["data"]["test_csv"] = "../victim/config.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    reseal(out)
+    refused("data.test_csv '../victim/config.yaml'", "points outside --data")
+    config.write_text(original)
+    reseal(out)
+
+    from tests.test_untrusted import write_png_bomb
+
+    image = data / pd.read_csv(data / "test.csv").loc[0, "image"]
+    original = image.read_bytes()
+    write_png_bomb(image)  # the test files are someone else's too: infer checks sizes as prepare does
+    refused("20000x10000 pixels, over image.max_pixels", file=image.name)
+    image.write_bytes(original)
+    assert not sub.exists()
+    cli("infer", out, "--data", data, "--out", sub)  # repaired: it runs
+    assert sub.is_file()
+
+
+def test_the_notebook_checks_the_wheel_before_installing_it_and_takes_names_as_data(blend, tmp_path):
+    """The install cell, as the notebook runs it: a wheel whose hash differs stops it before pip; a folder name
+    with quotes and backslashes stays a string."""
+    import nbformat
+
+    from pipeline.runs.notebook import write_notebook
+
+    out = private_export(blend, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    name = 'ex"port\\\'); import os; os.system("boom") #'
+    write_notebook(tmp_path / "nb.ipynb", manifest, dataset=name)
+    cells = [c.source for c in nbformat.read(tmp_path / "nb.ipynb", as_version=4).cells if c.cell_type == "code"]
+    scope: dict = {}
+    exec(cells[0], scope)  # the parameters cell
+    assert scope["EXPORT"] == f"/kaggle/input/{name}" and "os" not in scope
+
+    packages = tmp_path / "packages"
+    wheel = out / manifest["wheel"]
+    wheel.write_bytes(wheel.read_bytes() + b"\0")  # a swapped wheel
+    with pytest.raises(SystemExit, match="does not match the manifest's sha256"):
+        exec(cells[1], {"EXPORT": str(out), "PACKAGES": str(packages)})
+    assert not packages.exists()  # pip never ran
+    manifest["wheel"] = "../../elsewhere.whl"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="not a wheel file of the export"):
+        exec(cells[1], {"EXPORT": str(out), "PACKAGES": str(packages)})
+    assert not packages.exists()
+
+
 def test_max_minutes_drops_views_then_folds_and_refuses_what_cannot_fit(blend, tmp_path, digits_root, caplog,
                                                                        monkeypatch):
     from pipeline.stages import infer as infer_stage

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.files import atomic_path, write_json
-from pipeline.data.images import image_sizes, load_image
+from pipeline.data.images import MAX_PIXELS, image_sizes, load_image
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def cache_key(paths: Sequence[Path], side: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_cache(paths: Sequence[Path], side: int, cache_dir: Path, workers: int = 8) -> tuple[Path, dict[str, int]]:
+def build_cache(paths: Sequence[Path], side: int, cache_dir: Path, workers: int = 8,
+                max_pixels: int = MAX_PIXELS) -> tuple[Path, dict[str, int]]:
     """The cache file for these images (built now if missing) and each path's row in it. Rows are slots of the
     largest stored shape; each image's own shape is in the shapes file beside it."""
     paths = sorted({Path(p) for p in paths}, key=str)
@@ -83,7 +84,7 @@ def build_cache(paths: Sequence[Path], side: int, cache_dir: Path, workers: int 
                  len(paths) * slot[0] * slot[1] * 3 / 1e9)
         with atomic_path(file) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *slot, 3))
-            _fill(array, paths, shapes, workers)
+            _fill(array, paths, shapes, workers, max_pixels)
             del array
         with atomic_path(shapes_file) as tmp, open(tmp, "wb") as f:
             np.save(f, shapes)
@@ -92,11 +93,11 @@ def build_cache(paths: Sequence[Path], side: int, cache_dir: Path, workers: int 
     return file, index
 
 
-def _fill(array: np.ndarray, paths: list[Path], shapes: np.ndarray, workers: int) -> None:
+def _fill(array: np.ndarray, paths: list[Path], shapes: np.ndarray, workers: int, max_pixels: int) -> None:
     """Decode (and shrink, if needed) every image into its slot (threads: cv2 releases the GIL while decoding)."""
 
     def put(i: int) -> None:
-        image, (h, w) = load_image(paths[i]), shapes[i]
+        image, (h, w) = load_image(paths[i], max_pixels), shapes[i]
         if image.shape[:2] != (h, w):
             image = cv2.resize(image, (int(w), int(h)), interpolation=cv2.INTER_AREA)
         array[i, :h, :w] = image
@@ -107,13 +108,14 @@ def _fill(array: np.ndarray, paths: list[Path], shapes: np.ndarray, workers: int
 
 
 @lru_cache(maxsize=4)
-def _open(paths: tuple[Path, ...], side: int, cache_dir: Path) -> tuple[Path, dict[str, int]]:
-    return build_cache(paths, side, cache_dir)
+def _open(paths: tuple[Path, ...], side: int, cache_dir: Path, max_pixels: int) -> tuple[Path, dict[str, int]]:
+    return build_cache(paths, side, cache_dir, max_pixels=max_pixels)
 
 
-def cached_images(paths: Sequence[Path], all_paths: Sequence[Path], side: int, cache_dir: Path) -> CachedImages:
+def cached_images(paths: Sequence[Path], all_paths: Sequence[Path], side: int, cache_dir: Path,
+                  max_pixels: int = MAX_PIXELS) -> CachedImages:
     """A dataset's images read from the cache of all_paths (train + test), building it on first use."""
-    file, index = _open(tuple(all_paths), side, cache_dir)
+    file, index = _open(tuple(all_paths), side, cache_dir, max_pixels)
     slots = np.array([index[str(p)] for p in paths], dtype=np.int64)
     shapes = np.load(Path(str(file).removesuffix(".npy") + "-shapes.npy"))
     return CachedImages(file, slots, shapes[slots] if len(slots) else shapes[:0])

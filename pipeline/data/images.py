@@ -14,11 +14,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from pipeline.core.config import Config
+from pipeline.core.config import Config, ImageConfig
 from pipeline.core.errors import UserError
 from pipeline.core.seeding import seed_transform, unpack
 from pipeline.data.duplicates import file_hashes
 from pipeline.data.tables import MAX_LISTED, read_test
+
+MAX_PIXELS = ImageConfig.max_pixels  # image.max_pixels's default, for readers given no config
+# the limit is image.max_pixels, checked from the header before every decode (pixels_over): Pillow's own guard
+# would raise at open, before the size can be read or named, and ignore the configured limit
+Image.MAX_IMAGE_PIXELS = None
 
 
 def image_paths(cfg: Config, ids: Sequence) -> list[Path]:
@@ -43,7 +48,7 @@ def read_test_images(cfg: Config, check: bool = False) -> pd.DataFrame:
     test = read_test(cfg)
     paths = image_paths(cfg, test[cfg.data.id_col])
     if check and cfg.data.check_images:
-        check_images(paths, cfg.data_path("test_csv"))
+        check_images(paths, cfg.data_path("test_csv"), max_pixels=cfg.image.max_pixels)
     return test
 
 
@@ -70,10 +75,10 @@ def image_sizes(paths: Sequence[Path], workers: int = 8) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["width", "height", "mode"])
 
 
-def check_images(paths: Sequence[Path], table: Path, workers: int = 8) -> None:
-    """Decode every image once; report all unreadable ones together, by CSV line."""
+def check_images(paths: Sequence[Path], table: Path, workers: int = 8, max_pixels: int = MAX_PIXELS) -> None:
+    """Decode every image once (those within max_pixels); report all unreadable ones together, by CSV line."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(_image_problem, paths))
+        problems = list(pool.map(lambda p: _image_problem(p, max_pixels), paths))
     bad = [(i, p, why) for i, (p, why) in enumerate(zip(paths, problems, strict=True)) if why]
     if not bad:
         return
@@ -86,11 +91,13 @@ def check_images(paths: Sequence[Path], table: Path, workers: int = 8) -> None:
     )
 
 
-def _image_problem(path: Path) -> str | None:
+def _image_problem(path: Path, max_pixels: int) -> str | None:
     if not path.is_file():
         return "missing"
     if path.stat().st_size == 0:
         return "empty file"
+    if too_large := pixels_over(path, max_pixels):
+        return too_large
     try:
         with Image.open(path) as img:
             img.load()  # full decode: truncated files fail here, not in the middle of training
@@ -99,11 +106,40 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
-def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 HxWx3 whatever the file holds: gray is repeated, alpha dropped, 16-bit scaled (value >> 8)."""
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header alone, None where Pillow does not read the format."""
+    try:
+        with Image.open(path) as img:  # lazy: PIL reads the pixels only on load()
+            return img.size
+    except Exception:  # PIL raises many types for files it does not know
+        return None
+
+
+def pixels_over(path: Path, max_pixels: int) -> str | None:
+    """Why the image is refused unread, when its header declares more than max_pixels (0: no limit); None when
+    it does not. Pillow reads the header alone: a decompression bomb is caught at its size, not at its decode."""
+    size = header_size(path) if max_pixels else None
+    if size is None:  # no limit, or not a format Pillow reads: OpenCV's own decoder limit (2^30 pixels) stands
+        return None
+    width, height = size
+    if width * height <= max_pixels:
+        return None
+    return (f"{width}x{height} pixels, over image.max_pixels {max_pixels:,}: decoded it takes "
+            f"{width * height * 3 / 2**20:,.0f} MB; drop its row, or raise image.max_pixels if it is genuine")
+
+
+def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 HxWx3 whatever the file holds: gray is repeated, alpha dropped, 16-bit scaled (value >> 8).
+    An image whose header declares more than max_pixels is refused before it is decoded."""
     if not Path(path).is_file():  # prepare checked it; it went missing since, or folds.csv names other images
         raise UserError(f"image {path} not found; check data.root, or rerun `pipeline prepare --force`")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # IMREAD_COLOR: 3 channels, 8 bits, whatever the file
+    if too_large := pixels_over(path, max_pixels):
+        raise UserError(f"image {path} is {too_large}")
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # IMREAD_COLOR: 3 channels, 8 bits, whatever the file
+    except cv2.error as e:  # OpenCV's own limits (2^30 pixels) and decoder failures
+        raise UserError(f"image {path} does not decode (OpenCV: {str(e).strip().splitlines()[-1]}); replace it, "
+                        "or drop its row and rerun `pipeline prepare --force`") from None
     if img is not None:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     try:  # cv2 cannot read some formats PIL can (e.g. a few TIFF/GIF variants)
@@ -126,14 +162,14 @@ def _pil_rgb(img: Image.Image) -> np.ndarray:
 class ImageFiles:
     """Images decoded from disk on every read (pipeline.data.cache holds them decoded instead)."""
 
-    def __init__(self, paths: Sequence[Path]):
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[Path], max_pixels: int = MAX_PIXELS):
+        self.paths, self.max_pixels = list(paths), max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return load_image(self.paths[i])
+        return load_image(self.paths[i], self.max_pixels)
 
 
 class ImageDataset(Dataset):

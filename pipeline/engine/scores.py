@@ -43,6 +43,22 @@ def fitted_score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int
     return cv, per_fold, fitted
 
 
+def describe_fitted(fitted: dict) -> str | None:
+    """One line on the decision settings fitted on all OOF rows (what submit applies), or None when none were."""
+    if "decisions" not in fitted:
+        return None
+    def shown(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        if isinstance(v, (list, tuple)):
+            return "[" + " ".join(shown(x) for x in v[:8]) + (" …]" if len(v) > 8 else "]")
+        return str(v)
+    settings = ", ".join(f"{k} {shown(v)}" for k, v in fitted["decisions"].items())
+    empty = f"; {100 * fitted['predicted_empty']:.1f}% of OOF masks predicted empty" \
+        if "predicted_empty" in fitted else ""
+    return f"decisions fitted on OOF (applied by submit): {settings}{empty}"
+
+
 def score_frame(task: Task, frame: pd.DataFrame) -> tuple[float, dict[int, float]]:
     """(score on all rows, score per fold) of an OOF prediction frame."""
     per_fold = {int(k): task.evaluate(task.read_outputs(g), task.targets(g))["score"] for k, g in frame.groupby("fold")}

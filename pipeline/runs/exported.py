@@ -6,21 +6,29 @@
       <ens>/     config.yaml folds.json scores.json members.json weights.json   (an ensemble: its members beside it)
 
 Only inference lives here: no optimizer state, no training rows, no OOF predictions. Every file's sha256 is in the
-manifest, checked before anything is read, so a half-uploaded Kaggle dataset fails at once and by name.
+manifest, checked before anything is read, so a half-uploaded Kaggle dataset fails at once and by name; a file the
+manifest does not list, a node outside the folder or a malformed manifest is refused the same way.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
 
 from pipeline import __version__
+from pipeline.core.config import NAME
 from pipeline.core.errors import UserError
 from pipeline.core.files import sha256_file
+from pipeline.runs.rundir import FULL
 
 FORMAT = 1  # of the folder; infer refuses a newer one
 MANIFEST = "manifest.json"
 WEIGHTS, RECIPE, PREDICT, PREPROCESS = "model.safetensors", "recipe.yaml", "predict.json", "preprocess.json"
+SHA256 = re.compile(r"[0-9a-f]{64}")
+# pipeline publish uploads the folder with the Kaggle client's metadata file, which the mounted dataset may show
+ADDED_BY_KAGGLE = {"dataset-metadata.json"}
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -41,26 +49,110 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 
 def read_manifest(root: Path, verify: bool = True) -> dict:
-    """The manifest of an export folder, its format and package version checked, and (verify) every file's hash."""
+    """The manifest of an export folder, its structure, format and package version checked, and (verify) every
+    file in the folder checked against it: listed, with its hash. An export comes from someone else (a Kaggle
+    dataset, a teammate's copy): nothing in it is read before this passes."""
     path = root / MANIFEST
     if not path.is_file():
         raise UserError(f"{root} is not an export: {MANIFEST} not found (make one with `pipeline export EXP`)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); export the experiment again") from None
-    if manifest.get("format", 0) > FORMAT or version_tuple(manifest.get("package_version", "0")) > \
-            version_tuple(__version__):
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} is not a manifest (a JSON object); export the experiment again")
+    if not isinstance(manifest.get("format", 0), int) or manifest.get("format", 0) > FORMAT or \
+            version_tuple(str(manifest.get("package_version", "0"))) > version_tuple(__version__):
         raise UserError(f"{root} was exported by pipeline {manifest.get('package_version')} (format "
                         f"{manifest.get('format')}), newer than this one ({__version__}, format {FORMAT}); install "
                         f"the wheel in the export: pip install --no-index --no-deps {root}/{manifest.get('wheel')}")
+    check_structure(path, manifest)
     if verify:
         check_hashes(root, manifest["files"])
     return manifest
 
 
+def _plain_name(value) -> bool:
+    """One folder or file name: no separator, not '.' or '..', nothing a shell or a path would read otherwise."""
+    return isinstance(value, str) and NAME.fullmatch(value) is not None and value not in (".", "..")
+
+
+def check_structure(path: Path, manifest: dict) -> None:
+    """The keys infer and the notebook read, with the types they read them as; node names, the root and the wheel
+    plain names (a node is a folder of the export: `../x` would read outside it)."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: {what}; the export is damaged or was edited: export the experiment again")
+
+    files, nodes, top = manifest.get("files"), manifest.get("nodes"), manifest.get("root")
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v) for k, v in files.items()):
+        raise bad('"files" must map every file of the export to its sha256')
+    if not isinstance(nodes, dict) or not nodes:
+        raise bad('"nodes" must describe the exported run directories')
+    for name, node in nodes.items():
+        if problem := _node_problem(name, node, nodes):
+            raise bad(problem)
+    if not isinstance(top, str) or top not in nodes:
+        raise bad(f'"root" {top!r} is not one of its nodes')
+    _acyclic(top, nodes, (), bad)
+    wheel = manifest.get("wheel")
+    if wheel is not None and not (_plain_name(wheel) and wheel.endswith(".whl") and wheel in files):
+        raise bad(f'"wheel" {wheel!r} is not a wheel file listed in "files"')
+    if not isinstance(manifest.get("metric"), str) or not isinstance(manifest.get("cv"), int | float):
+        raise bad('"metric" and "cv" are missing')
+
+
+def _node_problem(name, node, nodes: dict) -> str | None:
+    if not _plain_name(name):
+        return f"node {name!r} is not a plain folder name"
+    if not isinstance(node, dict) or node.get("kind") not in ("experiment", "ensemble"):
+        return f"node {name!r} has no kind (experiment or ensemble)"
+    if node["kind"] == "ensemble":
+        members = node.get("members")
+        if not isinstance(members, list) or not members or any(m not in nodes or m == name for m in members):
+            return f"ensemble {name!r} must list members that are nodes of the export"
+        return None
+    folds = node.get("folds")
+    if not isinstance(folds, list) or not folds or not all(
+            isinstance(f, dict) and (f.get("k") == FULL or isinstance(f.get("k"), int) and f["k"] >= 0)
+            and isinstance(f.get("views"), list) and all(isinstance(v, str) for v in f["views"]) for f in folds):
+        return f"experiment {name!r} must list its folds (k, views)"
+    return None
+
+
+def _acyclic(node: str, nodes: dict, path: tuple, bad) -> None:
+    if node in path:
+        raise bad(f"ensemble {node!r} is its own member (through {' -> '.join(path)})")
+    for member in nodes[node].get("members", []) if nodes[node]["kind"] == "ensemble" else []:
+        _acyclic(member, nodes, (*path, node), bad)
+
+
+def files_in(root: Path) -> list[str]:
+    """Every file under root, by POSIX path relative to it; a link anywhere is refused."""
+    found = []
+    for folder, dirs, names in os.walk(root):  # os.walk does not follow links into folders
+        for entry in [*dirs, *names]:
+            if (Path(folder) / entry).is_symlink():
+                raise UserError(f"{Path(folder) / entry} is a link; an export holds plain files only (copy the "
+                                "folder with its files, not links)")
+        found += [(Path(folder) / n).relative_to(root).as_posix() for n in names]
+    return found
+
+
 def check_hashes(root: Path, expected: dict[str, str]) -> None:
-    """Every file the manifest lists is there with its hash; nothing is read from a damaged export."""
+    """Every file in the folder is one the manifest lists, with its hash, and every listed file is there: nothing
+    is read from a damaged, partly copied or added-to export. Links are refused (they can point anywhere)."""
+    base = root.resolve()
+    for name in expected:
+        parts = PurePosixPath(name).parts
+        if not parts or PurePosixPath(name).is_absolute() or "\\" in name or any(p in ("", ".", "..") for p in parts) \
+                or not (base / name).resolve().is_relative_to(base):
+            raise UserError(f"{root / MANIFEST} lists {name!r}, a path outside the export; the manifest was edited: "
+                            "export the experiment again")
+    for name in files_in(root):
+        if name != MANIFEST and name not in expected and name not in ADDED_BY_KAGGLE:
+            raise UserError(f"{root / name} is not in the export's manifest (added since export, or the manifest "
+                            "was edited); remove it, or export again")
     for name, digest in expected.items():
         path = root / name
         if not path.is_file():

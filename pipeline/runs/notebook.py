@@ -12,19 +12,31 @@ from pathlib import Path
 from pipeline.core.files import write_text
 
 PARAMETERS = '''# Parameters: where Kaggle mounts the attached datasets, and where the submission goes.
-EXPORT = "/kaggle/input/{export}"  # this export, uploaded as a Kaggle dataset
-COMPETITION = "/kaggle/input/{competition}"  # the competition's data (test.csv, sample_submission.csv, test files)
+EXPORT = {export}  # this export, uploaded as a Kaggle dataset
+COMPETITION = {competition}  # the competition's data (test.csv, sample_submission.csv, test files)
 OUT = "/kaggle/working/submission.csv"  # what Kaggle scores
 PACKAGES = "/kaggle/working/pipeline-packages"  # the wheel is installed here, beside the environment, not into it
 MAX_MINUTES = None  # e.g. 500: drop TTA views, then folds, until the estimate fits the competition's limit
 BATCH_SIZE = None  # None: the recipe's
 '''
 
-INSTALL = '''import glob, os, subprocess, sys
+# the wheel the manifest names, checked against its sha256 before pip runs it: pipeline infer verifies the rest
+INSTALL = '''import hashlib, json, os, subprocess, sys
 
-wheel = sorted(glob.glob(os.path.join(EXPORT, "pipeline-*.whl")))[-1]
-subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", PACKAGES,
-                wheel], check=True)
+manifest = json.load(open(os.path.join(EXPORT, "manifest.json")))
+wheel = manifest.get("wheel")
+if wheel is None:
+    print("the export holds no wheel: using the pipeline installed in this environment")
+elif not isinstance(wheel, str) or os.path.basename(wheel) != wheel or not wheel.endswith(".whl"):
+    raise SystemExit(f"{EXPORT}/manifest.json names {wheel!r}, not a wheel file of the export: export it again")
+else:
+    path = os.path.join(EXPORT, wheel)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest != manifest.get("files", {}).get(wheel):
+        raise SystemExit(f"{path} does not match the manifest's sha256 (changed since export): export it again")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
+                    PACKAGES, path], check=True)
 '''
 
 INFER = '''env = {**os.environ, "PYTHONPATH": os.pathsep.join([PACKAGES, os.environ.get("PYTHONPATH", "")]),
@@ -57,7 +69,10 @@ def write_notebook(path: Path, manifest: dict, dataset: str) -> None:
              "and run all cells; `submission.csv` is written to `/kaggle/working/`.")
     nb = new_notebook(cells=[
         new_markdown_cell(intro),
-        new_code_cell(PARAMETERS.format(export=dataset, competition=competition), metadata={"tags": ["parameters"]}),
+        # names are data: repr() makes each a Python string literal, whatever quotes or backslashes it holds
+        new_code_cell(PARAMETERS.format(export=repr(f"/kaggle/input/{dataset}"),
+                                        competition=repr(f"/kaggle/input/{competition}")),
+                      metadata={"tags": ["parameters"]}),
         new_code_cell(INSTALL),
         new_code_cell(INFER),
         new_code_cell(SHOW),

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.core.config import Config, check_name, dump_yaml, load_run_config
 from pipeline.core.errors import UserError
 from pipeline.core.files import copy_file, write_json, write_text
-from pipeline.engine.scores import fitted_score_frame, like_test_score
+from pipeline.engine.scores import describe_fitted, fitted_score_frame, like_test_score
 from pipeline.runs.provenance import collect_meta
 from pipeline.runs.rundir import RunDir, resolve
 from pipeline.runs.tracking import build_tracker, remember
@@ -116,6 +116,8 @@ def run(refs: list[str], method: str = "weighted", name: str | None = None, runs
     scores = write_ensemble(members, name, method, blend, oof, test, scores)
     if "gain" in blend.params:  # a fitted blend against the mean (pipeline.scoring.noise)
         log.info(describe(blend.params, len(oof)))
+    if line := describe_fitted(fitted):
+        log.info(line)
     log.info("members: %s", ", ".join(f"{m.name} {metric} {m.cv:.4f}" for m in members))
     in_sample = blend.params.get("cv_in_sample")
     log.info("%s ensemble %s: CV %.4f%s -> %s", method, name, cv,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,15 @@ class Place:
     def apply(self, cfg: Config, node: str) -> Config:
         d = cfg.data
         d.root = str(self.data)
-        d.test_csv = self.test_csv or _inside(d.test_csv)
-        d.sample_submission = self.sample_submission or _inside(d.sample_submission)
+        for key in ("test_csv", "sample_submission", "image_dir", "test_image_dir"):  # the exported names
+            setattr(d, key, _within(self.data, _inside(getattr(d, key)), f"data.{key}"))
+        cfg.segment.side_csv = _within(self.data, _inside(cfg.segment.side_csv), "segment.side_csv")
+        d.test_csv = self.test_csv or d.test_csv  # the user's own, anywhere
+        d.sample_submission = self.sample_submission or d.sample_submission
         d.cache, d.check_images = False, False  # nothing is written beside the export or the read-only input
+        d.allow_outside_root = False  # test ids name files inside --data, whatever the exported config allowed
+        # the weights are the export's: no hub download, no file from the training machine's disk
+        cfg.model.pretrained, cfg.model.weights_file = False, None
         cfg.runs_dir, cfg.name = str(self.export), node  # a text encoder's files: <export>/<node>/encoder
         cfg.tracking.wandb = "disabled"
         if self.batch_size:
@@ -56,9 +63,21 @@ class Place:
         return cfg
 
 
-def _inside(name: str) -> str:
+def _inside(name: str | None) -> str | None:
     """A data file's name inside the competition folder: an absolute path from the training machine keeps its name."""
-    return Path(name).name if Path(name).is_absolute() else name
+    return Path(name).name if name and Path(name).is_absolute() else name
+
+
+def _within(data: Path, name: str | None, key: str) -> str | None:
+    """name, where it stays inside the competition folder; an exported config comes from elsewhere, and `../x` or
+    an absolute path would read any file."""
+    if not name:
+        return name
+    if Path(name).is_absolute() or os.path.normpath(name).split(os.sep)[0] == "..":  # by its text: --data's own links
+        # (a test folder on another disk) stay the user's business
+        raise UserError(f"{key} {name!r} in the exported config points outside --data {data}; the config was edited: "
+                        "export the experiment again")
+    return name
 
 
 def run(export: str | Path, data: str | Path, test_csv: str | None = None, sample_submission: str | None = None,
@@ -113,7 +132,7 @@ def _device(name: str | None) -> torch.device:
 
 
 def node_config(root: Path, node: str, place: Place) -> Config:
-    cfg = place.apply(load_config(root / node / "config.yaml"), node)
+    cfg = place.apply(load_config(root / node / "config.yaml", sealed=True), node)
     folds = json.loads((root / node / "folds.json").read_text())
     resolve_target(cfg, folds.get("target_type"), folds.get("metric"))
     return cfg
@@ -158,7 +177,7 @@ def experiment_test(root: Path, node: str, place: Place, test: pd.DataFrame, fol
     frames = []
     for k, view_names in folds.items():
         fold_dir = RunDir(root / node).fold(k).path  # fold<k>/, or full/ for a full-data refit
-        fm = from_export(fold_dir, place.apply(load_config(fold_dir / RECIPE), node), names)
+        fm = from_export(fold_dir, place.apply(load_config(fold_dir / RECIPE, sealed=True), node), names)
         views = [v for v in fm.views if v.name in view_names]  # --max-minutes may have dropped some
         started = time.time()
         outputs = fm.predict(test, place.device, views, progress=f"{node} fold {k}")

@@ -28,7 +28,7 @@ from pipeline.engine.averaging import fold_weights
 from pipeline.engine.fold_model import FoldModel
 from pipeline.engine.loop import evaluate, infer, pick_device, resolve_precision
 from pipeline.engine.progress import ProgressSpec
-from pipeline.engine.scores import fitted_score_frame, like_test_score
+from pipeline.engine.scores import describe_fitted, fitted_score_frame, like_test_score
 from pipeline.runs import checkpoint
 from pipeline.runs.executor import NO_EVENTS, Events, Job, build_executor, shared_paths
 from pipeline.runs.recipe import fold_recipe, mixed_recipes, saved_config
@@ -280,6 +280,8 @@ def combine_folds(cfg: Config) -> dict:
         log.warning("CV covers folds %s only (%d of %d rows)", [f.k for f in done], len(oof), len(folds.table))
     log.info("CV %s %.4f ± %.4f over %d folds (%.4f without TTA) -> %s", cfg.train.metric, scores["cv"],
              scores["cv_std"], len(done), scores["cv_no_tta"], run.scores)
+    if line := describe_fitted(fitted):
+        log.info(line)
     if refit:
         log.info("test predictions: the %d folds and the %s", len(done), FULL_REFIT_NOTE)
     return scores

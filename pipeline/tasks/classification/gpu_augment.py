@@ -22,6 +22,7 @@ from pipeline.core.config import AugmentConfig, ImageConfig
 from pipeline.core.seeding import unpack
 from pipeline.data.cache import cached_side
 from pipeline.data.images import ImageDataset
+from pipeline.tasks.classification.transforms import SCALE_MIN
 
 LUMA = (0.299, 0.587, 0.114)
 TURNS = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [1.0, 0.0]],  # k quarter turns counter-clockwise
@@ -30,7 +31,7 @@ TURNS = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -1.0], [1.0, 0.0]],  # k 
 
 def canvas_side(image: ImageConfig, aug: AugmentConfig) -> int:
     """The uint8 square the loader hands over: big enough that the smallest crop is not upsampled."""
-    return cached_side(image.size, aug.scale_min)
+    return cached_side(image.size, aug.smallest_crop(SCALE_MIN))
 
 
 class UInt8Dataset(ImageDataset):
@@ -63,7 +64,7 @@ class GpuAugment:
             rng = np.random.default_rng(seed)
             w, h = 1.0, 1.0  # albumentations' fallback: the whole image
             for _ in range(10):
-                area = rng.uniform(a.scale_min, 1.0)
+                area = rng.uniform(a.smallest_crop(SCALE_MIN), 1.0)
                 ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
                 cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
                 if cw <= 1 and ch <= 1:

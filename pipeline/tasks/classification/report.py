@@ -18,7 +18,7 @@ def hardest_images(cfg: Config, oof: pd.DataFrame, probs: np.ndarray, truth: np.
     """The OOF images with the highest log-loss: label noise and look-alike classes show up here first."""
     worst = analysis.highest_loss(truth, probs, n=GRID)
     paths = image_paths(cfg, oof["id"].iloc[worst.index])
-    images = [thumbnail(load_image(p)) for p in paths]
+    images = [thumbnail(load_image(p, cfg.image.max_pixels)) for p in paths]
     titles = [f"{shorten(str(oof['id'].iloc[row.Index]))}\ntrue {shorten(classes[row.truth])}\n"
               f"pred {shorten(classes[row.pred])} {row.p_pred:.2f}" for row in worst.itertuples()]
     figure = plots.image_grid(images, titles, out / "highest_loss.png")

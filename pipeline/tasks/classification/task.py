@@ -34,7 +34,7 @@ from pipeline.scoring.tta import View, build_views, run_views
 from pipeline.tasks.base import ClassProbabilities
 from pipeline.tasks.classification.demo_data import write_digits_competition
 from pipeline.tasks.classification.gpu_augment import GpuAugment, UInt8Dataset, canvas_side
-from pipeline.tasks.classification.transforms import INTERPOLATION, Normalize, build_transforms
+from pipeline.tasks.classification.transforms import INTERPOLATION, SCALE_MIN, Normalize, build_transforms
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ def build_images(cfg: Config, ids) -> Sequence[np.ndarray]:
     """The images of these ids: decoded from their files, or read from the decoded cache (data.cache)."""
     paths = image_paths(cfg, ids)
     if not cfg.data.cache:
-        return ImageFiles(paths)
+        return ImageFiles(paths, cfg.image.max_pixels)
     every = image_paths(cfg, pd.concat([read_train(cfg)[cfg.data.id_col], read_test(cfg)[cfg.data.id_col]]))
-    side = cached_side(cfg.image.size, cfg.augment.scale_min, cfg.image.cache_margin)
-    return cached_images(paths, every, side, cfg.cache_dir)
+    side = cached_side(cfg.image.size, cfg.augment.smallest_crop(SCALE_MIN), cfg.image.cache_margin)
+    return cached_images(paths, every, side, cfg.cache_dir, cfg.image.max_pixels)
 
 
 class ClassificationTask(ClassProbabilities):
@@ -76,7 +76,7 @@ class ClassificationTask(ClassProbabilities):
         settle_target(cfg, kind, classes)
         paths = image_paths(cfg, train[cfg.data.id_col])  # refuses ids that leave data.root, even unchecked
         if cfg.data.check_images:
-            check_images(paths, cfg.data_path("train_csv"))
+            check_images(paths, cfg.data_path("train_csv"), max_pixels=cfg.image.max_pixels)
         if cfg.data.cache:
             build_images(cfg, [])  # decode every train and test image into the cache now, not in fold 0's epoch 1
         return train, classes

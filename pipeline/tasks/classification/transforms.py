@@ -11,6 +11,7 @@ from albumentations.pytorch import ToTensorV2
 
 from pipeline.core.config import AugmentConfig, ImageConfig
 
+SCALE_MIN = 0.35  # the training crop's smallest area fraction where augment.scale_min is null (config.py says why)
 INTERPOLATION = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
 
 
@@ -24,7 +25,7 @@ def build_transforms(image: ImageConfig, aug: AugmentConfig, train: bool) -> A.C
         return A.Compose([A.SmallestMaxSize(max_size=int(round(image.size / image.crop_pct)), interpolation=resample),
                           A.CenterCrop(*size), ToTensorV2()])
     steps = [
-        A.RandomResizedCrop(size=size, scale=(aug.scale_min, 1.0), interpolation=resample),
+        A.RandomResizedCrop(size=size, scale=(aug.smallest_crop(SCALE_MIN), 1.0), interpolation=resample),
         A.HorizontalFlip(p=aug.hflip),
         A.VerticalFlip(p=aug.vflip),
         A.RandomRotate90(p=aug.rotate90),

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.seeding import seed_transform, unpack
-from pipeline.data.images import image_paths, image_sizes, load_image
+from pipeline.data.images import MAX_PIXELS, image_paths, image_sizes, load_image
 from pipeline.data.tables import _require_clean_ids, _row_numbers, read_table, require_columns
 from pipeline.tasks.detection.boxes import to_xyxy
 
@@ -117,8 +117,9 @@ def truths_by_image(cfg: Config, table: pd.DataFrame, classes: list[str], sizes:
 class DetectionDataset(Dataset):
     """Letterboxed images with their boxes in canvas pixels; `labels` holds the normalised truths for scoring."""
 
-    def __init__(self, paths: list[Path], truths: list | None, side: int, transform: A.Compose):
-        self.paths, self.side, self.transform = list(paths), side, transform
+    def __init__(self, paths: list[Path], truths: list | None, side: int, transform: A.Compose,
+                 max_pixels: int = MAX_PIXELS):
+        self.paths, self.side, self.transform, self.max_pixels = list(paths), side, transform, max_pixels
         empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
         self.labels = truths if truths is not None else [empty] * len(self.paths)
 
@@ -128,7 +129,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, key):
         i, seed = unpack(key)
         seed_transform(self.transform, seed)
-        image = load_image(self.paths[i])
+        image = load_image(self.paths[i], self.max_pixels)
         h, w = image.shape[:2]
         scale = self.side / max(h, w)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))

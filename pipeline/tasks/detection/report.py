@@ -24,7 +24,7 @@ def detection_section(cfg: Config, oof: pd.DataFrame, outputs: list[Detections],
     errors = detection_errors(outputs, truths, score_thr=DRAWN_SCORE)
     worst = (errors["missed"] + errors["false"]).sort_values(ascending=False, kind="stable").index[:GRID]
     paths = image_paths(cfg, oof["id"].iloc[worst])
-    images = [draw_boxes(load_image(p), outputs[i], truths[i], classes)
+    images = [draw_boxes(load_image(p, cfg.image.max_pixels), outputs[i], truths[i], classes)
               for i, p in zip(worst, paths, strict=True)]
     titles = [f"{shorten(str(oof['id'].iloc[i]))}\n{errors.at[i, 'missed']} missed, {errors.at[i, 'false']} false"
               for i in worst]

@@ -87,7 +87,8 @@ class DetectionTask(Task):
         table = read_box_table(cfg)
         classes = box_classes(cfg, table)
         if cfg.data.check_images:
-            check_images(image_paths(cfg, table["id"].drop_duplicates()), cfg.data_path("train_csv"))
+            check_images(image_paths(cfg, table["id"].drop_duplicates()), cfg.data_path("train_csv"),
+                         max_pixels=cfg.image.max_pixels)
         sizes = table_image_sizes(cfg, table)
         check_inside(cfg, table, sizes)
         # Folds are per image, stratified on the dominant class and a box-count bucket.
@@ -129,7 +130,7 @@ class DetectionTask(Task):
     def build_dataset(self, rows: pd.DataFrame, train: bool) -> DetectionDataset:
         truths = [self.truths[i] for i in rows["id"]] if "fold" in rows else None
         return DetectionDataset(image_paths(self.cfg, rows["id"]), truths, self.cfg.image.size,
-                                build_box_transforms(self.cfg, train))
+                                build_box_transforms(self.cfg, train), self.cfg.image.max_pixels)
 
     def to_device(self, batch, device: torch.device):
         images, targets, meta = batch
@@ -283,7 +284,7 @@ class DetectionTask(Task):
                  [(d.boxes, d.labels) for d in self.read_outputs(pseudo)]
         ids = [*train_rows["id"], *pseudo["id"]]
         return DetectionDataset(image_paths(self.cfg, ids), truths, self.cfg.image.size,
-                                build_box_transforms(self.cfg, True))
+                                build_box_transforms(self.cfg, True), self.cfg.image.max_pixels)
 
     def submission(self, test: pd.DataFrame, sample: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """PredictionString per sample id, in sample order (column name from sample_submission)."""

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from pipeline.core.config import Config
 from pipeline.core.errors import UserError
 from pipeline.core.seeding import seed_transform, unpack
-from pipeline.data.images import image_paths, image_sizes, load_image
+from pipeline.data.images import MAX_PIXELS, image_paths, image_sizes, load_image
 from pipeline.data.tables import read_table, require_columns
 from pipeline.tasks.segmentation.masks import channels, read_mask_file, rle_decode
 
@@ -46,11 +46,7 @@ class MaskSource:
         if self.rles is None:
             path = Path(self.cfg.data.root) / s.mask_dir / f"{self.ids[i]}{s.mask_ext}"
             values = s.mask_values or (list(range(1, self.k + 1)) if s.classes else None)
-            indices = read_mask_file(path, values)
-            if indices.shape != (h, w):
-                raise UserError(f"mask {path} is {indices.shape[1]}x{indices.shape[0]} but its image is {w}x{h}; "
-                                "masks must be the size of their images")
-            return channels(indices, self.k)
+            return channels(read_mask_file(path, values, (h, w)), self.k)
         where = f"{self.cfg.data_path('train_csv')}, id {self.ids[i]}"
         return np.stack([rle_decode(r, (h, w), s.rle_order, where) for r in self.rles[i]])
 
@@ -135,6 +131,11 @@ def coverage_bins(masks: MaskSource) -> list[str]:
     return [COVERAGE_NAMES[j] for j in np.digitize(shares, COVERAGE_BINS[1:-1], right=True)]
 
 
+# the training crop's smallest area where augment.scale_min is null: none, a mask is scored on object sizes as they
+# are (config.py has the TGS figures)
+SCALE_MIN = 1.0
+
+
 def build_mask_transforms(cfg: Config, train: bool) -> A.Compose:
     """Train: a random resized crop, flips and turns, brightness/contrast (the image only); valid/test: a resize to
     image.size. The same geometry goes to the mask (nearest neighbour)."""
@@ -142,7 +143,7 @@ def build_mask_transforms(cfg: Config, train: bool) -> A.Compose:
     resample = INTERPOLATION[cfg.image.interpolation]
     if not train:
         return A.Compose([A.Resize(size, size, interpolation=resample), ToTensorV2(transpose_mask=True)])
-    steps = [A.RandomResizedCrop(size=(size, size), scale=(a.scale_min, 1.0), ratio=(0.8, 1.25),
+    steps = [A.RandomResizedCrop(size=(size, size), scale=(a.smallest_crop(SCALE_MIN), 1.0), ratio=(0.8, 1.25),
                                  interpolation=resample),
              A.HorizontalFlip(p=a.hflip), A.VerticalFlip(p=a.vflip), A.RandomRotate90(p=a.rotate90)]
     if a.color_jitter > 0:
@@ -155,8 +156,9 @@ class SegmentationDataset(Dataset):
     `labels` are the true masks at full size (MaskSource), None for test rows."""
 
     def __init__(self, paths: Sequence[Path], sizes: Sequence[tuple[int, int]], labels: MaskSource | None,
-                 transform: A.Compose, k: int, side: np.ndarray):
+                 transform: A.Compose, k: int, side: np.ndarray, max_pixels: int = MAX_PIXELS):
         self.paths, self.sizes, self.labels, self.transform, self.k = list(paths), list(sizes), labels, transform, k
+        self.max_pixels = max_pixels
         self.side = torch.from_numpy(side)
 
     def __len__(self) -> int:
@@ -165,7 +167,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, key):
         i, seed = unpack(key)
         seed_transform(self.transform, seed)
-        image = load_image(self.paths[i])
+        image = load_image(self.paths[i], self.max_pixels)
         h, w = self.sizes[i]
         if image.shape[:2] != (h, w):
             raise UserError(f"image {self.paths[i]} is {image.shape[1]}x{image.shape[0]}, not the {w}x{h} it had "

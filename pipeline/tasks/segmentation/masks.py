@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.data.images import header_size
 
 
 def rle_encode(mask: np.ndarray, order: str = "F") -> str:
@@ -46,16 +47,28 @@ def rle_decode(text, shape: tuple[int, int], order: str = "F", where: str = "") 
     return mask.reshape(shape, order=order)
 
 
-def read_mask_file(path: Path, values: list[int] | None) -> np.ndarray:
+def read_mask_file(path: Path, values: list[int] | None, size: tuple[int, int]) -> np.ndarray:
     """A mask image as class indices: binary (values None) is any non-zero pixel (16-bit 0/65535 PNGs too);
-    multi-class masks hold 0 and the configured class values, refused if they hold another value."""
+    multi-class masks hold 0 and the configured class values, refused if they hold another value. Its header
+    must say it is its image's (height, width) `size`: checked before a pixel is decoded."""
     if not path.is_file():
         raise UserError(f"mask {path} not found: every training image needs a mask file (an empty one for no mask)")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    h, w = size
+    declared = header_size(path)
+    if declared is not None and declared != (w, h):
+        raise UserError(f"mask {path} is {declared[0]}x{declared[1]} but its image is {w}x{h}; masks must be the "
+                        "size of their images")
+    try:
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        mask = None
     if mask is None:
         raise UserError(f"mask {path} does not decode; replace it")
     if mask.ndim == 3:
         mask = mask[..., 0]
+    if mask.shape != (h, w):
+        raise UserError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}; masks must be "
+                        "the size of their images")
     if values is None:
         return (mask > 0).astype(np.uint8)
     allowed = np.asarray([0, *values])

@@ -38,7 +38,7 @@ def segmentation_sections(task, oof: pd.DataFrame, out: Path) -> list[Section]:
     curve_png = plots.save(fig, out / "threshold.png")
     worst = np.argsort(per_image, kind="stable")[:GRID]
     paths = image_paths(task.cfg, oof["id"].iloc[worst])
-    images = [overlay(load_image(p), truths[i], outputs[i]) for i, p in zip(worst, paths, strict=True)]
+    images = [overlay(load_image(p, task.cfg.image.max_pixels), truths[i], outputs[i]) for i, p in zip(worst, paths, strict=True)]
     titles = [f"{shorten(str(oof['id'].iloc[i]))}\n{metric} {per_image[i]:.2f}" for i in worst]
     grid = plots.image_grid(images, titles, out / "masks.png", columns=6)
     body = (f"<p>{len(oof)} OOF images, scored per image at threshold 0.5 without the fitted rules (scores.json "

@@ -9,7 +9,6 @@ each fold's by the other folds (metrics.RuleSearch), so the headline CV is the h
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +47,6 @@ from pipeline.tasks.segmentation.masks import rle_decode, rle_encode
 from pipeline.tasks.segmentation.metrics import METRICS, Rules, RuleSearch, counts, pair_scores, score
 from pipeline.tasks.segmentation.models import build_loss, build_segmenter
 
-log = logging.getLogger(__name__)
-
 
 class SegmentationTask(Task):
     demo = Demo("data/demo-masks", write_digit_masks_competition, ("demo-seg.yaml", "demo-seg-fpn.yaml"),
@@ -83,7 +80,7 @@ class SegmentationTask(Task):
         table, rles = read_mask_table(cfg)
         paths = image_paths(cfg, table["id"])
         if cfg.data.check_images:
-            check_images(paths, cfg.data_path("train_csv"))
+            check_images(paths, cfg.data_path("train_csv"), max_pixels=cfg.image.max_pixels)
         masks = MaskSource(cfg, table["id"], image_shapes(cfg, table["id"]), rles)
         bins = coverage_bins(masks)  # decodes every mask: a bad run or file fails here, before any fold
         samples = pd.DataFrame({cfg.data.id_col: table["id"], cfg.data.target_col: bins})
@@ -142,7 +139,7 @@ class SegmentationTask(Task):
                 raise RuntimeError("fit_fold() (or load_fold()) sets the side values' scale; call it first")
             side = ((side - self.side_mean) / self.side_std).astype(np.float32)
         return SegmentationDataset(image_paths(self.cfg, rows["id"]), sizes, labels,
-                                   build_mask_transforms(self.cfg, train), self.k, side)
+                                   build_mask_transforms(self.cfg, train), self.k, side, self.cfg.image.max_pixels)
 
     def to_device(self, batch, device: torch.device):
         """The normalised image, with one constant plane per side value after its three channels."""
@@ -228,9 +225,6 @@ class SegmentationTask(Task):
             per_fold[int(k)], chosen[int(k)] = float(held_scores[held].mean()), rules.as_dict()
         rules, in_sample = search.fit()
         decided = search.apply(rules)
-        log.info("decision rules fitted on OOF: threshold %.2f, min area %.0f px, empty below peak %.2f; %.1f%% of "
-                 "masks predicted empty", rules.threshold, rules.min_area, rules.empty_below,
-                 100 * float((decided.pred == 0).mean()))
         return {"decisions": rules.as_dict(), "cv": float(held_scores.mean()), "folds": per_fold,
                 "cv_fitted_in_sample": in_sample, "cv_default_decisions": score(search.apply(Rules()), metric),
                 "rules_per_fold": chosen, "predicted_empty": float((decided.pred == 0).mean())}

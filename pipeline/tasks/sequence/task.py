@@ -240,6 +240,9 @@ class SequenceTask(ClassProbabilities):
             self.normaliser = Normaliser(np.asarray(state["mean"], np.float32), np.asarray(state["std"], np.float32))
             self.rocket = RocketFeatures.from_state(state["rocket"]) if "rocket" in state else None
         elif "encoder" in state:
+            if state["encoder"] != self.run_encoder.name:  # preprocess.json may come from an export: no path but the run's own
+                raise UserError(f"preprocess state names encoder folder {state['encoder']!r}; a run keeps its "
+                                "encoder in <run>/encoder: export the experiment again")
             folder = self.cfg.run_dir / state["encoder"]
             check_folder(folder, weights=False)
             self.tokens, self.pretrained = Tokens(folder, self.cfg.sequence.max_len), False
