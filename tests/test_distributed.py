@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,6 +72,44 @@ def test_a_held_fold_is_skipped_by_other_workers_and_a_dead_holders_lock_is_take
         holder.kill()
         holder.wait()
     assert FoldLock(fold0 / "train.lock").acquire()  # its process is gone: the lock is stale
+
+
+def _contend(path: str, barrier, results) -> None:
+    """One worker's acquire, on storage slow enough (an NFS runs/) that both workers read the stale lock before
+    either acts on it: the race made likely instead of rare."""
+    read = Path.read_text
+
+    def slow_read(self, *args, **kwargs):
+        text = read(self, *args, **kwargs)
+        time.sleep(0.05)
+        return text
+
+    Path.read_text = slow_read
+    barrier.wait()
+    results.put(FoldLock(Path(path)).acquire())
+    barrier.wait()  # alive until both tried: a winner that exited would leave a dead holder's lock, rightly taken
+
+
+def test_a_stale_lock_is_taken_over_by_exactly_one_of_two_contenders(tmp_path):
+    """Two workers that both find a dead holder's lock race to take it over: one wins, the other sees a live
+    holder; rounds of it, each started at one barrier. (Unlink-then-create let both win.)"""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "train.lock"
+    for _ in range(20):
+        path.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout)}))
+        barrier, results = context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_contend, args=(str(path), barrier, results)) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        won = sorted(results.get(timeout=5) for _ in workers)
+        assert won == [False, True]
+        assert json.loads(path.read_text())["pid"] in {w.pid for w in workers}
+    assert not list(tmp_path.glob("train.lock.*"))  # no marker or temporary file left behind
 
 
 @pytest.mark.slow  # two torchrun processes, ~30 s; DDP's numbers are checked in make test by the test above

@@ -318,6 +318,9 @@ def test_an_experiment_exports_and_infers_on_its_own(copy_run, tmp_path, digits_
     cli("infer", tmp_path / "solo", "--data", only_test_files(digits_root, tmp_path / "in"), "--out", tmp_path / "one.csv")
     assert len(pd.read_csv(tmp_path / "one.csv")) == len(pd.read_csv(tmp_path / "submit.csv"))
     assert_refused(invoke("export", "solo", "--runs-dir", cfg.runs_dir, "--out", tmp_path / "solo"), "exists", "--force")
+    data = tmp_path / "in"  # --force replaces an export, never a folder that is something else
+    assert_refused(invoke("export", "solo", "--runs-dir", cfg.runs_dir, "--out", data, "--force"), "is not an export")
+    assert (data / "test.csv").is_file()
     assert_refused(invoke("export", "solo", "--runs-dir", cfg.runs_dir, "--out", tmp_path / "x", "--folds", "5"),
                    "fold(s) [5] not predicted")
     assert not (tmp_path / "x").exists()

@@ -1,9 +1,14 @@
 """Inputs from elsewhere, read as an attacker or an unlucky user would send them: an image that is small on disk and
-huge decoded (a decompression bomb). The export's own probes are in test_export.py, dependency floors in
-test_dependencies.py."""
+huge decoded (a decompression bomb), a tracked run on a machine that must stay offline, a hand-edited submissions
+log, a series nobody meant to pad whole. The export's own probes are in test_export.py, fold locks under
+contention in test_distributed.py, dependency floors in test_dependencies.py."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -11,8 +16,12 @@ import zlib
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from tests.conftest import assert_refused, invoke
+from pipeline.core.config import load_config
+from pipeline.runs.submissions import SubmissionLog, record_public
+from pipeline.stages import prepare
+from tests.conftest import SEQ, assert_refused, invoke, merge, write_series_competition
 
 BOMB = (20000, 10000)  # 200 million pixels: 600 MB once decoded to RGB, about 200 KB as a PNG
 
@@ -78,3 +87,72 @@ def test_the_pixel_limit_is_configurable(competition, make_config):
     assert_refused(invoke("prepare", "--config", path), "359 of 359 images", "32x32 pixels, over image.max_pixels 1,000")
     path, _ = make_config(competition, image={"size": 32, "max_pixels": 0}, name="unlimited")  # 0: no limit
     assert invoke("prepare", "--config", path).exit_code == 0
+
+
+DNS_SPY = """
+import os, socket, traceback
+
+def spy(real):
+    def lookup(host, *args, **kwargs):
+        with open(os.environ["DNS_SPY_LOG"], "a") as log:
+            log.write(f"{os.getpid()} {host}\\n{''.join(traceback.format_stack(limit=6))}\\n")
+        return real(host, *args, **kwargs)
+    return lookup
+
+for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex"):
+    setattr(socket, name, spy(getattr(socket, name)))
+"""
+
+
+def test_an_offline_tracked_run_makes_no_network_lookup(competition, make_config, tmp_path):
+    """tracking.wandb=offline in the config (not WANDB_MODE in the environment): a real W&B offline run records
+    the training while every name lookup in every Python process is logged, and every connect of every process
+    (wandb's Go service too) is traced where strace runs. Before wandb was told first, its telemetry looked its
+    server up at exit."""
+    path, cfg = make_config(competition, tracking={"wandb": "offline", "quiet": True}, train={"epochs": 1})
+    assert invoke("prepare", "--config", path).exit_code == 0
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "sitecustomize.py").write_text(DNS_SPY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(spy), DNS_SPY_LOG=str(tmp_path / "lookups.log"), HOME=str(tmp_path))
+    command = [sys.executable, "-m", "pipeline", "train", "--config", str(path), "--fold", "0"]
+    traced = shutil.which("strace") and subprocess.run(["strace", "-f", "-o", os.devnull, "true"],
+                                                       capture_output=True).returncode == 0
+    if traced:
+        command = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(tmp_path / "connects.log"), *command]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((cfg.run_dir / "wandb").glob("offline-run-*/*.wandb"))  # a W&B run was recorded, offline
+    log = tmp_path / "lookups.log"
+    assert not log.exists(), log.read_text()[:3000]
+    if traced:
+        connects = (tmp_path / "connects.log").read_text().splitlines()
+        network = [line for line in connects if "AF_INET" in line and "127.0.0.1" not in line and "::1" not in line]
+        assert not network, "\n".join(network[:10])
+
+
+def test_the_submission_log_reads_every_cell_as_its_text(tmp_path):
+    """submissions/log.csv is edited by hand and copied between teammates: an experiment named 1e3, 007 or NA is
+    that name, not a number or a missing value."""
+    book = SubmissionLog(tmp_path)
+    for name in ("1e3", "007", "NA", "exp"):
+        book.append({"exp": name, "cv": 0.9, "file": f"{name}.csv"})
+    assert book.read()["exp"].tolist() == ["1e3", "007", "NA", "exp"]
+    assert record_public(book, "1e3", 0.875)["public_lb"] == 0.875
+    table = book.read()
+    assert table["public_lb"].tolist()[0] == 0.875 and table["cv"].dtype == "float64"
+    assert table["exp"].tolist() == ["1e3", "007", "NA", "exp"]
+
+
+def test_prepare_warns_about_a_series_longer_than_warn_len(tmp_path, caplog):
+    root = write_series_competition(tmp_path / "series")
+    tree = merge(copy.deepcopy(SEQ), {"name": "long", "runs_dir": str(tmp_path / "runs"),
+                                      "data": {**SEQ["data"], "root": str(root)}, "sequence": {"warn_len": 25}})
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(tree))
+    caplog.set_level(logging.WARNING, logger="pipeline")
+    prepare.run(load_config(tmp_path / "long.yaml"))
+    assert "longer than sequence.warn_len 25 steps" in caplog.text and "set sequence.max_len" in caplog.text
+    caplog.clear()
+    prepare.run(load_config(tmp_path / "long.yaml", ["sequence.max_len=20"]), force=True)  # cropped: no warning
+    assert "warn_len" not in caplog.text

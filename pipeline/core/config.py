@@ -250,6 +250,9 @@ class SequenceConfig:
     heads: int = 4  # transformer attention heads; dim must divide by it
     layers: int = 2  # GRU/LSTM/transformer layers; inception stacks 3 modules per layer
     max_len: int = 0  # keep at most this many steps (series: centre crop, text: the start); 0 = all
+    # with max_len 0, prepare warns about a series of more steps (a text of more characters) than this: padded whole,
+    # one such row makes every batch it joins that long
+    warn_len: int = 100_000
     # (hf: encoders: tokens with the special ones, truncated at tokenisation; 0 = the model's limit, at most 512)
     vocab_size: int = 20000  # most frequent training-fold tokens kept, beside <pad> and <unk>
     min_freq: int = 2  # tokens seen fewer times in the training fold become <unk>
@@ -290,6 +293,9 @@ class SegmentConfig:
 @dataclass
 class TrackingConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online only with a key and a reachable server
+    # online: seconds finish() waits for uploads before W&B marks the run crashed; what did not go up stays in the
+    # run's wandb/ folder for `wandb sync`. 0: wait for ever
+    finish_timeout: float = 300.0
     project: str = "kaggle-pipeline"  # W&B project; the experiment name is the group
     group: str = ""  # W&B group instead of the experiment name ("" = name); `pipeline tune` puts its trials in <exp>-tune
     entity: str | None = None  # W&B team or user; null = the key's default

@@ -10,6 +10,7 @@ the gathered outputs; only rank 0 writes files or talks to W&B.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -124,27 +125,56 @@ class FoldLock:
 
     def __init__(self, path: Path, ray_task: str = ""):
         self.path, self.ray_task = path, ray_task  # the Ray task id of the holder ("" outside Ray)
-        self.held = False
+        self.held, self._text = False, ""
         self._stop = threading.Event()
 
     def acquire(self) -> bool:
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "ray_task": self.ray_task}
-        for _ in range(2):
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "ray_task": self.ray_task})
+        for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                if not self._stale():
-                    return False
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                continue
+                seen = self._stale_text()
+                if seen is None:
+                    return False  # a live holder
+                if self._take_over(seen, me):
+                    return self._hold(me)
+                continue  # another worker took it over, or it was released: try again
             with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            self._stop.clear()
-            threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {self.path}").start()
-            return True
+                f.write(me)
+            return self._hold(me)
         return False
+
+    def _take_over(self, seen: str, me: str) -> bool:
+        """Replace the stale lock whose text is `seen` with ours. Every worker that judged that lock stale races
+        for one marker named after it (created exclusively), so exactly one replaces it; the lock file is never
+        missing meanwhile (os.replace), and a late contender sees a text other than `seen` and backs off."""
+        marker = self.path.with_name(f"{self.path.name}.takeover-{hashlib.sha1(seen.encode()).hexdigest()[:16]}")
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - marker.stat().st_mtime > self.STALE:  # a contender died mid-takeover
+                    marker.unlink()
+            return False
+        try:
+            try:
+                if self.path.read_text() != seen:
+                    return False  # taken over already, or released and taken afresh
+            except FileNotFoundError:
+                return False  # released: the exclusive create decides
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(me)
+            os.replace(tmp, self.path)
+            return True
+        finally:
+            marker.unlink()
+
+    def _hold(self, text: str) -> bool:
+        self.held, self._text = True, text
+        self._stop.clear()
+        threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {self.path}").start()
+        return True
 
     def owner(self) -> str:
         try:
@@ -165,14 +195,22 @@ class FoldLock:
             with contextlib.suppress(OSError):
                 os.utime(self.path)
 
-    def _stale(self) -> bool:
+    def _stale_text(self) -> str | None:
+        """The lock's text when it is stale (its holder is gone), None when a live holder has it."""
         try:
-            info = json.loads(self.path.read_text())
+            text = self.path.read_text()
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
-            return True  # released between our attempt and this read
-        except (OSError, ValueError):
-            return False  # being written right now
+            return ""  # released between our attempt and this read: take it (the takeover sees no file)
+        except OSError:
+            return None
+        try:
+            info = json.loads(text)
+        except ValueError:
+            return None  # being written right now
+        return text if self._gone(info, age) else None
+
+    def _gone(self, info: dict, age: float) -> bool:
         if self.ray_task and info.get("ray_task") == self.ray_task:
             return True  # our own earlier attempt: Ray retried this task after its worker died
         if age > self.STALE:
@@ -190,6 +228,7 @@ class FoldLock:
     def release(self) -> None:
         self._stop.set()
         if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            with contextlib.suppress(OSError):
+                if self.path.read_text() == self._text:  # ours still (not taken over while we looked dead)
+                    self.path.unlink()
             self.held = False

@@ -44,7 +44,8 @@ class SubmissionLog:
             return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("cv", *SCORES) else "object")
                                  for c in COLUMNS})
         try:
-            table = pd.read_csv(self.path, dtype={"kaggle_ref": "string", "sha256": "string"}, keep_default_na=True)
+            # every cell as its text (an experiment named 1e3 or NA stays that name); only empty cells are missing
+            table = pd.read_csv(self.path, dtype=str, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise UserError(f"{self.path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); "
                             "fix or move it away") from None

@@ -1,7 +1,9 @@
 """Experiment tracking: W&B (online/offline) or a null tracker with the same methods.
 
 W&B never blocks a run: `auto` goes online only when a key is configured and the server answers within
-a few seconds, otherwise it records offline (sync later with `wandb sync runs/<exp>/wandb/...`).
+a few seconds, otherwise it records offline (sync later with `wandb sync runs/<exp>/wandb/...`). Offline means
+offline: wandb is told before its first run (environment and process settings), so neither its telemetry nor its
+service looks a server up. Online, finish() waits tracking.finish_timeout at most.
 Any W&B failure mid-run is logged once and tracking continues as a no-op.
 """
 
@@ -117,17 +119,47 @@ def resolve_mode(requested: str) -> str:
         return requested
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
         return os.environ["WANDB_MODE"]
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    return "online" if _has_key(host) and _reachable(host) else "offline"
+    if not _has_key(KEY_HOSTS):  # no key: no probe either
+        return "offline"
+    return "online" if _reachable(server_host()) else "offline"
 
 
-def _has_key(host: str) -> bool:
+KEY_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")  # where `wandb login` keeps a key in ~/.netrc, old and new
+
+
+def server_host() -> str:
+    """The host W&B would talk to: $WANDB_BASE_URL, else the installed wandb's own default (it moved from
+    api.wandb.ai; probing the old one would answer for a server this wandb never uses)."""
+    url = os.environ.get("WANDB_BASE_URL")
+    if not url:
+        try:
+            from wandb.sdk.lib.urls import DEFAULT_BASE_URL as url
+        except ImportError:  # an older wandb
+            url = "https://api.wandb.ai"
+    return urlparse(url).hostname or "api.wandb.ai"
+
+
+def _has_key(hosts) -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
+    base = urlparse(os.environ.get("WANDB_BASE_URL", "")).hostname
     try:
-        return netrc.netrc().authenticators(host) is not None
+        keys = netrc.netrc()
     except (OSError, netrc.NetrcParseError):
         return False
+    return any(keys.authenticators(h) is not None for h in (base, *hosts) if h)
+
+
+def offline_before_import(mode: str) -> None:
+    """Offline and disabled runs make no network lookup: wandb reads WANDB_MODE for its process-wide settings
+    (telemetry included) and its service inherits the environment, so both are set before its first run. A mode
+    the user exported stays theirs."""
+    if mode == "online":
+        return
+    os.environ.setdefault("WANDB_MODE", mode)
+    import wandb
+
+    wandb.setup(settings=wandb.Settings(mode=mode))
 
 
 def _reachable(host: str) -> bool:
@@ -158,6 +190,7 @@ def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = No
     if mode == "disabled":
         return NullTracker()
     try:
+        offline_before_import(mode)
         import wandb
 
         run = wandb.init(
@@ -171,13 +204,19 @@ def build_tracker(cfg: Config, name: str, job_type: str, run_id: str | None = No
             dir=str(where or cfg.run_dir),
             config=to_dict(cfg),
             mode=mode,
-            settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+            settings=wandb.Settings(console="off", silent=True, init_timeout=60, **finish_deadline(wandb, cfg)),
         )
     except Exception as e:
         log.warning("W&B did not start (%s: %s); continuing without tracking", type(e).__name__, e)
         return NullTracker()
     log.info("W&B %s run %s (%s)", mode, run.id, run.dir)
     return WandbTracker(run)
+
+
+def finish_deadline(wandb, cfg: Config) -> dict:
+    """wandb's finish_timeout setting where this wandb has it (newer releases; older ones wait for ever)."""
+    fields = getattr(wandb.Settings, "model_fields", {})
+    return {"finish_timeout": max(cfg.tracking.finish_timeout, 0.0)} if "finish_timeout" in fields else {}
 
 
 RUN_IDS = "wandb_runs.json"  # in an experiment's folder: {job type: W&B run id}, where a later LB score is written

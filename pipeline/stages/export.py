@@ -46,6 +46,9 @@ def run(ref: str, out: str | Path | None = None, folds: list[int] | None = None,
     out = Path(out) if out else Path("exports") / top.name
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to replace it, or --out another folder")
+    if out.exists() and not is_export(out):
+        raise UserError(f"{out} is not an export (no {MANIFEST}, or not an empty folder); --force replaces only an "
+                        "earlier export: choose another --out")
     start = time.time()
     staging = out.with_name(f".{out.name}.export")
     shutil.rmtree(staging, ignore_errors=True)  # a killed export's leftovers
@@ -74,6 +77,16 @@ def run(ref: str, out: str | Path | None = None, folds: list[int] | None = None,
     log.info("exported %s (%s, CV %s %.4f) -> %s: %s, against %s of run directories (%.0f s)", top.name, root["kind"],
              root["metric"], root["cv"], out, human(size), human(source), time.time() - start)
     return out
+
+
+def is_export(folder: Path) -> bool:
+    """An earlier export (its manifest says so) or an empty folder: what --force may replace."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        return True
+    try:
+        return "format" in json.loads((folder / MANIFEST).read_text()) and folder.is_dir()
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def export_node(run: RunDir, dest: Path, runs_dir: str, folds: list[int] | None, dtype: str, nodes: dict) -> None:

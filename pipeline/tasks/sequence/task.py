@@ -7,6 +7,8 @@ training fold and saved as fold{k}/preprocess.json), padded batches with masks, 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import torch
@@ -45,6 +47,24 @@ from pipeline.tasks.sequence.models import Members, build_sequence_model, repeat
 from pipeline.tasks.sequence.rocket import ROCKET_KERNELS, ROCKETS, RocketFeatures, RocketModel
 
 # auto is no TTA: on 10 BasicMotions/JapaneseVowels runs crops never raised CV and lowered it on 7 (1.0 -> 0.95).
+log = logging.getLogger(__name__)
+
+
+def warn_long(cfg: Config, lengths: dict, table: str) -> None:
+    """A warning, at prepare, where rows are longer than sequence.warn_len and nothing crops them (max_len 0):
+    padded whole, such a row fails late (memory) or crawls."""
+    s = cfg.sequence
+    long = {i: n for i, n in lengths.items() if n > s.warn_len}
+    if s.max_len or not long:
+        return
+    worst = max(long, key=long.get)
+    unit = "characters" if text_columns(cfg) else "steps"
+    log.warning("%s: %d row(s) longer than sequence.warn_len %s %s, the longest %s with %s; sequence.max_len is 0, so "
+                "each is padded whole: set sequence.max_len (e.g. 4096) to crop them, or raise sequence.warn_len if "
+                "they are meant whole", cfg.data_path(table), len(long), f"{s.warn_len:,}", unit, worst,
+                f"{long[worst]:,}")
+
+
 SEQUENCE_TTA = {"auto": ["identity"], "none": ["identity"], "crops": ["identity", "crop_head", "crop_tail"],
                 "shifts": ["identity", "crop_head", "crop_tail"],  # shifts: the window moved to either end
                 "all": ["identity", "crop_head", "crop_tail"]}  # predict.tta=search's candidates
@@ -153,8 +173,10 @@ class SequenceTask(ClassProbabilities):
     def sample_table(cfg: Config) -> tuple[pd.DataFrame, list]:
         if text_columns(cfg):
             samples = read_texts(cfg, "train_csv", labelled=True)
+            warn_long(cfg, dict(zip(samples[cfg.data.id_col], samples[TEXT].str.len(), strict=True)), "train_csv")
         else:
             series, _ = read_series(cfg, "train_csv")
+            warn_long(cfg, {i: len(x) for i, x in series.items()}, "train_csv")
             samples = read_series_labels(cfg, series)
         kind, classes = label_set(cfg, samples, cfg.data_path("train_csv" if text_columns(cfg) else "labels_csv"))
         settle_target(cfg, kind, classes)
@@ -186,6 +208,8 @@ class SequenceTask(ClassProbabilities):
                 check_test_labels(test, cfg.data_path("test_csv"), target, train_labels)
             return test
         series, _ = read_series(cfg, "test_csv")
+        if check:
+            warn_long(cfg, {i: len(x) for i, x in series.items()}, "test_csv")
         return pd.DataFrame({cfg.data.id_col: list(series)})
 
     @property
