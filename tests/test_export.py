@@ -137,6 +137,8 @@ def test_a_tampered_export_is_refused_before_anything_in_it_is_read(blend, tmp_p
 
     out = private_export(blend, tmp_path)
     data = only_test_files(digits_root, tmp_path / "input")
+    for name in ("test.csv", "sample_submission.csv"):  # 16 test rows: the runs that pass stay quick
+        pd.read_csv(data / name).head(16).to_csv(data / name, index=False)
     sub = tmp_path / "sub.csv"
     manifest = json.loads((out / "manifest.json").read_text())
 

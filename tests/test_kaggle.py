@@ -197,7 +197,7 @@ def test_export_becomes_a_kaggle_dataset_and_a_notebook_bound_to_it(kaggle, copy
     assert kernel["enableInternet"] is False
     notebook = json.loads(kernel["text"])
     source = "".join(c["source"] for c in notebook["cells"])
-    assert 'EXPORT = "/kaggle/input/solo-export"' in source and f'"/kaggle/input/{COMPETITION}"' in source
+    assert "EXPORT = '/kaggle/input/solo-export'" in source and f"'/kaggle/input/{COMPETITION}'" in source
     blob = next(t for t, n in kaggle.names.items() if n == "solo.zip")
     with zipfile.ZipFile(io.BytesIO(kaggle.uploads[blob])) as z:
         assert any(name.endswith("model.safetensors") for name in z.namelist())
