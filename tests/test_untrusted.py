@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from pipeline.core.config import load_config
@@ -60,6 +61,17 @@ def test_an_image_bomb_is_refused_from_its_header_before_any_decode(tmp_path):
     verdict, grown = done.stdout.strip().splitlines()
     assert verdict.startswith("refused") and "20000x10000 pixels" in verdict and "image.max_pixels" in verdict
     assert int(grown) < 50  # MB: the header was read, not the 600 MB of pixels
+
+
+def test_past_opencvs_own_limit_the_error_is_one_line_too(tmp_path):
+    """With image.max_pixels 0 (no limit of ours), OpenCV's own 2^30-pixel limit still refuses: as a UserError
+    naming the file, not a cv2.error traceback."""
+    from pipeline.core.errors import UserError
+    from pipeline.data.images import load_image
+
+    huge = write_png_bomb(tmp_path / "huge.png", 40000, 30000)  # 1.2 billion pixels
+    with pytest.raises(UserError, match=r"huge.png does not decode \(OpenCV: .*CV_IO_MAX_IMAGE_PIXELS"):
+        load_image(huge, 0)
 
 
 def test_the_bomb_is_refused_in_prepare_train_and_predict(competition, make_config, copy_run, tmp_path):
