@@ -70,7 +70,7 @@ def test_past_opencvs_own_limit_the_error_is_one_line_too(tmp_path):
     from pipeline.data.images import load_image
 
     huge = write_png_bomb(tmp_path / "huge.png", 40000, 30000)  # 1.2 billion pixels
-    with pytest.raises(UserError, match=r"huge.png does not decode \(OpenCV: .*CV_IO_MAX_IMAGE_PIXELS"):
+    with pytest.raises(UserError, match=r"huge.png does not decode \(OpenCV"):
         load_image(huge, 0)
 
 
