@@ -28,6 +28,19 @@ def test_auto_with_a_key_but_no_server_goes_offline_quickly(monkeypatch):
     assert time.perf_counter() - started < tracking.PROBE_SECONDS + 1
 
 
+def test_the_probe_asks_the_server_this_wandb_uses(monkeypatch):
+    """wandb moved its default server from api.wandb.ai: the probe follows the installed wandb (or the user's
+    WANDB_BASE_URL), not a host written down here."""
+    from urllib.parse import urlparse
+
+    from wandb.sdk.lib.urls import DEFAULT_BASE_URL
+
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    assert tracking.server_host() == urlparse(DEFAULT_BASE_URL).hostname
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org:8443")
+    assert tracking.server_host() == "wandb.example.org"
+
+
 def public_methods(cls) -> dict[str, inspect.Signature]:
     return {name: inspect.signature(f) for name, f in vars(cls).items() if callable(f) and not name.startswith("_")}
 
