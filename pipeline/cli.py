@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.core.config import load_config, with_values
+from pipeline.core.config import ImageConfig, load_config, with_values
 from pipeline.core.errors import UserError
 
 app = typer.Typer(
@@ -370,6 +370,8 @@ def infer(
     batch_size: int = typer.Option(None, "--batch-size", help="inference batch size (default: the recipe's)"),
     device: str = typer.Option(None, "--device", help="cpu | cuda | cuda:1 (default: the GPU if there is one)"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="drop TTA views, then folds, to fit this estimate"),
+    max_pixels: int = typer.Option(ImageConfig.max_pixels, "--max-pixels",
+                                   help="refuse a test image whose header declares more pixels (0: no limit)"),
 ) -> None:
     """Predict a competition folder from an export alone (no train.csv, runs/, W&B or network) -> a submission
     validated as `pipeline submit` validates it.
@@ -378,8 +380,8 @@ def infer(
     """
     from pipeline.stages import infer as stage
 
-    stage.run(export, data, test_csv=test_csv, sample_submission=sample_submission, out=out, batch_size=batch_size,
-              device=device, max_minutes=max_minutes)
+    stage.run(export, data, out=out, test_csv=test_csv, sample_submission=sample_submission, batch_size=batch_size,
+              device=device, max_minutes=max_minutes, max_pixels=max_pixels)
 
 
 @app.command()

@@ -112,6 +112,20 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_of_two_contenders(tmp_path):
     assert not list(tmp_path.glob("train.lock.*"))  # no marker or temporary file left behind
 
 
+def test_a_half_written_lock_is_respected_while_fresh_and_taken_once_stale(tmp_path):
+    """A lock whose text does not parse is a worker writing it, or one that died mid-write: waited on, then taken
+    over once it has not been touched for STALE seconds."""
+    path = tmp_path / "train.lock"
+    path.write_text('{"host": "x", "pi')
+    assert not FoldLock(path).acquire()
+    old = time.time() - FoldLock.STALE - 60
+    os.utime(path, (old, old))
+    lock = FoldLock(path)
+    assert lock.acquire()
+    lock.release()
+    assert not path.exists()
+
+
 @pytest.mark.slow  # two torchrun processes, ~30 s; DDP's numbers are checked in make test by the test above
 def test_accumulation_micro_steps_do_not_all_reduce(competition, make_config):
     """train.accum_steps=2 under DDP: one gradient all-reduce per optimizer step (no_sync on the micro-steps), as

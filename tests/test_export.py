@@ -165,11 +165,28 @@ def test_a_tampered_export_is_refused_before_anything_in_it_is_read(blend, tmp_p
     line = refused("not a plain folder name")
     assert "do-not-print" not in line
     (out / "manifest.json").write_text(json.dumps({**manifest, "files": {**manifest["files"], "../victim/x": "0" * 64}}))
-    refused("a path outside the export")
+    refused('"files" must map every file of the export (plain relative paths)')
     cyclic = json.loads(json.dumps(manifest))
     cyclic["nodes"]["a"] = {"kind": "ensemble", "members": ["blend"]}
     (out / "manifest.json").write_text(json.dumps(cyclic))
     refused("its own member")
+    for edit, message in [
+        (lambda m: m["nodes"]["blend"].update(members=[["a"]]), "distinct members that are nodes"),
+        (lambda m: m["nodes"]["a"]["folds"][0].update(k=True), "must list its folds"),
+        (lambda m: m["nodes"]["a"]["folds"][0].update(seconds_per_row={"identity": "x"}), "seconds per view"),
+        (lambda m: m.update(test_columns=5), '"test_columns" must be a list'),
+    ]:
+        edited = json.loads(json.dumps(manifest))
+        edit(edited)
+        (out / "manifest.json").write_text(json.dumps(edited))
+        refused(message)
+    (out / "manifest.json").write_text('{"cv": ' + "9" * 5000 + "}")  # past Python's digit limit
+    refused("is not a readable manifest")
+    lattice = json.loads(json.dumps(manifest))  # ensembles e_i and f_i, each of e_(i-1) and f_(i-1): 2^40 paths
+    lattice["nodes"].update({f"{x}{i}": {"kind": "ensemble", "members": [f"e{i - 1}", f"f{i - 1}"] if i else ["a", "b"]}
+                             for i in range(40) for x in "ef"})
+    (out / "manifest.json").write_text(json.dumps({**lattice, "root": "e39"}))
+    refused("lacks ['config.yaml'")  # at once: each node is walked once, not once per path
 
     # edits with the manifest resealed: the hashes agree, the structure is what refuses
     recipe = out / "a" / "fold0" / "recipe.yaml"
@@ -200,38 +217,72 @@ def test_a_tampered_export_is_refused_before_anything_in_it_is_read(blend, tmp_p
     original = image.read_bytes()
     write_png_bomb(image)  # the test files are someone else's too: infer checks sizes as prepare does
     refused("20000x10000 pixels, over image.max_pixels", file=image.name)
+    for path in out.rglob("*.yaml"):  # the export cannot lift the limit: it is this machine's (infer --max-pixels)
+        path.write_text(path.read_text().replace("max_pixels: 89478485", "max_pixels: 0"))
+    reseal(out)
+    refused("20000x10000 pixels, over image.max_pixels", file=image.name)
     image.write_bytes(original)
+
+    config = out / "a" / "config.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("train_csv: train.csv", "train_csv: ../victim/config.yaml"))
+    reseal(out)
+    refused("data.train_csv '../victim/config.yaml'", "points outside --data")
+    config.write_text(original)
+    weights = out / "a" / "fold0" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(b"not safetensors at all")
+    reseal(out)
+    refused("does not hold weights that fit its recipe's model", file="model.safetensors")
+    weights.write_bytes(original)
+    folds = out / "a" / "folds.json"
+    original = folds.read_text()
+    folds.write_text("[]")
+    reseal(out)
+    refused("a file of the export does not read as `pipeline export` wrote it")
+    folds.write_text(original)
+    reseal(out)
+
     assert not sub.exists()
+    (out / ".ipynb_checkpoints").mkdir()  # what opening the notebook in Jupyter adds: never read, not refused
+    (out / ".ipynb_checkpoints" / "inference-checkpoint.ipynb").write_text("{}")
     cli("infer", out, "--data", data, "--out", sub)  # repaired: it runs
     assert sub.is_file()
 
 
 def test_the_notebook_checks_the_wheel_before_installing_it_and_takes_names_as_data(blend, tmp_path):
-    """The install cell, as the notebook runs it: a wheel whose hash differs stops it before pip; a folder name
-    with quotes and backslashes stays a string."""
+    """The install cell, as the notebook runs it: a wheel whose hash differs from the one export wrote into the
+    notebook stops it before pip, even with the manifest resealed around the swapped wheel; a folder name with
+    quotes and backslashes stays a string."""
     import nbformat
 
     from pipeline.runs.notebook import write_notebook
 
     out = private_export(blend, tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["wheel_sha256"] == manifest["files"][manifest["wheel"]]
     name = 'ex"port\\\'); import os; os.system("boom") #'
     write_notebook(tmp_path / "nb.ipynb", manifest, dataset=name)
     cells = [c.source for c in nbformat.read(tmp_path / "nb.ipynb", as_version=4).cells if c.cell_type == "code"]
     scope: dict = {}
     exec(cells[0], scope)  # the parameters cell
     assert scope["EXPORT"] == f"/kaggle/input/{name}" and "os" not in scope
+    assert scope["WHEEL_SHA256"] == manifest["wheel_sha256"]
 
     packages = tmp_path / "packages"
+    here = {**scope, "EXPORT": str(out), "PACKAGES": str(packages)}
     wheel = out / manifest["wheel"]
     wheel.write_bytes(wheel.read_bytes() + b"\0")  # a swapped wheel
     with pytest.raises(SystemExit, match="does not match the manifest's sha256"):
-        exec(cells[1], {"EXPORT": str(out), "PACKAGES": str(packages)})
+        exec(cells[1], dict(here))
+    reseal(out)  # and the manifest made to agree with it: the notebook's own copy of the hash still refuses
+    with pytest.raises(SystemExit, match="does not match the manifest's sha256"):
+        exec(cells[1], dict(here))
     assert not packages.exists()  # pip never ran
     manifest["wheel"] = "../../elsewhere.whl"
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SystemExit, match="not a wheel file of the export"):
-        exec(cells[1], {"EXPORT": str(out), "PACKAGES": str(packages)})
+        exec(cells[1], dict(here))
     assert not packages.exists()
 
 

@@ -27,15 +27,18 @@ from tests.conftest import SEQ, assert_refused, invoke, merge, write_series_comp
 BOMB = (20000, 10000)  # 200 million pixels: 600 MB once decoded to RGB, about 200 KB as a PNG
 
 
-def write_png_bomb(path: Path, width: int = BOMB[0], height: int = BOMB[1]) -> Path:
-    """An 8-bit grey PNG of width x height black pixels, compressed row by row (never held whole in memory)."""
+def write_png_bomb(path: Path, width: int = BOMB[0], height: int = BOMB[1], text: int = 0) -> Path:
+    """An 8-bit grey PNG of width x height black pixels, compressed row by row (never held whole in memory);
+    text > 0 puts a compressed text chunk of that many bytes before the pixels (Pillow refuses to open such a file
+    past 1 MB, so a size check through Pillow alone would be skipped and OpenCV would decode it)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     z, row = zlib.compressobj(9), b"\0" * (width + 1)  # filter byte + one byte per pixel
     body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    note = chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * text, 9)) if text else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + note + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return path
 
 
@@ -72,6 +75,9 @@ def test_past_opencvs_own_limit_the_error_is_one_line_too(tmp_path):
     huge = write_png_bomb(tmp_path / "huge.png", 40000, 30000)  # 1.2 billion pixels
     with pytest.raises(UserError, match=r"huge.png does not decode \(OpenCV"):
         load_image(huge, 0)
+    hidden = write_png_bomb(tmp_path / "hidden.png", text=2_000_000)  # Pillow will not open it: the IHDR says
+    with pytest.raises(UserError, match="20000x10000 pixels, over image.max_pixels"):
+        load_image(hidden)
 
 
 def test_the_bomb_is_refused_in_prepare_train_and_predict(competition, make_config, copy_run, tmp_path):

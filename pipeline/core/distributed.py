@@ -207,7 +207,9 @@ class FoldLock:
         try:
             info = json.loads(text)
         except ValueError:
-            return None  # being written right now
+            info = None
+        if not isinstance(info, dict):  # being written right now, or left half-written by a worker that died
+            return text if age > self.STALE else None
         return text if self._gone(info, age) else None
 
     def _gone(self, info: dict, age: float) -> bool:

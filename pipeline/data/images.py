@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,9 +107,18 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
     return None
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header alone, None where Pillow does not read the format."""
+    """(width, height) from the file's header alone, None where it cannot be read. A PNG's comes from its IHDR
+    chunk, always the first (Pillow refuses a PNG with a huge text chunk before it, which OpenCV would decode);
+    other formats' from Pillow. Formats Pillow does not know are left to OpenCV's own limit (2^30 pixels)."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+        if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
         with Image.open(path) as img:  # lazy: PIL reads the pixels only on load()
             return img.size
     except Exception:  # PIL raises many types for files it does not know

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.core.config import Config
+from pipeline.core.errors import UserError
 from pipeline.data.folds import load_folds
 from pipeline.data.tables import build_loader
 from pipeline.engine.averaging import fold_weights
@@ -79,6 +80,10 @@ def from_export(fold_dir: Path, recipe: Config, classes: list) -> FoldModel:
         task.load_fold(json.loads((fold_dir / PREPROCESS).read_text()))
     model = task.build_model()
     # an fp16 export is widened here: the model computes in fp32 (or the recipe's autocast), as it was validated
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in load_file(str(fold_dir / WEIGHTS)).items()})
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in load_file(str(fold_dir / WEIGHTS)).items()})
+    except Exception as e:  # safetensors' own error type, or load_state_dict's RuntimeError: a file edited
+        raise UserError(f"{fold_dir / WEIGHTS} does not hold weights that fit its recipe's model "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); export the experiment again") from None
     return FoldModel(recipe, task, model, chosen_views(task, recipe.predict.tta, record["views"]), record)

@@ -18,6 +18,7 @@ OUT = "/kaggle/working/submission.csv"  # what Kaggle scores
 PACKAGES = "/kaggle/working/pipeline-packages"  # the wheel is installed here, beside the environment, not into it
 MAX_MINUTES = None  # e.g. 500: drop TTA views, then folds, until the estimate fits the competition's limit
 BATCH_SIZE = None  # None: the recipe's
+WHEEL_SHA256 = {wheel_sha256}  # the wheel's hash at export, written here by `pipeline export` (None: the manifest's)
 '''
 
 # the wheel the manifest names, checked against its sha256 before pip runs it: pipeline infer verifies the rest
@@ -33,7 +34,7 @@ else:
     path = os.path.join(EXPORT, wheel)
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    if digest != manifest.get("files", {}).get(wheel):
+    if digest != (WHEEL_SHA256 or manifest.get("files", {}).get(wheel)):
         raise SystemExit(f"{path} does not match the manifest's sha256 (changed since export): export it again")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
                     PACKAGES, path], check=True)
@@ -71,7 +72,8 @@ def write_notebook(path: Path, manifest: dict, dataset: str) -> None:
         new_markdown_cell(intro),
         # names are data: repr() makes each a Python string literal, whatever quotes or backslashes it holds
         new_code_cell(PARAMETERS.format(export=repr(f"/kaggle/input/{dataset}"),
-                                        competition=repr(f"/kaggle/input/{competition}")),
+                                        competition=repr(f"/kaggle/input/{competition}"),
+                                        wheel_sha256=repr(manifest.get("wheel_sha256"))),
                       metadata={"tags": ["parameters"]}),
         new_code_cell(INSTALL),
         new_code_cell(INFER),

@@ -23,7 +23,7 @@ import torch
 from pipeline import __version__
 from pipeline.core.config import Config, dump_yaml, load_run_config
 from pipeline.core.errors import UserError
-from pipeline.core.files import atomic_dir, copy_file, replace_folder, write_json, write_text
+from pipeline.core.files import atomic_dir, copy_file, replace_folder, sha256_file, write_json, write_text
 from pipeline.data.folds import run_config
 from pipeline.engine.fold_model import FoldModel, from_run
 from pipeline.engine.loop import pick_device
@@ -62,6 +62,8 @@ def run(ref: str, out: str | Path | None = None, folds: list[int] | None = None,
                     "cv_reproduced": all(n["all_folds"] for n in nodes.values()),  # a subset of folds predicts otherwise
                     "dtype": dtype, "wheel": wheel, "nodes": nodes, "test_columns": test_columns(top, runs_dir),
                     "throughput_device": pick_device().type, "competition": competition(top, runs_dir)}
+        if wheel:  # the notebook carries it in its own code: a wheel swapped together with the manifest is caught
+            manifest["wheel_sha256"] = sha256_file(tmp / wheel)
         if notebook:
             from pipeline.runs.notebook import write_notebook
 

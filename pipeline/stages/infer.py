@@ -9,6 +9,7 @@ and the file is decoded and validated exactly as `pipeline submit` does it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from pipeline.core.config import Config, load_config
 from pipeline.core.errors import UserError
 from pipeline.core.files import write_csv
 from pipeline.data.folds import resolve_target
+from pipeline.data.images import MAX_PIXELS
 from pipeline.data.submission import check_rows, read_sample
 from pipeline.engine.fold_model import from_export
 from pipeline.engine.loop import pick_device
@@ -43,12 +45,13 @@ class Place:
     sample_submission: str | None = None
     batch_size: int | None = None
     device: torch.device | None = None
+    max_pixels: int = MAX_PIXELS  # the test images' size limit is this machine's, not the export's to lift
 
     def apply(self, cfg: Config, node: str) -> Config:
         d = cfg.data
         d.root = str(self.data)
-        for key in ("test_csv", "sample_submission", "image_dir", "test_image_dir"):  # the exported names
-            setattr(d, key, _within(self.data, _inside(getattr(d, key)), f"data.{key}"))
+        for key in ("train_csv", "test_csv", "sample_submission", "image_dir", "test_image_dir", "labels_csv"):
+            setattr(d, key, _within(self.data, _inside(getattr(d, key)), f"data.{key}"))  # the exported names
         cfg.segment.side_csv = _within(self.data, _inside(cfg.segment.side_csv), "segment.side_csv")
         d.test_csv = self.test_csv or d.test_csv  # the user's own, anywhere
         d.sample_submission = self.sample_submission or d.sample_submission
@@ -56,6 +59,7 @@ class Place:
         d.allow_outside_root = False  # test ids name files inside --data, whatever the exported config allowed
         # the weights are the export's: no hub download, no file from the training machine's disk
         cfg.model.pretrained, cfg.model.weights_file = False, None
+        cfg.image.max_pixels = self.max_pixels
         cfg.runs_dir, cfg.name = str(self.export), node  # a text encoder's files: <export>/<node>/encoder
         cfg.tracking.wandb = "disabled"
         if self.batch_size:
@@ -80,16 +84,16 @@ def _within(data: Path, name: str | None, key: str) -> str | None:
     return name
 
 
-def run(export: str | Path, data: str | Path, test_csv: str | None = None, sample_submission: str | None = None,
-        out: str | Path = "submission.csv", batch_size: int | None = None, device: str | None = None,
-        max_minutes: float | None = None) -> Path:
+def run(export: str | Path, data: str | Path, out: str | Path = "submission.csv", **options) -> Path:
+    """options: predict_export's (test_csv, sample_submission, batch_size, device, max_minutes, max_pixels)."""
     start = time.time()
-    frame, cfg, manifest = predict_export(export, data, test_csv, sample_submission, batch_size, device, max_minutes)
+    frame, cfg, manifest = predict_export(export, data, **options)
     root, top = Path(export), manifest["root"]
-    scores = json.loads((root / top / "scores.json").read_text())
-    sample = read_sample(cfg)
-    task = build_task(cfg, classes(root, top))
-    sub = task.submission(frame, sample, scores.get("decisions"))  # as `pipeline submit` decodes and checks it
+    with as_exported(root):
+        scores = json.loads((root / top / "scores.json").read_text())
+        sample = read_sample(cfg)
+        task = build_task(cfg, classes(root, top))
+        sub = task.submission(frame, sample, scores.get("decisions"))  # as `pipeline submit` decodes and checks it
     check_rows(sub, sample, cfg)
     task.check_submission(sub, sample)
     write_csv(out, sub)
@@ -102,7 +106,7 @@ def run(export: str | Path, data: str | Path, test_csv: str | None = None, sampl
 
 def predict_export(export: str | Path, data: str | Path, test_csv: str | None = None,
                    sample_submission: str | None = None, batch_size: int | None = None, device: str | None = None,
-                   max_minutes: float | None = None) -> tuple[pd.DataFrame, Config, dict]:
+                   max_minutes: float | None = None, max_pixels: int = MAX_PIXELS) -> tuple[pd.DataFrame, Config, dict]:
     """The export's test prediction frame (what its run directory's test.parquet would hold for these test
     files), the top node's config pointed at them, and the manifest."""
     root = Path(export)
@@ -110,13 +114,27 @@ def predict_export(export: str | Path, data: str | Path, test_csv: str | None = 
     if not Path(data).is_dir():
         raise UserError(f"--data {data}: no such folder; point it at the competition folder (test.csv, "
                         "sample_submission.csv and the test files, laid out as in training)")
-    place = Place(root, Path(data), test_csv, sample_submission, batch_size, _device(device))
+    place = Place(root, Path(data), test_csv, sample_submission, batch_size, _device(device), max_pixels)
     top = manifest["root"]
-    cfg = node_config(root, top, place)
-    check_test_columns(node_config(root, first_experiment(manifest, top), place), manifest)
-    test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
-    plan = budget_plan(manifest, len(test), max_minutes, place.device)
-    return node_test(root, top, manifest, place, test, plan), cfg, manifest
+    with as_exported(root):
+        cfg = node_config(root, top, place)
+        check_test_columns(node_config(root, first_experiment(manifest, top), place), manifest)
+        test = TASKS[cfg.task].test_table(cfg).rename(columns={cfg.data.id_col: "id"})[["id"]]
+        plan = budget_plan(manifest, len(test), max_minutes, place.device)
+        return node_test(root, top, manifest, place, test, plan), cfg, manifest
+
+
+@contextlib.contextmanager
+def as_exported(root: Path):
+    """An export whose hashes agree can still hold files edited together with its manifest: what does not read
+    as `pipeline export` wrote it (a key missing, a list for a table, a number past Python's limits) is one line
+    naming the export, not a traceback (the traceback is logged at debug level)."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError) as e:
+        log.debug("reading the export %s", root, exc_info=True)
+        raise UserError(f"{root}: a file of the export does not read as `pipeline export` wrote it "
+                        f"({type(e).__name__}: {str(e)[:200]}); export the experiment again") from None
 
 
 def _device(name: str | None) -> torch.device:
@@ -164,11 +182,15 @@ def check_test_columns(cfg: Config, manifest: dict) -> None:
 
 
 # -- prediction, node by node ---------------------------------------------------------------------------------
-def node_test(root: Path, node: str, manifest: dict, place: Place, test: pd.DataFrame, plan: dict) -> pd.DataFrame:
-    """A node's test prediction frame, as its run directory's test.parquet holds it."""
-    if manifest["nodes"][node]["kind"] == "ensemble":
-        return ensemble_test(root, node, manifest, place, test, plan)
-    return experiment_test(root, node, place, test, plan[node])
+def node_test(root: Path, node: str, manifest: dict, place: Place, test: pd.DataFrame, plan: dict,
+              done: dict | None = None) -> pd.DataFrame:
+    """A node's test prediction frame, as its run directory's test.parquet holds it; each node predicted once
+    (`done`), however many ensembles share it."""
+    done = {} if done is None else done
+    if node not in done:
+        done[node] = ensemble_test(root, node, manifest, place, test, plan, done) \
+            if manifest["nodes"][node]["kind"] == "ensemble" else experiment_test(root, node, place, test, plan[node])
+    return done[node]
 
 
 def experiment_test(root: Path, node: str, place: Place, test: pd.DataFrame, folds: dict[int, list[str]]) -> pd.DataFrame:
@@ -190,10 +212,12 @@ def experiment_test(root: Path, node: str, place: Place, test: pd.DataFrame, fol
     return task.prediction_frame(frames[0][["id"]], task.merge([task.read_outputs(f) for f in frames]))
 
 
-def ensemble_test(root: Path, node: str, manifest: dict, place: Place, test: pd.DataFrame, plan: dict) -> pd.DataFrame:
+def ensemble_test(root: Path, node: str, manifest: dict, place: Place, test: pd.DataFrame, plan: dict,
+                  done: dict) -> pd.DataFrame:
     """The members' test frames (by id, as the ensemble stage reads them) blended as the ensemble fitted."""
     members = manifest["nodes"][node]["members"]
-    frames = [node_test(root, m, manifest, place, test, plan).sort_values("id", ignore_index=True) for m in members]
+    frames = [node_test(root, m, manifest, place, test, plan, done).sort_values("id", ignore_index=True)
+              for m in members]
     fitted = json.loads((root / node / "weights.json").read_text())
     if fitted.get("weights") is not None:
         fitted = {**fitted, "weights": [fitted["weights"][m] for m in members]}
