@@ -80,6 +80,33 @@ def test_past_opencvs_own_limit_the_error_is_one_line_too(tmp_path):
         load_image(hidden)
 
 
+def test_jpeg_and_png_sizes_are_read_from_their_headers_as_pillow_reads_them(tmp_path):
+    """The fast header readers (PNG's IHDR, JPEG's frame marker) agree with Pillow on baseline, progressive and
+    EXIF-carrying JPEGs and on PNGs; a JPEG whose frame says 20000 x 10000 is refused without a decode."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.core.errors import UserError
+    from pipeline.data.images import header_size, load_image
+
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(37, 53), (640, 480), (1, 1), (300, 2000)]):
+        image = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        exif = Image.Exif()
+        exif[0x010E] = "x" * 5000  # a long description: the frame marker comes after a large APP1 segment
+        for name, kwargs in [(f"{i}.png", {}), (f"{i}.jpg", {}), (f"{i}p.jpg", {"progressive": True}),
+                             (f"{i}e.jpg", {"exif": exif})]:
+            image.save(tmp_path / name, **kwargs)
+            with Image.open(tmp_path / name) as opened:
+                assert header_size(tmp_path / name) == opened.size == (w, h), name
+    data = bytearray((tmp_path / "0.jpg").read_bytes())
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5:frame + 9] = (10000).to_bytes(2, "big") + (20000).to_bytes(2, "big")  # height, width
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="20000x10000 pixels, over image.max_pixels"):
+        load_image(tmp_path / "bomb.jpg")
+
+
 def test_the_bomb_is_refused_in_prepare_train_and_predict(competition, make_config, copy_run, tmp_path):
     train, test = (pd.read_csv(competition / f"{n}.csv") for n in ("train", "test"))
     image = competition / train.loc[3, "image"]

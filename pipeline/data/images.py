@@ -110,19 +110,44 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image's size
+JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header alone, None where it cannot be read. A PNG's comes from its IHDR
-    chunk, always the first (Pillow refuses a PNG with a huge text chunk before it, which OpenCV would decode);
-    other formats' from Pillow. Formats Pillow does not know are left to OpenCV's own limit (2^30 pixels)."""
+    """(width, height) from the file's header alone, None where it cannot be read. PNG (its IHDR chunk, always the
+    first: Pillow refuses a PNG with a huge text chunk before it, which OpenCV would decode) and JPEG (its frame
+    marker) are read here, in a few small reads (the check runs before every decode); other formats by Pillow.
+    Formats Pillow does not know are left to OpenCV's own limit (2^30 pixels)."""
     try:
         with open(path, "rb") as f:
             head = f.read(24)
-        if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
-            return struct.unpack(">II", head[16:24])
+            if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
+                return struct.unpack(">II", head[16:24])
+            if head[:2] == b"\xff\xd8" and (size := _jpeg_size(f)):
+                return size
         with Image.open(path) as img:  # lazy: PIL reads the pixels only on load()
             return img.size
     except Exception:  # PIL raises many types for files it does not know
         return None
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    """A JPEG's (width, height) from its first frame marker, the segments before it skipped; None if not found
+    within 64 segments (Pillow then reads it)."""
+    f.seek(2)
+    for _ in range(64):
+        marker = f.read(4)
+        if len(marker) < 4 or marker[0] != 0xFF:
+            return None
+        if marker[1] == 0xFF:  # a fill byte before the marker
+            f.seek(-3, 1)
+            continue
+        if marker[1] in JPEG_FRAMES:
+            height, width = struct.unpack(">xHH", f.read(5))
+            return width, height
+        f.seek(struct.unpack(">H", marker[2:])[0] - 2, 1)
+    return None
 
 
 def pixels_over(path: Path, max_pixels: int) -> str | None:
