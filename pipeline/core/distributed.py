@@ -112,6 +112,9 @@ def gather_chunks(chunks: list, loader) -> list:
     return [c for part in parts for c in part]
 
 
+RELEASED = ""  # FoldLock._stale_text: the lock file went away (no lock is ever empty text: it holds JSON)
+
+
 class FoldLock:
     """A fold's train.lock, created exclusively: a second worker on the same runs/ sees it and moves on.
 
@@ -137,6 +140,8 @@ class FoldLock:
                 seen = self._stale_text()
                 if seen is None:
                     return False  # a live holder
+                if seen == RELEASED:
+                    continue  # gone between our attempt and the read: the exclusive create decides
                 if self._take_over(seen, me):
                     return self._hold(me)
                 continue  # another worker took it over, or it was released: try again
@@ -196,12 +201,13 @@ class FoldLock:
                 os.utime(self.path)
 
     def _stale_text(self) -> str | None:
-        """The lock's text when it is stale (its holder is gone), None when a live holder has it."""
+        """The lock's text when it is stale (its holder is gone), None when a live holder has it, RELEASED when
+        there is no lock any more."""
         try:
             text = self.path.read_text()
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
-            return ""  # released between our attempt and this read: take it (the takeover sees no file)
+            return RELEASED
         except OSError:
             return None
         try:

@@ -152,9 +152,9 @@ def _jpeg_size(f) -> tuple[int, int] | None:
 
 def pixels_over(path: Path, max_pixels: int) -> str | None:
     """Why the image is refused unread, when its header declares more than max_pixels (0: no limit); None when
-    it does not. Pillow reads the header alone: a decompression bomb is caught at its size, not at its decode."""
+    it does not. Only the header is read: a decompression bomb is caught at its size, not at its decode."""
     size = header_size(path) if max_pixels else None
-    if size is None:  # no limit, or not a format Pillow reads: OpenCV's own decoder limit (2^30 pixels) stands
+    if size is None:  # no limit, or a header nothing here reads: OpenCV's own decoder limit (2^30 pixels) stands
         return None
     width, height = size
     if width * height <= max_pixels:

@@ -137,8 +137,9 @@ SCALE_MIN = 1.0
 
 
 def build_mask_transforms(cfg: Config, train: bool) -> A.Compose:
-    """Train: a random resized crop, flips and turns, brightness/contrast (the image only); valid/test: a resize to
-    image.size. The same geometry goes to the mask (nearest neighbour)."""
+    """Train: a random resized crop (a plain resize at the default scale_min, 1), flips and turns,
+    brightness/contrast (the image only); valid/test: a resize to image.size. The same geometry goes to the mask
+    (nearest neighbour)."""
     size, a = cfg.image.size, cfg.augment
     resample = INTERPOLATION[cfg.image.interpolation]
     if not train:

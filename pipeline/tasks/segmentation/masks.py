@@ -54,10 +54,13 @@ def read_mask_file(path: Path, values: list[int] | None, size: tuple[int, int]) 
     if not path.is_file():
         raise UserError(f"mask {path} not found: every training image needs a mask file (an empty one for no mask)")
     h, w = size
-    declared = header_size(path)
-    if declared is not None and declared != (w, h):
-        raise UserError(f"mask {path} is {declared[0]}x{declared[1]} but its image is {w}x{h}; masks must be the "
-                        "size of their images")
+
+    def check(found: tuple[int, int] | None) -> None:  # (width, height) from the header, then from the pixels
+        if found is not None and found != (w, h):
+            raise UserError(f"mask {path} is {found[0]}x{found[1]} but its image is {w}x{h}; masks must be the "
+                            "size of their images")
+
+    check(header_size(path))
     try:
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error:
@@ -66,9 +69,7 @@ def read_mask_file(path: Path, values: list[int] | None, size: tuple[int, int]) 
         raise UserError(f"mask {path} does not decode; replace it")
     if mask.ndim == 3:
         mask = mask[..., 0]
-    if mask.shape != (h, w):
-        raise UserError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}; masks must be "
-                        "the size of their images")
+    check((mask.shape[1], mask.shape[0]))
     if values is None:
         return (mask > 0).astype(np.uint8)
     allowed = np.asarray([0, *values])
